@@ -1,0 +1,8 @@
+"""Checkpoint formats: dlforge's own model directories and Hugging Face checkpoints."""
+
+from .checkpoint import load_pretrained, resolve_model_dir, save_pretrained
+from .gpt2 import load_hf_gpt2, save_hf_gpt2
+from .weights import load_state_dict
+
+__all__ = ["load_pretrained", "resolve_model_dir", "save_pretrained", "load_hf_gpt2", "save_hf_gpt2",
+           "load_state_dict"]

@@ -1,0 +1,117 @@
+"""dlforge's own model directory format, and loading any supported directory by what it holds.
+
+A dlforge model directory holds:
+  config.json        {"dlforge_kind": "gpt", "dlforge_version": ..., "config": {...dataclass fields}}
+  model.safetensors  the weights (a tensor shared by two names, e.g. tied embeddings, stored once)
+  tokenizer files    whatever the tokenizer saves (tokenizer.json, tokenizer_config.json)
+
+`load_pretrained(path)` accepts such a directory, a training run folder (it picks the best, else
+the latest checkpoint), or a Hugging Face checkpoint directory of a supported architecture.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..errors import DlforgeError
+from ..io import atomic_directory, atomic_write_json
+from .weights import load_into, load_state_dict, save_state_dict
+
+
+def deduplicated_state_dict(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """State dict with each shared tensor kept once; also returns the names that were dropped."""
+    state, seen, dropped = {}, {}, []
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tensor.shape, tensor.dtype)
+        if tensor.numel() and key in seen:
+            dropped.append(name)
+            continue
+        seen[key] = name
+        state[name] = tensor
+    return state, dropped
+
+
+def write_model_files(model: torch.nn.Module, directory: Path, tokenizer=None) -> None:
+    """Write config, weights and tokenizer into an existing directory (each file atomically)."""
+    state, _ = deduplicated_state_dict(model)
+    save_state_dict(state, directory / "model.safetensors")
+    atomic_write_json(directory / "config.json", {
+        "dlforge_kind": model.kind, "dlforge_version": __version__, "config": asdict(model.config)})
+    if tokenizer is not None:
+        tokenizer.save(directory)
+
+
+def save_pretrained(model: torch.nn.Module, directory: str | Path, tokenizer=None) -> Path:
+    """Save a model (and tokenizer) as a dlforge model directory, replacing it atomically."""
+    directory = Path(directory)
+    with atomic_directory(directory) as tmp:
+        write_model_files(model, tmp, tokenizer)
+    return directory
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model directory itself, or the best/latest checkpoint inside a training run folder."""
+    path = Path(path)
+    if not path.exists():
+        raise DlforgeError(f"{path} does not exist: give a dlforge run folder, a model directory or a checkpoint")
+    if not path.is_dir():
+        raise DlforgeError(f"{path} is a file: give the directory that holds config.json and the weights")
+    checkpoints = path / "checkpoints"
+    if not (path / "config.json").is_file() and checkpoints.is_dir():
+        for name in ("best", "latest"):
+            candidate = checkpoints / name
+            if candidate.is_dir():
+                return candidate
+        raise DlforgeError(f"run folder {path} has no finished checkpoint yet: train longer or resume it")
+    if not (path / "config.json").is_file():
+        raise DlforgeError(f"{path} has no config.json: it is not a dlforge run, model or Hugging Face directory")
+    return path
+
+
+def read_config(directory: Path) -> dict:
+    try:
+        return json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DlforgeError(f"{directory / 'config.json'} is not valid JSON ({e}): the checkpoint is damaged") from e
+
+
+def load_pretrained(path: str | Path, expected_kind: str | None = None):
+    """Load (model, tokenizer or None) from a dlforge directory, run folder or HF directory."""
+    from ..models import MODEL_CLASSES
+    from ..text.tokenizers import load_tokenizer
+    from . import gpt2
+
+    directory = resolve_model_dir(path)
+    raw = read_config(directory)
+    if "dlforge_kind" in raw:
+        kind = raw["dlforge_kind"]
+        if kind not in MODEL_CLASSES:
+            raise DlforgeError(f"{directory} holds a model of kind {kind!r}, which this dlforge version "
+                               f"does not know (known: {', '.join(MODEL_CLASSES)})")
+        if expected_kind and kind != expected_kind:
+            raise DlforgeError(f"{directory} holds a {kind} model, but this command needs a {expected_kind} model")
+        cls = MODEL_CLASSES[kind]
+        try:
+            config = cls.config_class.from_dict(raw["config"])
+        except (TypeError, ValueError, KeyError) as e:
+            raise DlforgeError(f"{directory / 'config.json'} has an invalid model config: {e}") from e
+        model = cls(config)
+        _, tied = deduplicated_state_dict(model)
+        load_into(model, load_state_dict(directory), str(directory), allowed_missing=tuple(tied))
+    elif raw.get("model_type") == "gpt2":
+        if expected_kind and expected_kind != "gpt":
+            raise DlforgeError(f"{directory} holds a GPT-2 model, but this command needs a {expected_kind} model")
+        model = gpt2.load_hf_gpt2(directory, raw)
+    else:
+        found = raw.get("model_type", "no 'model_type'")
+        raise DlforgeError(f"{directory} is not a model dlforge can load ({found}); supported: dlforge models, "
+                           "Hugging Face gpt2")
+    has_tokenizer = any((directory / f).is_file() for f in ("tokenizer.json", "vocab.json"))
+    tokenizer = load_tokenizer(directory) if has_tokenizer else None
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,16 @@
+"""Building blocks shared by every model family: attention, positional encodings, blocks."""
+
+from .attention import KVCache, MultiHeadAttention, attention_reference, build_attention_mask
+from .blocks import MLP, RMSNorm, TransformerBlock, make_norm
+from .positional import (
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    SinusoidalPositionalEncoding,
+    sinusoidal_table,
+)
+
+__all__ = [
+    "KVCache", "MultiHeadAttention", "attention_reference", "build_attention_mask",
+    "MLP", "RMSNorm", "TransformerBlock", "make_norm",
+    "LearnedPositionalEmbedding", "RotaryEmbedding", "SinusoidalPositionalEncoding", "sinusoidal_table",
+]

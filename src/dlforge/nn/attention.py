@@ -1,0 +1,140 @@
+"""Multi-head attention for every transformer family, with masks and a key/value cache.
+
+Attention(Q, K, V) = softmax(Q Kᵀ / √d_head + M) V  (Vaswani et al., 2017), computed per head.
+
+Two paths compute the same thing:
+- the fast path, `torch.nn.functional.scaled_dot_product_attention` (fused kernels);
+- `attention_reference`, the formula written out, which the tests compare the fast path against.
+
+Masks follow the SDPA convention: a boolean tensor broadcastable to (B, H, T_q, T_k) where True
+means "this query may attend to this key". `build_attention_mask` combines a causal mask with a
+key-padding mask once per forward pass, so the layers do not rebuild it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .positional import RotaryEmbedding
+
+
+def attention_reference(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0):
+    """softmax(QKᵀ/√d + mask) V written out. q: (B, H, Tq, D); k, v: (B, H, Tk, D)."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
+    if is_causal:
+        attn_mask = build_attention_mask(q.size(-2), k.size(-2), causal=True, device=q.device)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    if dropout_p > 0:
+        weights = F.dropout(weights, p=dropout_p)
+    return weights @ v
+
+
+def build_attention_mask(q_len: int, k_len: int, causal: bool, key_padding_mask=None, device=None):
+    """Boolean mask (B or 1, 1, Tq, Tk), True = may attend; None when nothing is masked.
+
+    The causal part is aligned to the end: query i sits at position k_len - q_len + i, which is
+    what decoding with a cache of earlier keys needs. `key_padding_mask` is (B, Tk) with True
+    (or 1) on real tokens. Each query always sees its own position, so rows belonging to padding
+    never become all-masked (that would give NaN); their outputs are ignored anyway.
+    """
+    if not causal and key_padding_mask is None:
+        return None
+    device = key_padding_mask.device if key_padding_mask is not None else device
+    offset = k_len - q_len
+    q_pos = torch.arange(q_len, device=device).unsqueeze(1) + offset  # (Tq, 1)
+    k_pos = torch.arange(k_len, device=device).unsqueeze(0)  # (1, Tk)
+    mask = (k_pos <= q_pos) if causal else torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    mask = mask.view(1, 1, q_len, k_len)
+    if key_padding_mask is not None:
+        mask = mask & key_padding_mask.bool().view(-1, 1, 1, k_len)
+        mask = mask | (k_pos == q_pos).view(1, 1, q_len, k_len)
+    return mask
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, for incremental decoding.
+
+    Buffers are (B, H, max_len, D) and filled in place, so a decoding step appends without
+    reallocating. Each layer calls `update`; the model calls `advance` once all layers are done.
+    """
+
+    def __init__(self, n_layers, batch_size, n_heads, max_len, head_dim, dtype=torch.float32, device=None):
+        shape = (batch_size, n_heads, max_len, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.max_len = max_len
+        self.length = 0  # tokens stored so far
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v (B, H, T, D) after the cached ones; return all keys and values so far."""
+        start, end = self.length, self.length + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} tokens > max_len {self.max_len}")
+        self.keys[layer_idx][:, :, start:end] = k
+        self.values[layer_idx][:, :, start:end] = v
+        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+
+    def advance(self, n_tokens: int) -> None:
+        self.length += n_tokens
+
+
+class MultiHeadAttention(nn.Module):
+    """Self- or cross-attention with a fused projection.
+
+    Self-attention projects Q, K and V with one (d, 3d) linear `c_attn`; cross-attention projects
+    Q from the decoder (`q_proj`) and K, V from the encoder output with one (d_kv, 2d) linear
+    `kv_proj`. `c_proj` maps the concatenated heads back to d.
+    """
+
+    def __init__(self, dim: int, n_heads: int, bias: bool = True, dropout: float = 0.0,
+                 cross: bool = False, context_dim: int | None = None, rotary: RotaryEmbedding | None = None):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"width {dim} is not divisible by the number of heads {n_heads}")
+        self.n_heads, self.head_dim, self.cross = n_heads, dim // n_heads, cross
+        if cross:
+            self.q_proj = nn.Linear(dim, dim, bias=bias)
+            self.kv_proj = nn.Linear(context_dim or dim, 2 * dim, bias=bias)
+        else:
+            self.c_attn = nn.Linear(dim, 3 * dim, bias=bias)
+        self.c_proj = nn.Linear(dim, dim, bias=bias)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+        self.rotary = rotary
+        self.use_sdpa = True  # tests switch this off to compare against attention_reference
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+
+    def forward(self, x, context=None, attn_mask=None, causal=False, kv_cache: KVCache | None = None,
+                layer_idx: int = 0, positions=None):
+        """x: (B, T, dim). context: (B, S, context_dim) for cross-attention.
+
+        attn_mask: boolean (B or 1, 1, T, Tk) or None. With no mask, `causal` selects the
+        triangular mask (only used when queries and keys have the same length).
+        """
+        B, T, C = x.shape
+        if self.cross:
+            q = self._split_heads(self.q_proj(x))
+            k, v = (self._split_heads(t) for t in self.kv_proj(context).split(C, dim=2))
+        else:
+            q, k, v = (self._split_heads(t) for t in self.c_attn(x).split(C, dim=2))  # 3 × (B, H, T, D)
+            if self.rotary is not None:
+                q, k = self.rotary(q, k, positions)
+            if kv_cache is not None:
+                k, v = kv_cache.update(layer_idx, k, v)  # (B, H, Tk, D) with Tk = cached + T
+        if causal and attn_mask is None and T > 1 and k.size(2) != T:  # chunk after cached tokens
+            attn_mask = build_attention_mask(T, k.size(2), causal=True, device=x.device)
+        is_causal = causal and attn_mask is None and T > 1
+        dropout_p = self.dropout if self.training else 0.0
+        attend = F.scaled_dot_product_attention if self.use_sdpa else attention_reference
+        y = attend(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
