@@ -63,10 +63,11 @@ def resolve_model_dir(path: str | Path) -> Path:
         raise DlforgeError(f"{path} is a file: give the directory that holds config.json and the weights")
     checkpoints = path / "checkpoints"
     if not (path / "config.json").is_file() and checkpoints.is_dir():
-        for name in ("best", "latest"):
-            candidate = checkpoints / name
-            if candidate.is_dir():
-                return candidate
+        if (checkpoints / "best" / "config.json").is_file():
+            return checkpoints / "best"
+        pointer = checkpoints / "LATEST"
+        if pointer.is_file() and (checkpoints / pointer.read_text().strip() / "config.json").is_file():
+            return checkpoints / pointer.read_text().strip()
         raise DlforgeError(f"run folder {path} has no finished checkpoint yet: train longer or resume it")
     if not (path / "config.json").is_file():
         raise DlforgeError(f"{path} has no config.json: it is not a dlforge run, model or Hugging Face directory")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-
 from ..errors import DlforgeError
 from ..io import atomic_directory, atomic_write_json
 from ..models.gpt import GPT, GPTConfig

@@ -1,0 +1,12 @@
+"""Text processing: tokenizers for every model family (see `dlforge.text.tokenizers`)."""
+
+from dlforge.text.tokenizers import (
+    BPETokenizer,
+    CharTokenizer,
+    HFTokenizer,
+    StreamDecoder,
+    Tokenizer,
+    load_tokenizer,
+)
+
+__all__ = ["BPETokenizer", "CharTokenizer", "HFTokenizer", "StreamDecoder", "Tokenizer", "load_tokenizer"]

@@ -1,0 +1,551 @@
+"""Tokenizers for every dlforge model family: one interface, three implementations.
+
+`Tokenizer` is the common interface (ids <-> text, special tokens, batch padding, save/load).
+`CharTokenizer` is nanoGPT-style character level, `HFTokenizer` wraps any Hugging Face
+`tokenizers.Tokenizer` (GPT-2 byte-level BPE, BERT WordPiece, ...), and `BPETokenizer` trains a
+byte-level BPE that round-trips any Unicode text exactly. `load_tokenizer` reads what `save`
+writes, and also Hugging Face `tokenizer.json` files or GPT-2 style `vocab.json` + `merges.txt`.
+`StreamDecoder` turns ids generated one at a time into printable text pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import tokenizers as hf
+import torch
+
+from dlforge.errors import DlforgeError
+from dlforge.io import atomic_write_json, atomic_write_text
+
+ROLES = ("pad", "bos", "eos", "unk", "cls", "sep", "mask")
+CHAR_FORMAT = "dlforge-char"
+
+# Names that conventionally mean a special role, used when no config file says otherwise.
+# "<s>"/"</s>" double as CLS/SEP in RoBERTa; a role is only filled by the first match.
+_COMMON_SPECIAL_NAMES: dict[str, tuple[str, ...]] = {
+    "[PAD]": ("pad",), "<pad>": ("pad",), "[UNK]": ("unk",), "<unk>": ("unk",),
+    "[CLS]": ("cls",), "[SEP]": ("sep",), "[MASK]": ("mask",), "<mask>": ("mask",),
+    "<s>": ("bos", "cls"), "</s>": ("eos", "sep"), "<|endoftext|>": ("bos", "eos"),
+}
+
+Padding = bool | Literal["longest", "max_length"]
+
+
+def _check_roles(special_tokens: dict[str, str]) -> dict[str, str]:
+    unknown = sorted(set(special_tokens) - set(ROLES))
+    if unknown:
+        raise DlforgeError(f"unknown special-token role(s) {unknown}; use only {list(ROLES)}")
+    return {role: tok for role, tok in special_tokens.items() if tok is not None}
+
+
+def _ids_to_list(ids: Sequence[int] | torch.Tensor | np.ndarray) -> list[int]:
+    if isinstance(ids, (torch.Tensor, np.ndarray)):
+        if ids.ndim != 1:
+            raise DlforgeError(f"decode expects a 1-D sequence of ids, got shape {tuple(ids.shape)}")
+        return ids.tolist()
+    return ids if isinstance(ids, list) else list(ids)
+
+
+def _special_id_property(role: str) -> property:
+    def special_id(self: Tokenizer) -> int | None:
+        return self._special_id(role)
+
+    special_id.__doc__ = f"Id of the {role} token, or None when this tokenizer has none."
+    return property(special_id)
+
+
+class Tokenizer:
+    """Common interface. Subclasses implement `_encode`, `_decode`, the vocab lookups and `save`.
+
+    Special tokens are stored as `{role: token string}` with roles pad, bos, eos, unk, cls, sep, mask.
+    """
+
+    special_tokens: dict[str, str]
+
+    # ---- vocabulary (implemented by subclasses) ----
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def token_to_id(self, token: str) -> int | None:
+        raise NotImplementedError
+
+    def id_to_token(self, i: int) -> str:
+        raise NotImplementedError
+
+    def _encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def _decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def save(self, directory: str | os.PathLike) -> None:
+        raise NotImplementedError
+
+    # ---- special tokens ----
+    def _special_id(self, role: str) -> int | None:
+        token = self.special_tokens.get(role)
+        return None if token is None else self.token_to_id(token)
+
+    pad_token_id = _special_id_property("pad")
+    bos_token_id = _special_id_property("bos")
+    eos_token_id = _special_id_property("eos")
+    unk_token_id = _special_id_property("unk")
+    cls_token_id = _special_id_property("cls")
+    sep_token_id = _special_id_property("sep")
+    mask_token_id = _special_id_property("mask")
+
+    @property
+    def special_token_ids(self) -> set[int]:
+        ids = (self._special_id(role) for role in self.special_tokens)
+        return {i for i in ids if i is not None}
+
+    # ---- encoding / decoding ----
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Text -> ids. `add_special_tokens` wraps the ids as BOS ... EOS (each only if defined).
+
+        When BOS and EOS are the same token (GPT-2's `<|endoftext|>`) it is added once, at the end,
+        as a document separator. Tokenizers whose tokenizer.json has a post-processor that adds
+        tokens (BERT's [CLS] ... [SEP]) use that post-processor instead.
+        """
+        ids = self._encode(text)
+        return self._add_bos_eos(ids) if add_special_tokens else ids
+
+    def _add_bos_eos(self, ids: list[int]) -> list[int]:
+        bos, eos = self.bos_token_id, self.eos_token_id
+        prefix = [bos] if bos is not None and bos != eos else []
+        suffix = [eos] if eos is not None else []
+        return prefix + ids + suffix
+
+    def encode_to_numpy(self, text: str) -> np.ndarray:
+        """Encode a (large) text into a compact array for corpus files: uint16 when ids fit."""
+        return np.asarray(self.encode(text), dtype=self._numpy_dtype())
+
+    def _numpy_dtype(self) -> type:
+        return np.uint16 if self.vocab_size <= 65536 else np.uint32
+
+    def decode(self, ids: Sequence[int] | torch.Tensor | np.ndarray, skip_special_tokens: bool = True) -> str:
+        ids = _ids_to_list(ids)
+        if skip_special_tokens:
+            special = self.special_token_ids
+            ids = [i for i in ids if i not in special]
+        return self._decode(ids)
+
+    def stream_decoder(self, skip_special_tokens: bool = True) -> StreamDecoder:
+        return StreamDecoder(self, skip_special_tokens)
+
+    def _encode_many(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+        return [self.encode(t, add_special_tokens) for t in texts]
+
+    # ---- batching ----
+    def encode_batch(
+        self,
+        texts: list[str],
+        padding: Padding = "longest",
+        truncation: bool = False,
+        max_length: int | None = None,
+        padding_side: Literal["right", "left"] = "right",
+        return_tensors: Literal["pt"] | None = "pt",
+        add_special_tokens: bool = False,
+    ) -> dict:
+        """Encode several texts into `{"input_ids", "attention_mask"}` (long tensors or lists).
+
+        Truncation keeps the first `max_length` ids (after special tokens are added). Padding uses
+        `pad_token_id`, else `eos_token_id`, else 0; padded positions always have mask 0, so the
+        filler id never matters to a model that respects the attention mask.
+        """
+        if isinstance(texts, str):
+            raise DlforgeError("encode_batch expects a list of strings; wrap a single text in a list")
+        if padding_side not in ("right", "left"):
+            raise DlforgeError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        seqs = self._encode_many(list(texts), add_special_tokens)
+        if truncation:
+            if max_length is None:
+                raise DlforgeError("truncation=True needs max_length; pass max_length=N")
+            seqs = [s[:max_length] for s in seqs]
+        width = self._padded_width(seqs, padding, max_length)
+        input_ids, mask = self._pad(seqs, width, padding_side)
+        if return_tensors == "pt":
+            if len({len(s) for s in input_ids}) > 1:
+                raise DlforgeError("texts have different lengths; pass padding=True or return_tensors=None")
+            shape = (len(seqs), len(input_ids[0]) if seqs else 0)  # keeps an empty batch 2-D
+            return {"input_ids": torch.tensor(input_ids, dtype=torch.long).reshape(shape),
+                    "attention_mask": torch.tensor(mask, dtype=torch.long).reshape(shape)}
+        if return_tensors is not None:
+            raise DlforgeError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+    def _padded_width(self, seqs: list[list[int]], padding: Padding, max_length: int | None) -> int | None:
+        if padding is False:
+            return None
+        if padding is True or padding == "longest":
+            return max((len(s) for s in seqs), default=0)
+        if padding == "max_length":
+            if max_length is None:
+                raise DlforgeError("padding='max_length' needs max_length; pass max_length=N")
+            return max(max_length, max((len(s) for s in seqs), default=0))
+        raise DlforgeError(f"padding must be True, False, 'longest' or 'max_length', got {padding!r}")
+
+    def _pad(self, seqs: list[list[int]], width: int | None, side: str) -> tuple[list, list]:
+        pad_id = next((i for i in (self.pad_token_id, self.eos_token_id) if i is not None), 0)
+        ids_out, mask_out = [], []
+        for seq in seqs:
+            fill = 0 if width is None else width - len(seq)
+            pads, ones, zeros = [pad_id] * fill, [1] * len(seq), [0] * fill
+            ids_out.append(seq + pads if side == "right" else pads + seq)
+            mask_out.append(ones + zeros if side == "right" else zeros + ones)
+        return ids_out, mask_out
+
+    def __call__(self, text: str | list[str], **kwargs) -> dict:
+        """`tok(texts)` == `tok.encode_batch(texts)`; a single string becomes a batch of one."""
+        return self.encode_batch([text] if isinstance(text, str) else text, **kwargs)
+
+    # ---- persistence ----
+    def _write_config(self, directory: Path, extra: dict) -> None:
+        config = dict(extra)
+        config.update({f"{role}_token": tok for role, tok in self.special_tokens.items()})
+        atomic_write_json(directory / "tokenizer_config.json", config)
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> Tokenizer:
+        """Same as `load_tokenizer`: the returned class depends on the files found."""
+        return load_tokenizer(path)
+
+
+class CharTokenizer(Tokenizer):
+    """Character-level tokenizer: one id per distinct character, special tokens first.
+
+    Text is taken literally, character by character: a special token's string written in the text
+    is encoded as its characters, never as the special id.
+    """
+
+    def __init__(self, vocab: list[str], special_tokens: dict[str, str] | None = None) -> None:
+        self.special_tokens = _check_roles(special_tokens or {})
+        specials = set(self.special_tokens.values())
+        self._itos = list(vocab)
+        self._stoi = {tok: i for i, tok in enumerate(self._itos)}
+        if len(self._stoi) != len(self._itos):
+            raise DlforgeError("character vocabulary has duplicate entries; retrain the tokenizer")
+        missing = specials - self._stoi.keys()
+        if missing:
+            raise DlforgeError(f"special token(s) {sorted(missing)} are not in the vocabulary; "
+                               "add them to the vocab or remove them from special_tokens")
+        chars = [(tok, i) for i, tok in enumerate(self._itos) if tok not in specials]
+        if any(len(tok) != 1 for tok, _ in chars):
+            raise DlforgeError("character vocabulary has multi-character entries that are not special "
+                               "tokens; list them in special_tokens or rebuild with CharTokenizer.train")
+        # A dense code point -> id table (-1 = not in vocab) lets encode_to_numpy map a whole
+        # corpus with one vectorised lookup instead of a Python loop.
+        top = max((ord(tok) for tok, _ in chars), default=0)
+        self._codepoint_table = np.full(top + 1, -1, dtype=np.int64)
+        for tok, i in chars:
+            self._codepoint_table[ord(tok)] = i
+
+    @classmethod
+    def train(cls, text: str | Iterable[str], special_tokens: dict[str, str] | None = None) -> CharTokenizer:
+        """Vocab = special tokens (in role order given) + sorted distinct characters of the text.
+
+        With no special tokens the ids equal nanoGPT's `sorted(set(text))` (65 for tiny Shakespeare).
+        """
+        chars: set[str] = set()
+        for piece in [text] if isinstance(text, str) else text:
+            chars.update(piece)
+        specials = list(dict.fromkeys(_check_roles(special_tokens or {}).values()))
+        return cls(specials + sorted(chars - set(specials)), special_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._itos)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._stoi.get(token)
+
+    def id_to_token(self, i: int) -> str:
+        if not 0 <= i < len(self._itos):
+            raise DlforgeError(f"token id {i} is out of range for a vocabulary of size {len(self._itos)}")
+        return self._itos[i]
+
+    def _encode(self, text: str) -> list[int]:
+        stoi, unk = self._stoi, self.unk_token_id
+        if unk is not None:
+            return [stoi.get(c, unk) for c in text]
+        try:
+            return [stoi[c] for c in text]
+        except KeyError as exc:
+            raise self._unknown_char_error(exc.args[0]) from None
+
+    @staticmethod
+    def _unknown_char_error(char: str) -> DlforgeError:
+        return DlforgeError(
+            f"character {char!r} (U+{ord(char):04X}) is not in the tokenizer's vocabulary; retrain the "
+            "tokenizer on text that contains it, or use a byte-level BPE tokenizer"
+        )
+
+    def encode_to_numpy(self, text: str) -> np.ndarray:
+        # UTF-32 gives one 4-byte code point per character; surrogatepass keeps lone surrogates.
+        codepoints = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+        table = self._codepoint_table
+        ids = table[np.minimum(codepoints, len(table) - 1)]
+        unknown = (ids < 0) | (codepoints >= len(table))
+        if unknown.any():
+            if self.unk_token_id is None:
+                raise self._unknown_char_error(chr(codepoints[np.argmax(unknown)]))
+            ids = np.where(unknown, self.unk_token_id, ids)
+        return ids.astype(self._numpy_dtype())
+
+    def _decode(self, ids: list[int]) -> str:
+        if ids and not (0 <= min(ids) and max(ids) < len(self._itos)):
+            bad = next(i for i in ids if not 0 <= i < len(self._itos))
+            raise DlforgeError(f"token id {bad} is out of range for a vocabulary of size {len(self._itos)}")
+        itos = self._itos
+        return "".join([itos[i] for i in ids])
+
+    def save(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        atomic_write_json(directory / "tokenizer.json", {
+            "type": CHAR_FORMAT, "version": 1, "vocab": self._itos, "special_tokens": self.special_tokens,
+        })
+        self._write_config(directory, {"dlforge_tokenizer": "char"})
+
+
+class HFTokenizer(Tokenizer):
+    """Wraps a `tokenizers.Tokenizer` (any model: byte-level BPE, WordPiece, Unigram...).
+
+    Special tokens come from `special_tokens`, or are detected by common names ([PAD], <s>,
+    <|endoftext|>, ...). Any given special token that the tokenizer lacks is added to it.
+    """
+
+    def __init__(self, tokenizer: hf.Tokenizer, special_tokens: dict[str, str] | None = None) -> None:
+        self.tokenizer = tokenizer
+        if special_tokens is None:
+            special_tokens = self._detect_special_tokens()
+        self.special_tokens = _check_roles(special_tokens)
+        # Registering them as special makes the library match them in text and skip them on decode.
+        wanted = dict.fromkeys(self.special_tokens.values())
+        tokenizer.add_special_tokens([hf.AddedToken(tok, special=True) for tok in wanted])
+
+    def _detect_special_tokens(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for name, roles in _COMMON_SPECIAL_NAMES.items():
+            if self.tokenizer.token_to_id(name) is not None:
+                for role in roles:
+                    found.setdefault(role, name)
+        return found
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.tokenizer.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str:
+        token = self.tokenizer.id_to_token(i)
+        if token is None:
+            raise DlforgeError(f"token id {i} is out of range for a vocabulary of size {self.vocab_size}")
+        return token
+
+    def _post_processor_adds_tokens(self) -> bool:
+        post = self.tokenizer.post_processor
+        return post is not None and post.num_special_tokens_to_add(False) > 0
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        if add_special_tokens and self._post_processor_adds_tokens():
+            return self.tokenizer.encode(text, add_special_tokens=True).ids
+        return super().encode(text, add_special_tokens)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def _encode_many(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+        # The library encodes batches in parallel; add BOS/EOS ourselves unless its post-processor does.
+        by_library = add_special_tokens and self._post_processor_adds_tokens()
+        seqs = [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=by_library)]
+        return [self._add_bos_eos(s) for s in seqs] if add_special_tokens and not by_library else seqs
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        atomic_write_text(directory / "tokenizer.json", self.tokenizer.to_str(pretty=True))
+        # "PreTrainedTokenizerFast" lets transformers' AutoTokenizer open the same directory.
+        self._write_config(directory, {"tokenizer_class": "PreTrainedTokenizerFast"})
+
+
+class BPETokenizer(HFTokenizer):
+    """Byte-level BPE (GPT-2 style): every Unicode string encodes and decodes back exactly.
+
+    Like every HFTokenizer, a special token's string in the text ("<|endoftext|>") encodes to its
+    special id, so it is dropped by `decode` unless `skip_special_tokens=False`.
+    """
+
+    @classmethod
+    def train(
+        cls,
+        texts_or_files: str | Iterable[str] | Sequence[str | os.PathLike],
+        vocab_size: int,
+        special_tokens: dict[str, str] | None = None,
+        min_frequency: int = 2,
+    ) -> BPETokenizer:
+        """Train on an iterable of texts, or a list of file paths (pathlib.Path or existing files).
+
+        `special_tokens` defaults to `{"eos": "<|endoftext|>"}` for GPT-style training.
+        """
+        special_tokens = _check_roles({"eos": "<|endoftext|>"} if special_tokens is None else special_tokens)
+        specials = list(dict.fromkeys(special_tokens.values()))
+        minimum = 256 + len(specials)
+        if vocab_size < minimum:
+            raise DlforgeError(f"vocab_size {vocab_size} is too small: byte-level BPE needs at least "
+                               f"{minimum} (256 bytes + {len(specials)} special tokens)")
+        tokenizer = hf.Tokenizer(hf.models.BPE())
+        tokenizer.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = hf.decoders.ByteLevel()
+        trainer = hf.trainers.BpeTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+            initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        )
+        files = _as_file_list(texts_or_files)
+        if files is not None:
+            tokenizer.train(files, trainer)
+        else:
+            texts = [texts_or_files] if isinstance(texts_or_files, str) else texts_or_files
+            tokenizer.train_from_iterator(texts, trainer)
+        return cls(tokenizer, special_tokens)
+
+
+def _as_file_list(source: object) -> list[str] | None:
+    """Return the paths when `source` is a list of files, else None (it is text)."""
+    if isinstance(source, str) or not isinstance(source, (list, tuple)) or not source:
+        return None
+    if all(isinstance(s, os.PathLike) for s in source):
+        missing = [str(s) for s in source if not Path(s).is_file()]
+        if missing:
+            raise DlforgeError(f"training file {missing[0]} does not exist; check the path")
+        return [str(s) for s in source]
+    if all(isinstance(s, str) and "\n" not in s and os.path.isfile(s) for s in source):
+        return list(source)
+    return None
+
+
+class StreamDecoder:
+    """Turns ids arriving one at a time into printable text, for streaming generation.
+
+    Output is held back while the decoded tail is an incomplete UTF-8 sequence (shows as U+FFFD).
+    Only a short window of recent ids is decoded each step (the text-generation-inference trick),
+    so streaming stays linear. For byte-level BPE and char tokenizers the pieces from `put`
+    plus `flush()` concatenate to exactly `decode(all_ids)`.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.ids: list[int] = []
+        self._prefix = 0  # start of the window decoded for context (gets word-joining spaces right)
+        self._read = 0  # ids before this index have been emitted
+
+    def _pending_text(self) -> tuple[str, str]:
+        decode = lambda ids: self.tokenizer.decode(ids, self.skip_special_tokens)
+        return decode(self.ids[self._prefix:self._read]), decode(self.ids[self._prefix:])
+
+    def put(self, token_id: int) -> str:
+        """Add one id; return the newly printable text (often "")."""
+        self.ids.append(int(token_id))
+        done, current = self._pending_text()
+        if len(current) <= len(done) or current.endswith("\ufffd"):
+            return ""
+        self._prefix, self._read = self._read, len(self.ids)
+        return current[len(done):]
+
+    def flush(self) -> str:
+        """Return whatever is still held back (e.g. a truly invalid byte sequence at the end)."""
+        done, current = self._pending_text()
+        self._prefix = self._read = len(self.ids)
+        return current[len(done):]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _token_string(value: object) -> str | None:
+    # transformers writes special tokens either as plain strings or as AddedToken dicts.
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DlforgeError(f"cannot read {path} as JSON ({message}); re-save or re-download it") from None
+
+
+def _configured_special_tokens(directory: Path) -> dict[str, str] | None:
+    """Special tokens from special_tokens_map.json, overridden by tokenizer_config.json."""
+    found: dict[str, str] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        if (directory / name).is_file():
+            config = _read_json(directory / name)
+            for role in ROLES:
+                token = _token_string(config.get(f"{role}_token"))
+                if token is not None:
+                    found[role] = token
+    return found or None
+
+
+def _invalid_file_error(path: Path, exc: Exception) -> DlforgeError:
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return DlforgeError(f"{path} is not a valid tokenizer file ({message}); re-save or re-download it")
+
+
+def _load_tokenizer_json(path: Path) -> Tokenizer:
+    data = _read_json(path)
+    specials = _configured_special_tokens(path.parent)
+    if isinstance(data, dict) and data.get("type") == CHAR_FORMAT:
+        if not isinstance(data.get("vocab"), list):
+            raise DlforgeError(f"{path} has no 'vocab' list; re-save the tokenizer")
+        return CharTokenizer(data["vocab"], specials or data.get("special_tokens"))
+    try:
+        tokenizer = hf.Tokenizer.from_file(str(path))
+    except Exception as exc:  # the library raises plain Exception on a malformed file
+        raise _invalid_file_error(path, exc) from None
+    return HFTokenizer(tokenizer, specials)
+
+
+def _load_vocab_merges(directory: Path) -> Tokenizer:
+    """A GPT-2 style pair: byte-level BPE with GPT-2's pre-tokenizer (no prefix space)."""
+    try:
+        model = hf.models.BPE.from_file(str(directory / "vocab.json"), str(directory / "merges.txt"))
+    except Exception as exc:  # the library raises plain Exception on malformed files
+        raise _invalid_file_error(directory / "merges.txt", exc) from None
+    tokenizer = hf.Tokenizer(model)
+    tokenizer.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = hf.decoders.ByteLevel()
+    return HFTokenizer(tokenizer, _configured_special_tokens(directory))
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Load a tokenizer from a directory or a tokenizer.json file.
+
+    A directory may hold tokenizer.json (dlforge char format or Hugging Face format) or a GPT-2
+    style vocab.json + merges.txt pair; special tokens come from tokenizer_config.json /
+    special_tokens_map.json when present, else they are detected by common names.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DlforgeError(f"tokenizer path {path} does not exist; check the path")
+    if path.is_file():
+        return _load_tokenizer_json(path)
+    if (path / "tokenizer.json").is_file():
+        return _load_tokenizer_json(path / "tokenizer.json")
+    if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+        return _load_vocab_merges(path)
+    raise DlforgeError(f"no tokenizer found in {path}: expected tokenizer.json, or vocab.json + merges.txt")

@@ -1,0 +1,88 @@
+"""Run-folder logging: metrics CSV, loss-curve PNG and (when installed) TensorBoard.
+
+The CSV and PNG are rewritten atomically from the in-memory history, so after a crash they match
+the last write, and a resumed run drops the rows logged after its checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from ..io import atomic_path, atomic_write_text
+
+COLUMNS = ("step", "train_loss", "val_loss", "lr", "throughput", "elapsed_s")
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
+        self.run_dir, self.enabled = run_dir, enabled
+        self.rows: list[dict] = []
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            except Exception:  # tensorboard not installed: CSV and PNG are enough
+                self.writer = None
+
+    @property
+    def csv_path(self) -> Path:
+        return self.run_dir / "metrics.csv"
+
+    def load(self, up_to_step: int) -> None:
+        """Reload the history of a resumed run, dropping rows after its checkpoint."""
+        if not self.csv_path.is_file():
+            return
+        with open(self.csv_path, newline="") as f:
+            self.rows = [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+                         for row in csv.DictReader(f) if int(float(row["step"])) <= up_to_step]
+        for row in self.rows:
+            row["step"] = int(row["step"])
+
+    def log(self, **values) -> None:
+        row = {k: values.get(k) for k in COLUMNS}
+        self.rows.append(row)
+        if self.writer is not None:
+            for k, v in row.items():
+                if k != "step" and v is not None:
+                    self.writer.add_scalar(k, v, row["step"])
+
+    def write(self) -> None:
+        if not self.enabled:
+            return
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        w.writeheader()
+        for row in self.rows:
+            w.writerow({k: ("" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)) for k, v in row.items()})
+        atomic_write_text(self.csv_path, buf.getvalue())
+        self.plot()
+        if self.writer is not None:
+            self.writer.flush()
+
+    def plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        train = [(r["step"], r["train_loss"]) for r in self.rows if r["train_loss"] is not None]
+        val = [(r["step"], r["val_loss"]) for r in self.rows if r["val_loss"] is not None]
+        if not train and not val:
+            return
+        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+        if train:
+            ax.plot(*zip(*train), label="train", linewidth=1)
+        if val:
+            ax.plot(*zip(*val), label="validation", marker="o", markersize=3)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        with atomic_path(self.run_dir / "loss.png") as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)

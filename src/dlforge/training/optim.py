@@ -1,0 +1,65 @@
+"""Optimizer, learning-rate schedule and weight EMA used by the Trainer.
+
+- AdamW (Loshchilov & Hutter, 2019) with weight decay only on matrices and embeddings (≥2-D);
+  biases and norm gains are not decayed.
+- Learning rate: linear warmup to `lr` over `warmup_steps`, then cosine decay to `min_lr` at
+  `total_steps` (lr_t = min_lr + ½(lr - min_lr)(1 + cos(π·progress))), or constant.
+- EMA of weights: θ_ema ← d·θ_ema + (1 - d)·θ after every optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def make_adamw(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def learning_rate(step: int, lr: float, min_lr: float, warmup_steps: int, total_steps: int,
+                  decay: str = "cosine") -> float:
+    """Learning rate for optimizer step `step` (0-based)."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if decay == "constant" or total_steps <= warmup_steps:
+        return lr
+    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point parameters and buffers."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.detach(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def swap(self, model: nn.Module) -> None:
+        """Exchange the model's weights with the averaged ones (call twice to swap back)."""
+        state = model.state_dict()
+        for k, avg in self.shadow.items():
+            current = state[k].detach().clone()
+            state[k].copy_(avg)
+            avg.copy_(current)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = state["decay"]
+        for k, v in state["shadow"].items():
+            self.shadow[k].copy_(v)
