@@ -182,3 +182,96 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     if not new:
         return input_ids
     return torch.cat([input_ids, torch.stack(new, dim=1)], dim=1)
+
+
+class _StopStringWatcher:
+    """Follows one row's generated text; reports when it contains a stop string.
+
+    `piece()` returns text that is safe to show: never part of a stop string, and holding back a
+    tail that could still become the start of one.
+    """
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.decoder = tokenizer.stream_decoder()
+        self.stop = [s for s in stop if s]
+        self.text = ""  # all decoded text so far
+        self.shown = 0  # characters of `text` already handed out
+        self.stopped = False
+
+    def put(self, token_id: int) -> None:
+        if self.stopped:
+            return
+        self.text += self.decoder.put(token_id)
+        self._cut_at_stop()
+
+    def finish(self) -> None:
+        if not self.stopped:
+            self.text += self.decoder.flush()
+            self._cut_at_stop()
+
+    def _cut_at_stop(self) -> None:
+        hits = [self.text.find(s) for s in self.stop if s in self.text]
+        if hits:
+            self.text, self.stopped = self.text[: min(hits)], True
+
+    def piece(self, final: bool = False) -> str:
+        end = len(self.text)
+        if not final and not self.stopped:  # hold back a suffix that may grow into a stop string
+            for s in self.stop:
+                for k in range(min(len(s) - 1, len(self.text)), 0, -1):
+                    if self.text.endswith(s[:k]):
+                        end = min(end, len(self.text) - k)
+                        break
+        out, self.shown = self.text[self.shown: end], max(self.shown, end)
+        return out
+
+
+def generate_text(model, tokenizer, prompt: str | list[str], *, stream: bool = False,
+                  stop: list[str] | str | None = None, seed: int | None = None,
+                  generator: torch.Generator | None = None, **options):
+    """Continue a prompt (or a batch of prompts) with text.
+
+    Returns the generated continuation (str, or list[str] for a list of prompts), cut before the
+    first stop string. With `stream=True` (one prompt), returns an iterator of text pieces as they
+    are produced. `seed` makes sampling reproducible; other options are `GenerationConfig` fields.
+    """
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if stream and len(prompts) != 1:
+        raise DlforgeError("streaming works with one prompt at a time")
+    stop = [stop] if isinstance(stop, str) else list(stop or [])
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    options.setdefault("eos_token_id", tokenizer.eos_token_id)
+    options.setdefault("pad_token_id", tokenizer.pad_token_id)
+    GenerationConfig.from_kwargs(**options)  # validate before any work
+    encoded = tokenizer.encode_batch(prompts, padding="longest", padding_side="left", return_tensors="pt")
+    device = next(model.parameters()).device
+    ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+    if (mask.sum(dim=1) == 0).any():
+        raise DlforgeError("a prompt is empty: give at least one character of prompt text")
+    watchers = [_StopStringWatcher(tokenizer, stop) for _ in prompts]
+
+    def observe(tokens: torch.Tensor) -> torch.Tensor:
+        for watcher, token in zip(watchers, tokens.tolist()):
+            watcher.put(token)
+        return torch.tensor([w.stopped for w in watchers], device=tokens.device)
+
+    steps = iter_generate(model.eval(), ids, mask if not bool(mask.all()) else None, generator,
+                          stop_fn=observe, **options)
+    if stream:
+        def pieces():
+            for _ in steps:
+                piece = watchers[0].piece()
+                if piece:
+                    yield piece
+            watchers[0].finish()
+            rest = watchers[0].piece(final=True)
+            if rest:
+                yield rest
+        return pieces()
+    for _ in steps:
+        pass
+    for watcher in watchers:
+        watcher.finish()
+    texts = [w.text for w in watchers]
+    return texts[0] if isinstance(prompt, str) else texts

@@ -1,0 +1,1 @@
+"""The dlforge command line (`dlforge --help`)."""

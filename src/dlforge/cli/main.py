@@ -1,0 +1,268 @@
+"""The `dlforge` command line.
+
+Every command is a thin layer over a library function (the same code Python users call):
+  train gpt  -> dlforge.training.lm.train_language_model
+  generate   -> dlforge.text.generation.generate_text
+  info       -> dlforge.hub.load_pretrained + the run's metrics
+  demo       -> train_language_model on the bundled tiny Shakespeare, with samples as it goes
+
+Errors the user can fix print one line and exit with status 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+from .. import __version__
+from ..errors import DlforgeError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ train
+def cmd_train(args) -> int:
+    from ..training.lm import parse_overrides, train_language_model
+
+    overrides = parse_overrides(args.set or [])
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    if args.minutes is not None:
+        overrides["max_minutes"] = args.minutes
+    if args.data is None and not args.resume:
+        raise DlforgeError("--data is required: give a UTF-8 text file or a folder of text files")
+    result = train_language_model(args.data, args.out, preset=args.preset, overrides=overrides,
+                                  tokenizer=args.tokenizer, vocab_size=args.vocab_size, resume=args.resume,
+                                  seed=args.seed, progress=not args.quiet)
+    _print_result(result, args.out)
+    return 0
+
+
+def _print_result(result: dict, out) -> None:
+    best = result["best_val_loss"]
+    print(f"done: {result['stop_reason']}; step {result['step']}, best val loss {best:.4f}, "
+          f"{result['elapsed_s']:.0f} s. Model: {Path(out) / 'checkpoints' / 'best'}")
+
+
+# --------------------------------------------------------------------------------------- generate
+def cmd_generate(args) -> int:
+    import torch
+
+    from ..hub import load_pretrained
+    from ..text.generation import generate_text
+
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    model, tokenizer = load_pretrained(args.model, expected_kind="gpt")
+    if tokenizer is None:
+        raise DlforgeError(f"{args.model} has no tokenizer files (tokenizer.json or vocab.json + merges.txt)")
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, use_cache=not args.no_cache)
+    prompt = args.prompt.replace("\\n", "\n")
+    if args.stream:
+        sys.stdout.write(prompt)
+        for piece in generate_text(model, tokenizer, prompt, stream=True, stop=args.stop, seed=args.seed,
+                                   **options):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    else:
+        for i in range(args.num_samples):
+            text = generate_text(model, tokenizer, prompt, stop=args.stop,
+                                 seed=None if args.seed is None else args.seed + i, **options)
+            if args.num_samples > 1:
+                print(f"--- sample {i + 1}")
+            print(prompt + text)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- info
+def cmd_info(args) -> int:
+    from ..hub import load_pretrained, resolve_model_dir
+
+    directory = resolve_model_dir(args.model)
+    model, tokenizer = load_pretrained(args.model)
+    info = {"path": str(directory), "kind": model.kind, "parameters": sum(p.numel() for p in model.parameters()),
+            "config": vars(model.config),
+            "tokenizer": None if tokenizer is None else {"type": type(tokenizer).__name__,
+                                                         "vocab_size": tokenizer.vocab_size}}
+    run_dir = Path(args.model)
+    run_file = run_dir / "run.json"
+    if run_file.is_file():
+        import csv
+
+        run = json.loads(run_file.read_text())
+        rows = list(csv.DictReader(open(run_dir / "metrics.csv"))) if (run_dir / "metrics.csv").is_file() else []
+        vals = [float(r["val_loss"]) for r in rows if r.get("val_loss")]
+        info["run"] = {"data": run.get("data"), "preset": run.get("preset"),
+                       "steps": int(rows[-1]["step"]) if rows else 0,
+                       "best_val_loss": min(vals) if vals else None, "train": run.get("train")}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['kind']} model at {info['path']}")
+    print(f"  parameters: {info['parameters']:,}")
+    print("  config: " + ", ".join(f"{k}={v}" for k, v in info["config"].items()))
+    if info["tokenizer"]:
+        print(f"  tokenizer: {info['tokenizer']['type']}, vocab {info['tokenizer']['vocab_size']}")
+    if "run" in info:
+        r = info["run"]
+        best = f"{r['best_val_loss']:.4f}" if r["best_val_loss"] is not None else "n/a"
+        print(f"  run: {r['steps']} steps on {r['data']} (preset {r['preset']}), best val loss {best}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- demo
+def bundled_shakespeare(target: Path) -> Path:
+    """Unpack the bundled (public-domain) tiny Shakespeare text to `target`."""
+    data = resources.files("dlforge").joinpath("assets/tinyshakespeare.txt.gz").read_bytes()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(gzip.decompress(data))
+    return target
+
+
+def cmd_demo(args) -> int:
+    from ..text.generation import generate_text
+    from ..training.lm import train_language_model
+
+    out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (out / "run.json").exists():
+        raise DlforgeError(f"{out} already holds a run: choose another --out")
+    text_file = bundled_shakespeare(out / "corpus" / "tinyshakespeare.txt")
+    print(f"Training a character-level GPT on tiny Shakespeare for {args.minutes} min -> {out}")
+
+    def show_sample(trainer, metrics):
+        model = trainer.model
+        sample = generate_text(model, trainer.tokenizer, "\n", max_new_tokens=200, temperature=0.8,
+                               seed=args.seed)
+        model.train()
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"--- sample at step {metrics['step']} (val loss {metrics['val_loss']:.3f}):{sample}\n---")
+
+    result = train_language_model(text_file, out, preset="shakespeare",
+                                  overrides={"max_minutes": args.minutes, "eval_interval": args.eval_interval},
+                                  seed=args.seed, on_eval=show_sample, progress=not args.quiet)
+    _print_result(result, out)
+    print(f"Metrics: {out / 'metrics.csv'}   loss curve: {out / 'loss.png'}")
+    print(f"Sample more: dlforge generate {out} --prompt 'ROMEO:' --max-new-tokens 300")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from ..training.lm import PRESETS, TOKENIZERS
+
+    parser = argparse.ArgumentParser(prog="dlforge", description="Readable, fast deep-learning reference models.")
+    parser.add_argument("--version", action="version", version=f"dlforge {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a model from scratch")
+    families = train.add_subparsers(dest="family", metavar="FAMILY")
+    gpt = families.add_parser("gpt", help="a GPT (decoder-only) language model on your text",
+                              description="Train a GPT language model on a UTF-8 text file or folder.")
+    gpt.add_argument("--data", help="UTF-8 text file, or a folder of text files")
+    gpt.add_argument("--out", required=True, help="run folder for checkpoints, metrics.csv and loss.png")
+    gpt.add_argument("--preset", default="shakespeare", choices=list(PRESETS),
+                     help="model size + hyperparameters (default: shakespeare)")
+    gpt.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a model or training field, e.g. --set n_layer=6 --set lr=3e-4 (repeatable)")
+    gpt.add_argument("--tokenizer", default="char", choices=TOKENIZERS, help="char or byte-level bpe (default: char)")
+    gpt.add_argument("--vocab-size", type=_positive_int, help="BPE vocabulary size (default 4096)")
+    gpt.add_argument("--max-steps", type=_positive_int, help="optimizer steps (the LR schedule ends here)")
+    gpt.add_argument("--minutes", type=_positive_float, help="wall-clock budget; the schedule is fitted to it")
+    gpt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    gpt.add_argument("--seed", type=int, help="random seed (default 1337)")
+    gpt.add_argument("--quiet", action="store_true", help="no progress bar")
+    gpt.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    gpt.set_defaults(func=cmd_train)
+
+    gen = sub.add_parser("generate", help="continue a prompt with a trained GPT or a Hugging Face GPT-2",
+                         description="Generate text from a dlforge run/model folder or a Hugging Face GPT-2 folder.")
+    gen.add_argument("model", help="dlforge run folder, model folder, or Hugging Face GPT-2 folder")
+    gen.add_argument("--prompt", default="\n", help="text to continue (default: a newline); \\n is a newline")
+    gen.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more random (default 0.8)")
+    gen.add_argument("--top-k", type=_positive_int, help="sample only from the k most likely tokens")
+    gen.add_argument("--top-p", type=float, help="nucleus sampling: smallest set with probability >= p, in (0, 1]")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1)")
+    gen.add_argument("--stop", action="append", help="stop when this text appears (repeatable)")
+    gen.add_argument("--num-samples", type=_positive_int, default=1, help="independent samples (default 1)")
+    gen.add_argument("--seed", type=int, help="random seed for reproducible sampling")
+    gen.add_argument("--stream", action="store_true", help="print text as it is generated")
+    gen.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step (slower)")
+    gen.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    gen.set_defaults(func=cmd_generate)
+
+    info = sub.add_parser("info", help="describe a run or model folder")
+    info.add_argument("model", help="dlforge run folder, model folder, or Hugging Face folder")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    info.set_defaults(func=cmd_info)
+
+    demo = sub.add_parser("demo", help="train a small GPT on the bundled tiny Shakespeare and sample from it")
+    demo.add_argument("--minutes", type=_positive_float, default=2.0, help="training time (default 2)")
+    demo.add_argument("--out", help="run folder (default: runs/demo-<time>)")
+    demo.add_argument("--eval-interval", type=_positive_int, default=250, help="steps between samples (default 250)")
+    demo.add_argument("--seed", type=int, default=1337, help="random seed (default 1337)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except DlforgeError as e:
+        if args.debug:
+            raise
+        print(f"dlforge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ndlforge: interrupted; the last saved checkpoint is intact (continue with --resume)", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if args.debug:
+            raise
+        print(f"dlforge: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+    except Exception as e:  # an unexpected bug: still one line, with a way to see more
+        if args.debug:
+            raise
+        print(f"dlforge: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

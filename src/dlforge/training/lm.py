@@ -1,0 +1,138 @@
+"""Language-model training recipe: text corpus -> tokenizer -> GPT -> Trainer.
+
+This is what `dlforge train gpt` and `dlforge demo` run, and what Python users call as
+`train_language_model(...)`. Presets bundle a model shape with training hyperparameters;
+`overrides` ({"n_layer": 6, "lr": 3e-4}) change any field of `GPTConfig` or `TrainConfig`.
+
+The run folder keeps `run.json` (everything needed to resume), `data/tokens.bin` (the tokenized
+corpus, memory-mapped) and the Trainer's checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+from ..data.text import TextBatches, build_token_file, corpus_files, iter_text_chunks, open_token_file
+from ..errors import DlforgeError
+from ..io import atomic_write_json
+from ..models.gpt import GPT, GPTConfig
+from ..text.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
+from .trainer import TrainConfig, Trainer
+
+# Each preset: model fields + training fields. `shakespeare` is the 5-minute CPU recipe measured in
+# benchmarks/RESULTS.md; `baby` is nanoGPT's documented CPU recipe; `tiny` is for smoke tests.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=16, lr=2e-3, max_steps=200,
+                 warmup_steps=20, eval_interval=100, log_interval=10),
+    "baby": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=1e-3, max_steps=2000,
+                 warmup_steps=100, min_lr=1e-4, eval_interval=250, dropout=0.0),
+    "shakespeare": dict(n_layer=6, n_head=6, n_embd=192, block_size=128, batch_size=32, lr=2e-3,
+                        max_steps=5000, warmup_steps=100, min_lr=1e-4, eval_interval=250, dropout=0.1,
+                        beta2=0.99),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=8, grad_accum=4, lr=6e-4,
+                 min_lr=6e-5, max_steps=10000, warmup_steps=500, eval_interval=500, dropout=0.0,
+                 activation="gelu_new"),
+}
+TOKENIZERS = ("char", "bpe")
+
+
+def _convert(value: str, annotation: str, key: str):
+    """Parse a --set string into the field's declared type (annotations are strings like 'float | None')."""
+    kinds = [part.strip() for part in str(annotation).split("|")]
+    if "None" in kinds and value.lower() in ("none", "null"):
+        return None
+    kind = kinds[0]
+    try:
+        if kind == "bool":
+            return {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[value.lower()]
+        return {"int": int, "float": float, "str": str}[kind](value)
+    except (KeyError, ValueError):
+        raise DlforgeError(f"--set {key}={value}: expected a value of type {kind}") from None
+
+
+def field_types() -> dict[str, str]:
+    types_ = {f.name: f.type for f in fields(GPTConfig)}
+    types_.update({f.name: f.type for f in fields(TrainConfig)})
+    types_.pop("vocab_size")  # set by the tokenizer (use --vocab-size for BPE)
+    return types_
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """["n_layer=6", "lr=3e-4"] -> {"n_layer": 6, "lr": 0.0003}, checked against the config fields."""
+    known = field_types()
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise DlforgeError(f"--set {pair!r}: write it as key=value, e.g. --set n_layer=6")
+        key, value = pair.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key not in known:
+            raise DlforgeError(f"--set {key}: unknown key; valid keys: {', '.join(sorted(known))}")
+        out[key] = _convert(value.strip(), known[key], key)
+    return out
+
+
+def resolve_settings(preset: str, overrides: dict) -> tuple[dict, dict]:
+    """Split preset + overrides into (GPTConfig kwargs without vocab_size, TrainConfig kwargs)."""
+    if preset not in PRESETS:
+        raise DlforgeError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    settings = {**PRESETS[preset], **overrides}
+    model_keys = {f.name for f in fields(GPTConfig)}
+    model = {k: v for k, v in settings.items() if k in model_keys}
+    train = {k: v for k, v in settings.items() if k not in model_keys}
+    return model, train
+
+
+def train_tokenizer(kind: str, source, vocab_size: int | None):
+    if kind == "char":
+        return CharTokenizer.train(iter_text_chunks(corpus_files(source)))
+    if kind == "bpe":
+        return BPETokenizer.train(iter_text_chunks(corpus_files(source)), vocab_size=vocab_size or 4096)
+    raise DlforgeError(f"unknown tokenizer {kind!r}: choose one of {', '.join(TOKENIZERS)}")
+
+
+def train_language_model(data: str | Path, out: str | Path, preset: str = "shakespeare",
+                         overrides: dict | None = None, tokenizer: str = "char", vocab_size: int | None = None,
+                         resume: bool = False, seed: int | None = None,
+                         on_eval: Callable | None = None, progress: bool = True) -> dict:
+    """Train (or resume) a GPT on a text corpus; returns the Trainer's final metrics."""
+    out = Path(out)
+    run_file = out / "run.json"
+    if resume:
+        if not run_file.is_file():
+            raise DlforgeError(f"nothing to resume in {out}: it has no run.json (start it without --resume)")
+        run = json.loads(run_file.read_text())
+        run["train"].update({k: v for k, v in (overrides or {}).items() if k in ("max_steps", "max_minutes")})
+        tok = load_tokenizer(out)
+    else:
+        if run_file.exists():
+            raise DlforgeError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+        model_kwargs, train_kwargs = resolve_settings(preset, overrides or {})
+        if seed is not None:
+            train_kwargs["seed"] = seed
+        GPTConfig(vocab_size=1, **model_kwargs)  # validate before the slow tokenization
+        TrainConfig(**train_kwargs)
+        corpus_files(data)
+        tok = train_tokenizer(tokenizer, data, vocab_size)
+        tok.save(out)
+        run = {"kind": "gpt", "data": str(Path(data).resolve()), "preset": preset, "tokenizer": tokenizer,
+               "model": model_kwargs, "train": train_kwargs}
+    token_file = out / "data" / "tokens.bin"
+    if not token_file.is_file():
+        build_token_file(run["data"] if resume else data, tok, token_file)
+    model_config = GPTConfig(vocab_size=tok.vocab_size, **run["model"])
+    train_config = TrainConfig(**run["train"])
+    run["model"] = {k: v for k, v in asdict(model_config).items() if k != "vocab_size"}
+    if not resume:
+        atomic_write_json(run_file, run)
+    torch.manual_seed(train_config.seed)
+    model = GPT(model_config)
+    batches = TextBatches(open_token_file(token_file), model_config.block_size, train_config.batch_size,
+                          seed=train_config.seed)
+    trainer = Trainer(model, train_config, batches, out, tokenizer=tok, on_eval=on_eval, progress=progress)
+    return trainer.fit(resume=resume)
