@@ -20,7 +20,8 @@ def make_adamw(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.9
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    # the fused kernel (one pass over all parameters) is much faster than the per-tensor loop
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
 
 
 def learning_rate(step: int, lr: float, min_lr: float, warmup_steps: int, total_steps: int,

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up .venv with the dev extras and run the whole test suite (slow tests: add `-m slow`).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/env.sh dev
+exec .venv/bin/python -m pytest -q "$@"
