@@ -21,6 +21,7 @@ from torch import nn
 from ..nn import (
     KVCache,
     LearnedPositionalEmbedding,
+    Linear,
     RotaryEmbedding,
     SinusoidalPositionalEncoding,
     TransformerBlock,
@@ -87,7 +88,7 @@ class GPT(nn.Module):
             self.transformer["wpe"] = LearnedPositionalEmbedding(c.block_size, c.n_embd)
         elif c.positional == "sinusoidal":
             self.transformer["wpe"] = SinusoidalPositionalEncoding(c.block_size, c.n_embd)
-        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head = Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)

@@ -2,6 +2,7 @@
 
 from .attention import KVCache, MultiHeadAttention, attention_reference, build_attention_mask
 from .blocks import MLP, RMSNorm, TransformerBlock, make_norm
+from .linear import Linear, split_gemv
 from .positional import (
     LearnedPositionalEmbedding,
     RotaryEmbedding,
@@ -10,7 +11,7 @@ from .positional import (
 )
 
 __all__ = [
-    "KVCache", "MultiHeadAttention", "attention_reference", "build_attention_mask",
+    "KVCache", "Linear", "split_gemv", "MultiHeadAttention", "attention_reference", "build_attention_mask",
     "MLP", "RMSNorm", "TransformerBlock", "make_norm",
     "LearnedPositionalEmbedding", "RotaryEmbedding", "SinusoidalPositionalEncoding", "sinusoidal_table",
 ]

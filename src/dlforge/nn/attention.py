@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import Linear
 from .positional import RotaryEmbedding
 
 
@@ -99,11 +100,11 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"width {dim} is not divisible by the number of heads {n_heads}")
         self.n_heads, self.head_dim, self.cross = n_heads, dim // n_heads, cross
         if cross:
-            self.q_proj = nn.Linear(dim, dim, bias=bias)
-            self.kv_proj = nn.Linear(context_dim or dim, 2 * dim, bias=bias)
+            self.q_proj = Linear(dim, dim, bias=bias)
+            self.kv_proj = Linear(context_dim or dim, 2 * dim, bias=bias)
         else:
-            self.c_attn = nn.Linear(dim, 3 * dim, bias=bias)
-        self.c_proj = nn.Linear(dim, dim, bias=bias)
+            self.c_attn = Linear(dim, 3 * dim, bias=bias)
+        self.c_proj = Linear(dim, dim, bias=bias)
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
         self.rotary = rotary

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import MultiHeadAttention
+from .linear import Linear
 from .positional import RotaryEmbedding
 
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "swiglu")
@@ -50,8 +51,8 @@ class MLP(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
         self.activation = activation
-        self.c_fc = nn.Linear(dim, 2 * hidden if activation == "swiglu" else hidden, bias=bias)
-        self.c_proj = nn.Linear(hidden, dim, bias=bias)
+        self.c_fc = Linear(dim, 2 * hidden if activation == "swiglu" else hidden, bias=bias)
+        self.c_proj = Linear(hidden, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
