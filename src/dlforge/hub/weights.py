@@ -75,12 +75,14 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: st
     unexpected = [k for k in state if k not in own]
     wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
                    for k in state if k in own and state[k].shape != own[k].shape]
+    def listing(keys):
+        return ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "")
+
     problems = []
     if missing:
-        problems.append(f"missing {len(missing)} weight(s): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        problems.append(f"missing {len(missing)} weight(s): {listing(missing)}")
     if unexpected:
-        problems.append(f"unexpected {len(unexpected)} weight(s): {', '.join(unexpected[:5])}"
-                        f"{' ...' if len(unexpected) > 5 else ''}")
+        problems.append(f"unexpected {len(unexpected)} weight(s): {listing(unexpected)}")
     if wrong_shape:
         problems.append(f"shape mismatch (checkpoint vs model): {', '.join(wrong_shape[:5])}")
     if problems:
