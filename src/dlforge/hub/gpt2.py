@@ -37,17 +37,25 @@ def config_from_hf(hf: dict) -> GPTConfig:
         tie_embeddings=hf.get("tie_word_embeddings", True))
 
 
-def config_to_hf(c: GPTConfig) -> dict:
+def config_to_hf(c: GPTConfig, tokenizer=None) -> dict:
     if c.positional != "learned" or c.norm != "layernorm" or not c.bias or c.activation == "swiglu":
         raise DlforgeError("only GPT-2-shaped models (learned positions, LayerNorm, biases, no SwiGLU) "
                            "can be saved in the Hugging Face GPT-2 format")
     activation = {"gelu_new": "gelu_new", "gelu": "gelu", "relu": "relu"}[c.activation]
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
             "n_positions": c.block_size, "n_ctx": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer,
-            "n_head": c.n_head, "n_inner": int(c.mlp_ratio * c.n_embd), "activation_function": activation,
+            "n_head": c.n_head, "n_inner": round(c.mlp_ratio * c.n_embd), "activation_function": activation,
             "layer_norm_epsilon": c.norm_eps, "tie_word_embeddings": c.tie_embeddings,
-            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "bos_token_id": 50256,
-            "eos_token_id": 50256, "dtype": "float32"}
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+            # special-token ids come from the tokenizer; GPT-2's own vocabulary ends with <|endoftext|>
+            "bos_token_id": _special_id(tokenizer, "bos_token_id", c.vocab_size),
+            "eos_token_id": _special_id(tokenizer, "eos_token_id", c.vocab_size), "dtype": "float32"}
+
+
+def _special_id(tokenizer, attribute: str, vocab_size: int) -> int | None:
+    if tokenizer is not None:
+        return getattr(tokenizer, attribute)
+    return 50256 if vocab_size == 50257 else None
 
 
 def load_hf_gpt2(directory: str | Path, hf_config: dict) -> GPT:
@@ -70,7 +78,7 @@ def load_hf_gpt2(directory: str | Path, hf_config: dict) -> GPT:
 def save_hf_gpt2(model: GPT, directory: str | Path, tokenizer=None) -> Path:
     """Write config.json + model.safetensors that `transformers.GPT2LMHeadModel` loads."""
     directory = Path(directory)
-    hf_config = config_to_hf(model.config)
+    hf_config = config_to_hf(model.config, tokenizer)
     state = {}
     for key, tensor in model.state_dict().items():
         if key == "lm_head.weight" and model.config.tie_embeddings:

@@ -78,7 +78,7 @@ class GPT(nn.Module):
             wte=nn.Embedding(c.vocab_size, c.n_embd),
             drop=nn.Dropout(c.dropout),
             h=nn.ModuleList([
-                TransformerBlock(c.n_embd, c.n_head, int(c.mlp_ratio * c.n_embd), c.activation, c.norm,
+                TransformerBlock(c.n_embd, c.n_head, round(c.mlp_ratio * c.n_embd), c.activation, c.norm,
                                  c.norm_eps, pre_ln=True, bias=c.bias, dropout=c.dropout, rotary=rotary)
                 for _ in range(c.n_layer)
             ]),

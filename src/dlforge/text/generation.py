@@ -125,7 +125,9 @@ def iter_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     seen = None
     if config.repetition_penalty != 1.0:
         seen = torch.zeros(B, vocab, dtype=torch.bool, device=ids.device)
-        seen.scatter_(1, ids, mask.bool())
+        rows = torch.arange(B, device=ids.device)[:, None].expand_as(ids)
+        real = mask.bool()
+        seen[rows[real], ids[real]] = True  # only real tokens count, never left padding
     finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
     filler = config.pad_token_id if config.pad_token_id is not None else (config.eos_token_id or 0)
     cache = model.new_kv_cache(B, block_size) if config.use_cache else None
