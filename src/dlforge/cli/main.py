@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import sys
 import time
 from importlib import resources
@@ -62,6 +63,8 @@ def cmd_train(args) -> int:
 
 
 def _print_result(result: dict, out) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     best = result["best_val_loss"]
     print(f"done: {result['stop_reason']}; step {result['step']}, best val loss {best:.4f}, "
           f"{result['elapsed_s']:.0f} s. Model: {Path(out) / 'checkpoints' / 'best'}")

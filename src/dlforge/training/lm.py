@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -22,7 +22,8 @@ from ..errors import DlforgeError
 from ..io import atomic_write_json
 from ..models.gpt import GPT, GPTConfig
 from ..text.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
-from .trainer import TrainConfig, Trainer
+from .distributed import init_distributed
+from .trainer import TrainConfig, Trainer, resolve_device
 
 # Each preset: model fields + training fields. `shakespeare` is the 5-minute CPU recipe measured in
 # benchmarks/RESULTS.md; `baby` is nanoGPT's documented CPU recipe; `tiny` is for smoke tests.
@@ -100,7 +101,11 @@ def train_language_model(data: str | Path, out: str | Path, preset: str = "shake
                          overrides: dict | None = None, tokenizer: str = "char", vocab_size: int | None = None,
                          resume: bool = False, seed: int | None = None,
                          on_eval: Callable | None = None, progress: bool = True) -> dict:
-    """Train (or resume) a GPT on a text corpus; returns the Trainer's final metrics."""
+    """Train (or resume) a GPT on a text corpus; returns the Trainer's final metrics.
+
+    Under torchrun every process calls this; rank 0 alone trains the tokenizer and tokenizes the
+    corpus, the others wait for it and then read the same files.
+    """
     out = Path(out)
     run_file = out / "run.json"
     if resume:
@@ -108,7 +113,6 @@ def train_language_model(data: str | Path, out: str | Path, preset: str = "shake
             raise DlforgeError(f"nothing to resume in {out}: it has no run.json (start it without --resume)")
         run = json.loads(run_file.read_text())
         run["train"].update({k: v for k, v in (overrides or {}).items() if k in ("max_steps", "max_minutes")})
-        tok = load_tokenizer(out)
     else:
         if run_file.exists():
             raise DlforgeError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
@@ -118,18 +122,21 @@ def train_language_model(data: str | Path, out: str | Path, preset: str = "shake
         GPTConfig(vocab_size=1, **model_kwargs)  # validate before the slow tokenization
         TrainConfig(**train_kwargs)
         corpus_files(data)
-        tok = train_tokenizer(tokenizer, data, vocab_size)
-        tok.save(out)
         run = {"kind": "gpt", "data": str(Path(data).resolve()), "preset": preset, "tokenizer": tokenizer,
-               "model": model_kwargs, "train": train_kwargs}
-    token_file = out / "data" / "tokens.bin"
-    if not token_file.is_file():
-        build_token_file(run["data"] if resume else data, tok, token_file)
-    model_config = GPTConfig(vocab_size=tok.vocab_size, **run["model"])
+               "vocab_size": vocab_size, "model": model_kwargs, "train": train_kwargs}
     train_config = TrainConfig(**run["train"])
-    run["model"] = {k: v for k, v in asdict(model_config).items() if k != "vocab_size"}
-    if not resume:
-        atomic_write_json(run_file, run)
+    dist = init_distributed(resolve_device(train_config.device).type)
+    dist.barrier()  # every process has checked the folder before rank 0 writes to it
+    token_file = out / "data" / "tokens.bin"
+    if dist.is_main:
+        if not resume:
+            train_tokenizer(tokenizer, data, vocab_size).save(out)
+            atomic_write_json(run_file, run)
+        if not token_file.is_file():
+            build_token_file(run["data"], load_tokenizer(out), token_file)
+    dist.barrier()
+    tok = load_tokenizer(out)
+    model_config = GPTConfig(vocab_size=tok.vocab_size, **run["model"])
     torch.manual_seed(train_config.seed)
     model = GPT(model_config)
     batches = TextBatches(open_token_file(token_file), model_config.block_size, train_config.batch_size,

@@ -40,22 +40,30 @@ class EMA:
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        self.shadow = {k: v.detach().clone() for k, v in self._averaged(model).items()}
+
+    @staticmethod
+    def _averaged(model: nn.Module) -> dict[str, torch.Tensor]:
+        """Floating-point tensors of the state dict, each storage once (tied weights share one)."""
+        out, seen = {}, set()
+        for k, v in model.state_dict().items():
+            if v.is_floating_point() and v.data_ptr() not in seen:
+                seen.add(v.data_ptr())
+                out[k] = v
+        return out
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if k in self.shadow:
-                self.shadow[k].lerp_(v.detach(), 1.0 - self.decay)
+        for k, v in self._averaged(model).items():
+            self.shadow[k].lerp_(v.detach(), 1.0 - self.decay)
 
     @torch.no_grad()
     def swap(self, model: nn.Module) -> None:
         """Exchange the model's weights with the averaged ones (call twice to swap back)."""
-        state = model.state_dict()
-        for k, avg in self.shadow.items():
-            current = state[k].detach().clone()
-            state[k].copy_(avg)
-            avg.copy_(current)
+        for k, current in self._averaged(model).items():
+            saved = current.detach().clone()
+            current.copy_(self.shadow[k])
+            self.shadow[k].copy_(saved)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "shadow": self.shadow}

@@ -209,7 +209,9 @@ class Trainer:
             timed_steps += 1
             if c.max_minutes and timed_steps == 10 and not resume:
                 self._fit_schedule_to_budget(bar)
-            if self.step % c.log_interval == 0 or self.step == self.total_steps:
+            out_of_time = self.dist.any(bool(c.max_minutes) and self.elapsed > 60 * c.max_minutes, self.device)
+            evaluate_now = self.step % c.eval_interval == 0 or self.step == self.total_steps or out_of_time
+            if self.step % c.log_interval == 0 or evaluate_now:
                 rate = window_items / max(1e-9, time.perf_counter() - window_start)
                 mean_loss = sum(window_loss) / len(window_loss)
                 self.log.log(step=self.step, train_loss=mean_loss, lr=self.optimizer.param_groups[0]["lr"],
@@ -217,10 +219,9 @@ class Trainer:
                 bar.set_postfix({"loss": f"{mean_loss:.4f}", self.throughput_unit: f"{rate:,.0f}"})
                 window_loss, window_items, window_start = [], 0, time.perf_counter()
             bar.update(1)
-            out_of_time = self.dist.any(bool(c.max_minutes) and self.elapsed > 60 * c.max_minutes, self.device)
             if out_of_time:
                 self.stop_reason = f"time budget of {c.max_minutes} min reached"
-            if self.step % c.eval_interval == 0 or self.step == self.total_steps or out_of_time:
+            if evaluate_now:
                 val_loss = self._evaluate_and_save()
                 if self.stop_reason:
                     break
@@ -281,6 +282,7 @@ class Trainer:
 
     def save_checkpoint(self, best: bool = False) -> None:
         if self.dist.is_main:
+            self.log.write()  # before LATEST moves: a resume drops rows past its checkpoint, never misses any
             name = f"step-{self.step:07d}"
             with atomic_directory(self.checkpoint_root / name) as tmp:
                 write_model_files(self.model, tmp, self.tokenizer)
@@ -295,7 +297,6 @@ class Trainer:
                     finally:
                         if self.ema is not None:
                             self.ema.swap(self.model)
-            self.log.write()
             self._prune_checkpoints()
         self.dist.barrier()
 
