@@ -118,7 +118,10 @@ def cmd_info(args) -> int:
         import csv
 
         run = json.loads(run_file.read_text())
-        rows = list(csv.DictReader(open(run_dir / "metrics.csv"))) if (run_dir / "metrics.csv").is_file() else []
+        rows = []
+        if (run_dir / "metrics.csv").is_file():
+            with open(run_dir / "metrics.csv", newline="") as f:
+                rows = list(csv.DictReader(f))
         vals = [float(r["val_loss"]) for r in rows if r.get("val_loss")]
         info["run"] = {"data": run.get("data"), "preset": run.get("preset"),
                        "steps": int(rows[-1]["step"]) if rows else 0,
@@ -201,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     gpt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     gpt.add_argument("--seed", type=int, help="random seed (default 1337)")
     gpt.add_argument("--quiet", action="store_true", help="no progress bar")
-    gpt.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    gpt.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     gpt.set_defaults(func=cmd_train)
 
     gen = sub.add_parser("generate", help="continue a prompt with a trained GPT or a Hugging Face GPT-2",
@@ -218,13 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, help="random seed for reproducible sampling")
     gen.add_argument("--stream", action="store_true", help="print text as it is generated")
     gen.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step (slower)")
-    gen.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    gen.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     gen.set_defaults(func=cmd_generate)
 
     info = sub.add_parser("info", help="describe a run or model folder")
     info.add_argument("model", help="dlforge run folder, model folder, or Hugging Face folder")
     info.add_argument("--json", action="store_true", help="print JSON")
-    info.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    info.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     info.set_defaults(func=cmd_info)
 
     demo = sub.add_parser("demo", help="train a small GPT on the bundled tiny Shakespeare and sample from it")
@@ -233,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--eval-interval", type=_positive_int, default=250, help="steps between samples (default 250)")
     demo.add_argument("--seed", type=int, default=1337, help="random seed (default 1337)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
-    demo.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    demo.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     demo.set_defaults(func=cmd_demo)
     return parser
 

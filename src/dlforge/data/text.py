@@ -141,12 +141,12 @@ class TextBatches:
 
     def train_batch(self, step: int, micro_step: int = 0, rank: int = 0, world_size: int = 1):
         rng = np.random.default_rng([self.seed, step, micro_step])
-        starts = rng.integers(0, len(self.train_ids) - self.block_size - 1, size=self.batch_size)
+        starts = rng.integers(0, len(self.train_ids) - self.block_size, size=self.batch_size)  # last start: L-T-1
         return self._windows(self.train_ids, self._rank_slice(starts, rank, world_size))
 
     def eval_batches(self, rank: int = 0, world_size: int = 1):
         """The same fixed validation windows at every evaluation, so losses are comparable."""
         rng = np.random.default_rng([self.seed, 1 << 30])
         for _ in range(self.n_eval):
-            starts = rng.integers(0, len(self.val_ids) - self.block_size - 1, size=self.batch_size)
+            starts = rng.integers(0, len(self.val_ids) - self.block_size, size=self.batch_size)
             yield self._windows(self.val_ids, self._rank_slice(starts, rank, world_size))

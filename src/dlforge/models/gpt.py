@@ -28,6 +28,7 @@ from ..nn import (
     build_attention_mask,
     make_norm,
 )
+from ..errors import DlforgeError
 from .outputs import ModelOutput
 
 POSITIONAL_KINDS = ("learned", "sinusoidal", "rotary", "none")
@@ -52,9 +53,9 @@ class GPTConfig:
 
     def __post_init__(self):
         if self.positional not in POSITIONAL_KINDS:
-            raise ValueError(f"positional must be one of {', '.join(POSITIONAL_KINDS)}, got {self.positional!r}")
+            raise DlforgeError(f"positional must be one of {', '.join(POSITIONAL_KINDS)}, got {self.positional!r}")
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise DlforgeError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): change one of them")
 
     @classmethod
     def from_dict(cls, d: dict) -> GPTConfig:

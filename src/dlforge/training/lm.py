@@ -128,18 +128,24 @@ def train_language_model(data: str | Path, out: str | Path, preset: str = "shake
     dist = init_distributed(resolve_device(train_config.device).type)
     dist.barrier()  # every process has checked the folder before rank 0 writes to it
     token_file = out / "data" / "tokens.bin"
+    block_size = GPTConfig(vocab_size=1, **run["model"]).block_size
+
+    def open_batches() -> TextBatches:
+        return TextBatches(open_token_file(token_file), block_size, train_config.batch_size, seed=train_config.seed)
+
     if dist.is_main:
-        if not resume:
+        if not resume:  # run.json is written last: a failed setup leaves no half-made run behind
             train_tokenizer(tokenizer, data, vocab_size).save(out)
+            build_token_file(run["data"], load_tokenizer(out), token_file)
+            open_batches()  # raises if the corpus is shorter than a context window
             atomic_write_json(run_file, run)
-        if not token_file.is_file():
+        elif not token_file.is_file():
             build_token_file(run["data"], load_tokenizer(out), token_file)
     dist.barrier()
     tok = load_tokenizer(out)
     model_config = GPTConfig(vocab_size=tok.vocab_size, **run["model"])
     torch.manual_seed(train_config.seed)
     model = GPT(model_config)
-    batches = TextBatches(open_token_file(token_file), model_config.block_size, train_config.batch_size,
-                          seed=train_config.seed)
+    batches = open_batches()
     trainer = Trainer(model, train_config, batches, out, tokenizer=tok, on_eval=on_eval, progress=progress)
     return trainer.fit(resume=resume)

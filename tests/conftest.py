@@ -1,0 +1,126 @@
+"""Shared fixtures: where the real data lives, small text corpora, and subprocess helpers.
+
+Real data (tiny Shakespeare) is looked up in $DLFORGE_DATA, then in ../shared/data beside the
+repository; tests that need it are skipped with a clear reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE_REL = Path("text") / "tinyshakespeare.txt"
+SMALL_BYTES = 100_000
+
+# A fixed alphabet for synthetic corpora: tests that need an "unknown character" use one outside it.
+SYNTHETIC_WORDS = ("the", "king", "queen", "sword", "crown", "night", "day", "love", "war", "speak",
+                   "hear", "my", "lord", "and", "of", "to", "a", "is", "not", "be")
+
+
+def find_shared_data() -> Path | None:
+    """$DLFORGE_DATA, else <repo>/../shared/data; None when neither exists."""
+    env = os.environ.get("DLFORGE_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO_ROOT / ".." / "shared" / "data")
+    for path in candidates:
+        if path.is_dir():
+            return path.resolve()
+    return None
+
+
+def synthetic_text(n_chars: int = 30_000, seed: int = 0) -> str:
+    """Deterministic pseudo-English: lower-case words, spaces, commas, full stops and newlines."""
+    rng = random.Random(seed)
+    lines, size = [], 0
+    while size < n_chars:
+        words = [rng.choice(SYNTHETIC_WORDS) for _ in range(rng.randint(3, 9))]
+        line = " ".join(words) + rng.choice((",", ".", ""))
+        lines.append(line)
+        size += len(line) + 1
+    return ("\n".join(lines) + "\n")[:n_chars]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = find_shared_data()
+    if path is None:
+        pytest.skip("real data not found: set DLFORGE_DATA or put it in ../shared/data beside the repository")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text(shared_data) -> str:
+    """The first ~100 KB of tiny Shakespeare, cut after a newline."""
+    path = shared_data / SHAKESPEARE_REL
+    if not path.is_file():
+        pytest.skip(f"tiny Shakespeare not found at {path}")
+    head = path.read_bytes()[:SMALL_BYTES].decode("utf-8", errors="ignore")
+    return head[: head.rfind("\n") + 1]
+
+
+@pytest.fixture
+def shakespeare_small(tmp_path, shakespeare_text) -> Path:
+    """A file in tmp_path holding the first ~100 KB of tiny Shakespeare."""
+    path = tmp_path / "shakespeare_small.txt"
+    path.write_text(shakespeare_text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_corpus() -> str:
+    """The text of `synthetic_text_file` (for module-scoped fixtures that write their own copy)."""
+    return synthetic_text()
+
+
+@pytest.fixture
+def synthetic_text_file(tmp_path) -> Path:
+    """A ~30 KB synthetic UTF-8 corpus (no real data needed); its alphabet is lower-case ASCII + ' ,.\\n'."""
+    path = tmp_path / "synthetic.txt"
+    path.write_text(synthetic_text(), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def make_text_file(tmp_path):
+    """Factory: make_text_file(name="x.txt", n_chars=30_000, seed=0) -> Path of a synthetic corpus."""
+
+    def make(name: str = "corpus.txt", n_chars: int = 30_000, seed: int = 0) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(synthetic_text(n_chars, seed), encoding="utf-8")
+        return path
+
+    return make
+
+
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    """Environment for child processes: one thread each (2 shared cores), no inherited torchrun vars."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")}
+    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port that was free a moment ago (for torchrun's rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def dlforge_cmd():
+    """dlforge_cmd("train", "gpt", ...) -> argv running the CLI with this interpreter."""
+
+    def cmd(*args: str) -> list[str]:
+        return [sys.executable, "-m", "dlforge", *args]
+
+    return cmd
