@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE_REL = Path("text") / "tinyshakespeare.txt"
@@ -124,3 +125,12 @@ def dlforge_cmd():
         return [sys.executable, "-m", "dlforge", *args]
 
     return cmd
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tests use tiny models: one intra-op thread is as fast, and robust when the 2 cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

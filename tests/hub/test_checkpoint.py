@@ -16,15 +16,6 @@ from dlforge.models import GPT, GPTConfig
 from dlforge.text import CharTokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and avoids contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_gpt(seed: int = 0, **overrides) -> GPT:
     torch.manual_seed(seed)
     cfg = dict(vocab_size=29, block_size=12, n_layer=2, n_head=2, n_embd=8)

@@ -12,15 +12,6 @@ from dlforge.errors import DlforgeError
 from dlforge.models import GPT, MODEL_CLASSES, GPTConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and avoids contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(**overrides) -> GPTConfig:
     base = dict(vocab_size=37, block_size=16, n_layer=2, n_head=2, n_embd=16)
     base.update(overrides)

@@ -9,15 +9,6 @@ import torch
 
 from dlforge.nn import KVCache, MultiHeadAttention, RotaryEmbedding, attention_reference, build_attention_mask
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and avoids contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 DIM, HEADS = 32, 4
 HEAD_DIM = DIM // HEADS
 TOL = 1e-5

@@ -10,15 +10,6 @@ from torch import nn
 
 from dlforge.nn import MLP, RMSNorm, TransformerBlock, make_norm
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and avoids contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 DIM, HEADS = 16, 4
 TOL = 1e-5
 

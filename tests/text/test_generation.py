@@ -19,16 +19,6 @@ from dlforge.text.generation import (
     top_p_filter,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and avoids contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 VOCAB, BLOCK = 50, 16
 POSITIONALS = ["learned", "rotary", "sinusoidal"]
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import DlforgeError
 from ..nn import (
     KVCache,
     LearnedPositionalEmbedding,
@@ -28,7 +29,6 @@ from ..nn import (
     build_attention_mask,
     make_norm,
 )
-from ..errors import DlforgeError
 from .outputs import ModelOutput
 
 POSITIONAL_KINDS = ("learned", "sinusoidal", "rotary", "none")
@@ -55,7 +55,7 @@ class GPTConfig:
         if self.positional not in POSITIONAL_KINDS:
             raise DlforgeError(f"positional must be one of {', '.join(POSITIONAL_KINDS)}, got {self.positional!r}")
         if self.n_embd % self.n_head:
-            raise DlforgeError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): change one of them")
+            raise DlforgeError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
     @classmethod
     def from_dict(cls, d: dict) -> GPTConfig:
