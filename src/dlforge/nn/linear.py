@@ -23,12 +23,13 @@ def split_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     """x @ weightᵀ + bias for x with one row, as a batched matmul over row blocks of `weight`."""
     out_features, in_features = weight.shape
     lead = x.shape[:-1]
-    vec = x.reshape(in_features, 1)  # (K, 1)
+    # (K, 1) as the transpose of a row: bmm takes its fast path for this stride layout only
+    vec = x.reshape(1, in_features).t()
     n_even = out_features // GEMV_SPLITS * GEMV_SPLITS
     blocks = weight[:n_even].view(GEMV_SPLITS, n_even // GEMV_SPLITS, in_features)  # (S, N/S, K)
     y = torch.bmm(blocks, vec.expand(GEMV_SPLITS, in_features, 1)).view(n_even)  # (N_even,)
     if n_even < out_features:  # the few rows left over when N is not a multiple of GEMV_SPLITS
-        y = torch.cat([y, weight[n_even:] @ vec.view(in_features)])
+        y = torch.cat([y, weight[n_even:] @ x.reshape(in_features)])
     if bias is not None:
         y = y + bias
     return y.view(*lead, out_features)
