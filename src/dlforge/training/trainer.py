@@ -207,8 +207,11 @@ class Trainer:
             window_items += items
             self.elapsed = time.perf_counter() - start
             timed_steps += 1
-            if c.max_minutes and timed_steps == 10 and not resume:
-                self._fit_schedule_to_budget(bar)
+            if c.max_minutes and not resume:
+                if timed_steps == 5:  # the first steps are slower (allocation, warm caches): time later ones
+                    budget_mark = (self.elapsed, self.step)
+                elif timed_steps == 25:
+                    self._fit_schedule_to_budget(bar, *budget_mark)
             out_of_time = self.dist.any(bool(c.max_minutes) and self.elapsed > 60 * c.max_minutes, self.device)
             evaluate_now = self.step % c.eval_interval == 0 or self.step == self.total_steps or out_of_time
             if self.step % c.log_interval == 0 or evaluate_now:
@@ -230,10 +233,14 @@ class Trainer:
         return {"step": self.step, "val_loss": val_loss, "best_val_loss": self.best_val,
                 "elapsed_s": self.elapsed, "stop_reason": self.stop_reason}
 
-    def _fit_schedule_to_budget(self, bar) -> None:
-        """Set the schedule length so the run ends within max_minutes (measured on 10 steps)."""
-        seconds_per_step = self.elapsed / self.step
-        budget_steps = int(60 * self.config.max_minutes / seconds_per_step * 0.97)
+    def _fit_schedule_to_budget(self, bar, mark_elapsed: float, mark_step: int) -> None:
+        """Set the schedule length so the run ends within max_minutes, from the time of recent steps.
+
+        5 % of the remaining time is left for evaluations and checkpoints.
+        """
+        seconds_per_step = (self.elapsed - mark_elapsed) / (self.step - mark_step)
+        remaining = 60 * self.config.max_minutes - self.elapsed
+        budget_steps = self.step + int(0.95 * remaining / seconds_per_step)
         self.total_steps = self.dist_min(max(self.step + 1, min(self.config.max_steps, budget_steps)))
         bar.total = self.total_steps
         bar.refresh()
