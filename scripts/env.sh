@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create (or reuse) the local virtual environment .venv and install dlforge into it.
-# Usage: source scripts/env.sh [extras]   e.g. `source scripts/env.sh dev`
+# Usage: source scripts/env.sh        (DLFORGE_EXTRAS=dev source scripts/env.sh adds the dev extras)
 # torch is pinned by constraints.txt (2.13.0, the CPU build on the development machines).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -8,7 +8,7 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-extras="${1:-}"
+extras="${DLFORGE_EXTRAS:-}"
 target="."
 [ -n "$extras" ] && target=".[$extras]"
 stamp=".venv/.dlforge-installed-${extras:-core}"

@@ -167,7 +167,7 @@ def cmd_demo(args) -> int:
         model.train()
         from tqdm.auto import tqdm
 
-        tqdm.write(f"--- sample at step {metrics['step']} (val loss {metrics['val_loss']:.3f}):{sample}\n---")
+        tqdm.write(f"--- sample at step {metrics['step']} (val loss {metrics['val_loss']:.3f}):\n{sample}\n---")
 
     result = train_language_model(text_file, out, preset="shakespeare",
                                   overrides={"max_minutes": args.minutes, "eval_interval": args.eval_interval},
