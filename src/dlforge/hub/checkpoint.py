@@ -85,7 +85,7 @@ def load_pretrained(path: str | Path, expected_kind: str | None = None):
     """Load (model, tokenizer or None) from a dlforge directory, run folder or HF directory."""
     from ..models import MODEL_CLASSES
     from ..text.tokenizers import load_tokenizer
-    from . import gpt2
+    from . import bert, gpt2
 
     directory = resolve_model_dir(path)
     raw = read_config(directory)
@@ -104,6 +104,11 @@ def load_pretrained(path: str | Path, expected_kind: str | None = None):
         model = cls(config)
         _, tied = deduplicated_state_dict(model)
         load_into(model, load_state_dict(directory), str(directory), allowed_missing=tuple(tied))
+    elif raw.get("model_type") in bert.FAMILIES:
+        if expected_kind and expected_kind != "bert":
+            raise DlforgeError(f"{directory} holds a {raw['model_type']} model, but this command needs a "
+                               f"{expected_kind} model")
+        model = bert.load_hf_bert(directory, raw)
     elif raw.get("model_type") == "gpt2":
         if expected_kind and expected_kind != "gpt":
             raise DlforgeError(f"{directory} holds a GPT-2 model, but this command needs a {expected_kind} model")
@@ -111,7 +116,7 @@ def load_pretrained(path: str | Path, expected_kind: str | None = None):
     else:
         found = raw.get("model_type", "no 'model_type'")
         raise DlforgeError(f"{directory} is not a model dlforge can load ({found}); supported: dlforge models, "
-                           "Hugging Face gpt2")
+                           "Hugging Face gpt2, bert, roberta, distilbert")
     has_tokenizer = any((directory / f).is_file() for f in ("tokenizer.json", "vocab.json"))
     tokenizer = load_tokenizer(directory) if has_tokenizer else None
     model.eval()

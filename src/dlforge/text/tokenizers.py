@@ -322,6 +322,10 @@ class HFTokenizer(Tokenizer):
     """
 
     def __init__(self, tokenizer: hf.Tokenizer, special_tokens: dict[str, str] | None = None) -> None:
+        # a tokenizer.json may carry its own padding/truncation settings (all-MiniLM pads to 128);
+        # encode_batch pads and truncates itself and derives the attention mask from the real lengths
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
         self.tokenizer = tokenizer
         if special_tokens is None:
             special_tokens = self._detect_special_tokens()

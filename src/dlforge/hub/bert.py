@@ -1,0 +1,148 @@
+"""Hugging Face BERT, RoBERTa and DistilBERT checkpoints -> dlforge `Bert`.
+
+The three families share dlforge's post-LN encoder; only key names, the position rule and the
+classification head differ. Separate query/key/value matrices are concatenated into the fused
+`c_attn` projection. The task head is chosen from `architectures` in config.json
+(`*ForMaskedLM`, `*ForSequenceClassification`, `*ForTokenClassification`,
+`*ForQuestionAnswering`, or the bare `*Model`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import DlforgeError
+from ..models.bert import Bert, BertConfig
+from .weights import load_into, load_state_dict
+
+FAMILIES = ("bert", "roberta", "distilbert")
+TASK_SUFFIXES = {"ForMaskedLM": "masked-lm", "ForSequenceClassification": "sequence-classification",
+                 "ForTokenClassification": "token-classification", "ForQuestionAnswering": "question-answering"}
+PROBLEM_TYPES = {"single_label_classification": "single_label", "multi_label_classification": "multi_label",
+                 "regression": "regression", None: "single_label"}
+
+# (family, HF key pattern) -> dlforge key template; checked in order, first match wins
+LAYER_RULES = {
+    "bert": [
+        (r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)", r"layers.\1.attn.\2.\3"),
+        (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.attn.c_proj."),
+        (r"encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"layers.\1.ln_1."),
+        (r"encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.mlp.c_fc."),
+        (r"encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.mlp.c_proj."),
+        (r"encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"layers.\1.ln_2."),
+        (r"embeddings\.LayerNorm\.", "embeddings.norm."),
+        (r"embeddings\.(word|position|token_type)_embeddings\.", r"embeddings.\1_embeddings."),
+        (r"pooler\.dense\.", "head.dense."),
+        (r"cls\.predictions\.transform\.dense\.", "head.dense."),
+        (r"cls\.predictions\.transform\.LayerNorm\.", "head.norm."),
+        (r"cls\.predictions\.bias", "head.bias"),
+        (r"lm_head\.dense\.", "head.dense."),
+        (r"lm_head\.layer_norm\.", "head.norm."),
+        (r"lm_head\.bias", "head.bias"),
+        (r"classifier\.dense\.", "head.dense."),
+        (r"classifier\.out_proj\.", "head.out_proj."),
+    ],
+    "distilbert": [
+        (r"transformer\.layer\.(\d+)\.attention\.(q|k|v)_lin\.(weight|bias)", r"layers.\1.attn.\2.\3"),
+        (r"transformer\.layer\.(\d+)\.attention\.out_lin\.", r"layers.\1.attn.c_proj."),
+        (r"transformer\.layer\.(\d+)\.sa_layer_norm\.", r"layers.\1.ln_1."),
+        (r"transformer\.layer\.(\d+)\.ffn\.lin1\.", r"layers.\1.mlp.c_fc."),
+        (r"transformer\.layer\.(\d+)\.ffn\.lin2\.", r"layers.\1.mlp.c_proj."),
+        (r"transformer\.layer\.(\d+)\.output_layer_norm\.", r"layers.\1.ln_2."),
+        (r"embeddings\.LayerNorm\.", "embeddings.norm."),
+        (r"embeddings\.(word|position)_embeddings\.", r"embeddings.\1_embeddings."),
+        (r"vocab_transform\.", "head.dense."),
+        (r"vocab_layer_norm\.", "head.norm."),
+        (r"vocab_projector\.bias", "head.bias"),
+        (r"pre_classifier\.", "head.dense."),
+    ],
+}
+LAYER_RULES["roberta"] = LAYER_RULES["bert"]
+SKIPPED = re.compile(r"(position_ids|decoder\.weight|decoder\.bias|vocab_projector\.weight)$")
+
+
+def config_from_hf(hf: dict) -> BertConfig:
+    family = hf.get("model_type")
+    architecture = (hf.get("architectures") or [""])[0]
+    task = next((t for suffix, t in TASK_SUFFIXES.items() if architecture.endswith(suffix)), "none")
+    labels = hf.get("id2label")
+    common = dict(task=task, num_labels=len(labels) if labels else hf.get("num_labels", 2),
+                  labels=[labels[k] for k in sorted(labels, key=int)] if labels else None,
+                  problem_type=PROBLEM_TYPES.get(hf.get("problem_type"), "single_label"),
+                  pad_token_id=hf.get("pad_token_id", 0) or 0)
+    if family == "distilbert":
+        return BertConfig(vocab_size=hf["vocab_size"], hidden_size=hf["dim"], n_layer=hf["n_layers"],
+                          n_head=hf["n_heads"], intermediate_size=hf["hidden_dim"],
+                          activation=_activation(hf.get("activation", "gelu")),
+                          max_position=hf["max_position_embeddings"], type_vocab_size=0, norm_eps=1e-12,
+                          dropout=hf.get("dropout", 0.1), pooler=False, classifier_activation="relu", **common)
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise DlforgeError(f"position_embedding_type={hf['position_embedding_type']!r} is not supported "
+                           "(only 'absolute')")
+    offset = (common["pad_token_id"] + 1) if family == "roberta" else 0
+    return BertConfig(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], n_layer=hf["num_hidden_layers"],
+                      n_head=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
+                      activation=_activation(hf.get("hidden_act", "gelu")),
+                      max_position=hf["max_position_embeddings"] - offset, position_offset=offset,
+                      type_vocab_size=hf.get("type_vocab_size", 2), norm_eps=hf.get("layer_norm_eps", 1e-12),
+                      dropout=hf.get("hidden_dropout_prob", 0.1), pooler=family == "bert",
+                      classifier_activation="tanh", **common)
+
+
+def _activation(name: str) -> str:
+    mapping = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "relu": "relu"}
+    if name not in mapping:
+        raise DlforgeError(f"activation {name!r} is not supported (known: {', '.join(mapping)})")
+    return mapping[name]
+
+
+def convert_state_dict(hf_state: dict[str, torch.Tensor], family: str, task: str) -> dict[str, torch.Tensor]:
+    prefix = f"{family}."
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in hf_state.items():
+        key = key[len(prefix):] if key.startswith(prefix) else key
+        if SKIPPED.search(key) or (task != "sequence-classification" and key.startswith("pooler.")):
+            continue
+        if task in ("token-classification", "question-answering") and key.split(".")[0] in ("classifier",
+                                                                                             "qa_outputs"):
+            out["head." + key.split(".", 1)[1]] = tensor
+            continue
+        if family == "distilbert" and task == "sequence-classification" and key.startswith("classifier."):
+            out["head.out_proj." + key.split(".", 1)[1]] = tensor
+            continue
+        if family == "bert" and task == "sequence-classification" and key.startswith("classifier."):
+            out["head.out_proj." + key.split(".", 1)[1]] = tensor
+            continue
+        new = _rename(key, LAYER_RULES[family])
+        match = re.match(r"layers\.(\d+)\.attn\.(query|key|value|q|k|v)\.(weight|bias)$", new)
+        if match:  # gather q, k, v to fuse them below
+            qkv.setdefault(f"layers.{match[1]}.attn.c_attn.{match[3]}", {})[match[2][0]] = tensor
+            continue
+        out[new] = tensor
+    for fused_key, parts in qkv.items():
+        out[fused_key] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    return out
+
+
+def _rename(key: str, rules) -> str:
+    for pattern, template in rules:
+        new, count = re.subn("^" + pattern, template, key)
+        if count:
+            return new
+    return key  # unmapped keys are reported by name by load_into
+
+
+def load_hf_bert(directory: str | Path, hf_config: dict) -> Bert:
+    family = hf_config.get("model_type")
+    if family not in FAMILIES:
+        raise DlforgeError(f"{directory}: model_type {family!r} is not a BERT-family model ({', '.join(FAMILIES)})")
+    config = config_from_hf(hf_config)
+    model = Bert(config)
+    state = convert_state_dict(load_state_dict(directory), family, config.task)
+    allowed = ("head.decoder.weight",) if config.task == "masked-lm" else ()
+    load_into(model, {k: v.float() for k, v in state.items()}, str(directory), allowed_missing=allowed)
+    return model
