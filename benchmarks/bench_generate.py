@@ -63,12 +63,16 @@ def main():
                     hf_out = hf_m.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                                            max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                                            pad_token_id=0)
-                    t_ours = time_generate(lambda: ours_m.generate(prompt, max_new_tokens=args.new_tokens,
-                                                                   temperature=0), args.new_tokens, args.repeats)
-                    t_hf = time_generate(lambda: hf_m.generate(
-                        prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                        max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=0),
-                        args.new_tokens, args.repeats)
+                    def run_ours(model=ours_m, prompt=prompt):
+                        return model.generate(prompt, max_new_tokens=args.new_tokens, temperature=0)
+
+                    def run_hf(model=hf_m, prompt=prompt):
+                        return model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                              max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                              pad_token_id=0)
+
+                    t_ours = time_generate(run_ours, args.new_tokens, args.repeats)
+                    t_hf = time_generate(run_hf, args.new_tokens, args.repeats)
                 same = (ours_out == hf_out).float().mean().item()
                 key = f"{shape}_{dtype_name}_b{batch}"
                 rows.append({"shape": shape, "dtype": dtype_name, "batch": batch,

@@ -20,7 +20,7 @@ from common import emit_json, matmul_peak, print_table
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from dlforge.hub import load_pretrained
-from dlforge.training import Trainer, TrainConfig
+from dlforge.training import TrainConfig, Trainer
 
 SHAPES = {"small": dict(n_layer=6, n_head=6, n_embd=384, block=256, batch=8),
           "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block=256, batch=4)}
