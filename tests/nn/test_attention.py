@@ -218,7 +218,8 @@ def test_build_attention_mask_padded_rows_never_all_false():
 def test_build_attention_mask_bidirectional_padding():
     key_padding = torch.tensor([[1, 1, 0]])
     mask = build_attention_mask(3, 3, causal=False, key_padding_mask=key_padding)[0, 0]
-    expected = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    # padding queries attend to the real keys, as in Hugging Face encoders
+    expected = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 1, 0]], dtype=torch.bool)
     assert torch.equal(mask, expected)
 
 

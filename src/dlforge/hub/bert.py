@@ -71,7 +71,7 @@ def config_from_hf(hf: dict) -> BertConfig:
     labels = hf.get("id2label")
     common = dict(task=task, num_labels=len(labels) if labels else hf.get("num_labels", 2),
                   labels=[labels[k] for k in sorted(labels, key=int)] if labels else None,
-                  problem_type=PROBLEM_TYPES.get(hf.get("problem_type"), "single_label"),
+                  problem_type=_problem_type(hf, labels),
                   pad_token_id=hf.get("pad_token_id", 0) or 0)
     if family == "distilbert":
         return BertConfig(vocab_size=hf["vocab_size"], hidden_size=hf["dim"], n_layer=hf["n_layers"],
@@ -89,7 +89,15 @@ def config_from_hf(hf: dict) -> BertConfig:
                       max_position=hf["max_position_embeddings"] - offset, position_offset=offset,
                       type_vocab_size=hf.get("type_vocab_size", 2), norm_eps=hf.get("layer_norm_eps", 1e-12),
                       dropout=hf.get("hidden_dropout_prob", 0.1), pooler=family == "bert",
+                      mlm_activation="gelu" if family == "roberta" else None,  # RobertaLMHead: always erf GELU
                       classifier_activation="tanh", **common)
+
+
+def _problem_type(hf: dict, labels) -> str:
+    if hf.get("problem_type") is None:  # transformers' rule: one label means regression
+        n_labels = len(labels) if labels else hf.get("num_labels", 2)
+        return "regression" if n_labels == 1 else "single_label"
+    return PROBLEM_TYPES.get(hf["problem_type"], "single_label")
 
 
 def _activation(name: str) -> str:
@@ -124,6 +132,11 @@ def convert_state_dict(hf_state: dict[str, torch.Tensor], family: str, task: str
             continue
         out[new] = tensor
     for fused_key, parts in qkv.items():
+        missing = [p for p in "qkv" if p not in parts]
+        if missing or len({t.shape for t in parts.values()}) != 1:
+            found = {p: tuple(t.shape) for p, t in parts.items()}
+            raise DlforgeError(f"checkpoint's query/key/value weights for {fused_key} are damaged: "
+                               f"missing {missing or 'none'}, shapes {found}")
         out[fused_key] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return out
 

@@ -49,6 +49,7 @@ class BertConfig:
     pad_token_id: int = 0
     pooler: bool = True  # BERT's dense+tanh over [CLS], used by its classification head
     classifier_activation: str = "tanh"  # tanh (BERT, RoBERTa) | relu (DistilBERT)
+    mlm_activation: str | None = None  # masked-LM head activation; None = `activation` (RoBERTa: gelu)
     task: str = "none"
     num_labels: int = 2
     problem_type: str = "single_label"
@@ -121,7 +122,7 @@ class MaskedLMHead(nn.Module):
     def __init__(self, c: BertConfig, word_embeddings: nn.Embedding):
         super().__init__()
         self.dense = Linear(c.hidden_size, c.hidden_size)
-        self.act = _activation(c.activation)
+        self.act = _activation(c.mlm_activation or c.activation)
         self.norm = nn.LayerNorm(c.hidden_size, eps=c.norm_eps)
         self.decoder = Linear(c.hidden_size, c.vocab_size, bias=False)
         self.decoder.weight = word_embeddings.weight  # tied to the input embedding

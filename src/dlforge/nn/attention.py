@@ -41,8 +41,9 @@ def build_attention_mask(q_len: int, k_len: int, causal: bool, key_padding_mask=
 
     The causal part is aligned to the end: query i sits at position k_len - q_len + i, which is
     what decoding with a cache of earlier keys needs. `key_padding_mask` is (B, Tk) with True
-    (or 1) on real tokens. Each query always sees its own position, so rows belonging to padding
-    never become all-masked (that would give NaN); their outputs are ignored anyway.
+    (or 1) on real tokens. With a causal mask each query also sees its own position, so rows of
+    left padding never become all-masked (that would give NaN); without one, padding queries attend
+    to the real tokens like Hugging Face models do (a row of padding only sees itself).
     """
     if not causal and key_padding_mask is None:
         return None
@@ -54,7 +55,12 @@ def build_attention_mask(q_len: int, k_len: int, causal: bool, key_padding_mask=
     mask = mask.view(1, 1, q_len, k_len)
     if key_padding_mask is not None:
         mask = mask & key_padding_mask.bool().view(-1, 1, 1, k_len)
-        mask = mask | (k_pos == q_pos).view(1, 1, q_len, k_len)
+        diagonal = (k_pos == q_pos).view(1, 1, q_len, k_len)
+        if causal:  # a left-padding query would otherwise see no key at all
+            mask = mask | diagonal
+        else:  # only a row that is padding throughout would see no key
+            all_padding = ~key_padding_mask.bool().any(dim=-1)
+            mask = mask | (all_padding.view(-1, 1, 1, 1) & diagonal)
     return mask
 
 

@@ -156,7 +156,8 @@ class Tokenizer:
     ) -> dict:
         """Encode several texts into `{"input_ids", "attention_mask"}` (long tensors or lists).
 
-        Truncation keeps the first `max_length` ids (after special tokens are added). Padding uses
+        Truncation keeps the first `max_length` ids; with special tokens, the closing one ([SEP],
+        EOS) is kept at the end, as Hugging Face tokenizers do. Padding uses
         `pad_token_id`, else `eos_token_id`, else 0; padded positions always have mask 0, so the
         filler id never matters to a model that respects the attention mask.
         """
@@ -168,7 +169,7 @@ class Tokenizer:
         if truncation:
             if max_length is None:
                 raise DlforgeError("truncation=True needs max_length; pass max_length=N")
-            seqs = [s[:max_length] for s in seqs]
+            seqs = [self._truncate(s, max_length, add_special_tokens) for s in seqs]
         width = self._padded_width(seqs, padding, max_length)
         input_ids, mask = self._pad(seqs, width, padding_side)
         if return_tensors == "pt":
@@ -180,6 +181,14 @@ class Tokenizer:
         if return_tensors is not None:
             raise DlforgeError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
         return {"input_ids": input_ids, "attention_mask": mask}
+
+    def _truncate(self, ids: list[int], max_length: int, keep_final_special: bool) -> list[int]:
+        """Keep the first max_length ids; a closing special token ([SEP], EOS) stays at the end."""
+        if len(ids) <= max_length:
+            return ids
+        if keep_final_special and max_length > 1 and ids[-1] in self.special_token_ids:
+            return ids[: max_length - 1] + ids[-1:]
+        return ids[:max_length]
 
     def _padded_width(self, seqs: list[list[int]], padding: Padding, max_length: int | None) -> int | None:
         if padding is False:
