@@ -90,12 +90,6 @@ def batch(family: str, seed: int = 1):
     return inputs
 
 
-def unpadded(inputs: dict) -> dict:
-    """The same batch with the padding of row 1 replaced by real tokens."""
-    out = {k: v.clone() for k, v in inputs.items()}
-    out["input_ids"][1, 6:] = torch.tensor([7, 8, 9])
-    out["attention_mask"][:] = 1
-    return out
 
 
 def assert_close_nontrivial(dl: torch.Tensor, hf: torch.Tensor, tol: float = TOL) -> None:
