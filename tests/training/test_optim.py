@@ -69,12 +69,18 @@ def test_make_adamw_decays_only_matrices_and_embeddings():
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     ids = lambda ps: {id(p) for p in ps}
-    assert ids(decay["params"]) == ids([model.emb.weight, model.lin.weight, model.conv.weight])
-    assert ids(no_decay["params"]) == ids([model.lin.bias, model.norm.weight, model.norm.bias, model.conv.bias])
+    # frozen parameters are in the optimizer too (so gradual unfreezing needs no new optimizer)...
+    assert ids(decay["params"]) == ids([model.emb.weight, model.lin.weight, model.conv.weight, model.frozen.weight])
+    assert ids(no_decay["params"]) == ids([model.lin.bias, model.norm.weight, model.norm.bias, model.conv.bias,
+                                           model.frozen.bias])
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
-    # frozen parameters are in neither group; every trainable parameter is in exactly one
-    assert not ids(model.frozen.parameters()) & ids(decay["params"] + no_decay["params"])
-    assert len(decay["params"]) + len(no_decay["params"]) == sum(p.requires_grad for p in model.parameters())
+    # ...but a step leaves them alone while they have no gradient
+    before = model.frozen.weight.detach().clone()
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = torch.ones_like(p)
+    opt.step()
+    assert torch.equal(model.frozen.weight, before)
     assert all(g["lr"] == 3e-4 and g["betas"] == (0.8, 0.9) for g in opt.param_groups)
 
 

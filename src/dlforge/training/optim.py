@@ -1,7 +1,7 @@
 """Optimizer, learning-rate schedule and weight EMA used by the Trainer.
 
 - AdamW (Loshchilov & Hutter, 2019) with weight decay only on matrices and embeddings (≥2-D);
-  biases and norm gains are not decayed.
+  biases and norm gains are not decayed; optional per-parameter learning-rate multipliers.
 - Learning rate: linear warmup to `lr` over `warmup_steps`, then cosine decay to `min_lr` at
   `total_steps` (lr_t = min_lr + ½(lr - min_lr)(1 + cos(π·progress))), or constant.
 - EMA of weights: θ_ema ← d·θ_ema + (1 - d)·θ after every optimizer step.
@@ -15,13 +15,19 @@ import torch
 from torch import nn
 
 
-def make_adamw(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def make_adamw(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95),
+               lr_scales: dict[str, float] | None = None) -> torch.optim.AdamW:
+    """AdamW over every parameter (frozen ones are skipped while their grad is None, so layers
+    unfrozen later train without rebuilding the optimizer). `lr_scales` maps parameter names to
+    learning-rate multipliers (layer-wise decay); each group keeps its multiplier as `lr_scale`."""
+    groups: dict[tuple[bool, float], list] = {}
+    for name, param in model.named_parameters():
+        key = (param.dim() >= 2, (lr_scales or {}).get(name, 1.0))
+        groups.setdefault(key, []).append(param)
+    param_groups = [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+                    for (decay, scale), params in groups.items()]
     # the fused kernel (one pass over all parameters) is much faster than the per-tensor loop
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
+    return torch.optim.AdamW(param_groups, lr=lr, betas=betas, fused=True)
 
 
 def learning_rate(step: int, lr: float, min_lr: float, warmup_steps: int, total_steps: int,

@@ -34,6 +34,7 @@ from ..errors import DlforgeError
 from ..hub.checkpoint import write_model_files
 from ..hub.weights import load_into, load_state_dict
 from ..io import atomic_directory, atomic_write_text
+from ..transfer.finetune import layerwise_lr_scales
 from .distributed import init_distributed
 from .metrics_log import MetricsLog
 from .optim import EMA, learning_rate, make_adamw
@@ -61,6 +62,7 @@ class TrainConfig:
     keep_last: int = 2  # step checkpoints kept besides best
     early_stopping_patience: int | None = None  # evaluations without improvement before stopping
     ema_decay: float | None = None
+    layer_lr_decay: float | None = None  # layer-wise LR decay for fine-tuning (e.g. 0.8); None = off
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
@@ -100,8 +102,10 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 class Trainer:
     def __init__(self, model: torch.nn.Module, config: TrainConfig, data, run_dir: str | Path,
-                 tokenizer=None, on_eval: Callable[[Trainer, dict], None] | None = None, progress: bool = True):
+                 tokenizer=None, on_eval: Callable[[Trainer, dict], None] | None = None, progress: bool = True,
+                 on_step: Callable[[Trainer], None] | None = None):
         self.config, self.data, self.tokenizer, self.on_eval = config, data, tokenizer, on_eval
+        self.on_step = on_step  # called after every optimizer step (e.g. gradual unfreezing)
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.device)
         self.dist = init_distributed(self.device.type)
@@ -113,7 +117,9 @@ class Trainer:
                                             else None) if self.dist.enabled else None)
         self.amp_dtype = resolve_precision(config.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
-        self.optimizer = make_adamw(self.model, config.lr, config.weight_decay, (config.beta1, config.beta2))
+        lr_scales = layerwise_lr_scales(self.model, config.layer_lr_decay) if config.layer_lr_decay else None
+        self.optimizer = make_adamw(self.model, config.lr, config.weight_decay, (config.beta1, config.beta2),
+                                    lr_scales)
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay else None
         self.log = MetricsLog(self.run_dir, enabled=self.dist.is_main)
         self.progress = progress and self.dist.is_main
@@ -125,6 +131,7 @@ class Trainer:
         self.elapsed = 0.0
         self.stop_reason = ""
         self.throughput_unit = "samples/s"
+        self.current_lr = config.lr
 
     # ---------------------------------------------------------------- training
     def _autocast(self):
@@ -140,8 +147,9 @@ class Trainer:
         c, model = self.config, self.ddp or self.model
         lr = learning_rate(self.step, c.lr, c.min_lr if c.min_lr is not None else c.lr / 10, c.warmup_steps,
                            self.total_steps, c.decay)
+        self.current_lr = lr
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         total_loss, items = 0.0, 0
         for micro in range(c.grad_accum):
             batch = self._to_device(self.data.train_batch(self.step, micro, self.dist.rank, self.dist.world_size))
@@ -167,6 +175,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
+        if self.on_step is not None:
+            self.on_step(self)
         return self.dist.mean(total_loss, self.device), items * self.dist.world_size
 
     @torch.no_grad()
@@ -217,7 +227,7 @@ class Trainer:
             if self.step % c.log_interval == 0 or evaluate_now:
                 rate = window_items / max(1e-9, time.perf_counter() - window_start)
                 mean_loss = sum(window_loss) / len(window_loss)
-                self.log.log(step=self.step, train_loss=mean_loss, lr=self.optimizer.param_groups[0]["lr"],
+                self.log.log(step=self.step, train_loss=mean_loss, lr=self.current_lr,
                              throughput=rate, elapsed_s=self.elapsed)
                 bar.set_postfix({"loss": f"{mean_loss:.4f}", self.throughput_unit: f"{rate:,.0f}"})
                 window_loss, window_items, window_start = [], 0, time.perf_counter()
