@@ -10,6 +10,7 @@ classification head differ. Separate query/key/value matrices are concatenated i
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -149,13 +150,29 @@ def _rename(key: str, rules) -> str:
     return key  # unmapped keys are reported by name by load_into
 
 
-def load_hf_bert(directory: str | Path, hf_config: dict) -> Bert:
+def load_hf_bert(directory: str | Path, hf_config: dict, task: str | None = None, num_labels: int | None = None,
+                 labels: list[str] | None = None) -> Bert:
+    """Load a BERT-family checkpoint; `task` swaps in a new head (e.g. a classifier on a base encoder).
+
+    A new head starts from fresh weights, except that BERT's pretrained pooler initialises the
+    classifier's dense layer, as in the original fine-tuning recipe.
+    """
     family = hf_config.get("model_type")
     if family not in FAMILIES:
         raise DlforgeError(f"{directory}: model_type {family!r} is not a BERT-family model ({', '.join(FAMILIES)})")
     config = config_from_hf(hf_config)
+    new_head = task is not None and (task != config.task or num_labels not in (None, config.num_labels))
+    if new_head:
+        n = num_labels or (len(labels) if labels else 2)
+        config = replace(config, task=task, num_labels=n, labels=labels,
+                         problem_type="regression" if n == 1 else "single_label")
     model = Bert(config)
     state = convert_state_dict(load_state_dict(directory), family, config.task)
-    allowed = ("head.decoder.weight",) if config.task == "masked-lm" else ()
-    load_into(model, {k: v.float() for k, v in state.items()}, str(directory), allowed_missing=allowed)
+    allowed = ["head.decoder.weight"] if config.task == "masked-lm" else []
+    if new_head:
+        own = model.state_dict()
+        state = {k: v for k, v in state.items()
+                 if not k.startswith("head.") or (k in own and own[k].shape == v.shape)}
+        allowed += [k for k in own if k.startswith("head.") and k not in state]
+    load_into(model, {k: v.float() for k, v in state.items()}, str(directory), allowed_missing=tuple(allowed))
     return model

@@ -81,8 +81,13 @@ def read_config(directory: Path) -> dict:
         raise DlforgeError(f"{directory / 'config.json'} is not valid JSON ({e}): the checkpoint is damaged") from e
 
 
-def load_pretrained(path: str | Path, expected_kind: str | None = None):
-    """Load (model, tokenizer or None) from a dlforge directory, run folder or HF directory."""
+def load_pretrained(path: str | Path, expected_kind: str | None = None, task: str | None = None,
+                    num_labels: int | None = None, labels: list[str] | None = None):
+    """Load (model, tokenizer or None) from a dlforge directory, run folder or HF directory.
+
+    For encoders, `task` (with `num_labels` or `labels`) puts a new task head on the checkpoint's
+    encoder, e.g. `load_pretrained(minilm_dir, task="sequence-classification", num_labels=2)`.
+    """
     from ..models import MODEL_CLASSES
     from ..text.tokenizers import load_tokenizer
     from . import bert, gpt2
@@ -108,7 +113,7 @@ def load_pretrained(path: str | Path, expected_kind: str | None = None):
         if expected_kind and expected_kind != "bert":
             raise DlforgeError(f"{directory} holds a {raw['model_type']} model, but this command needs a "
                                f"{expected_kind} model")
-        model = bert.load_hf_bert(directory, raw)
+        model = bert.load_hf_bert(directory, raw, task, num_labels, labels)
     elif raw.get("model_type") == "gpt2":
         if expected_kind and expected_kind != "gpt":
             raise DlforgeError(f"{directory} holds a GPT-2 model, but this command needs a {expected_kind} model")
