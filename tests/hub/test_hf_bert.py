@@ -320,3 +320,23 @@ def test_unknown_model_type_lists_supported(tmp_path):
     assert "llama" in msg
     for family in ("bert", "roberta", "distilbert", "gpt2"):
         assert family in msg
+
+
+def test_load_pretrained_puts_a_new_head_on_a_base_encoder(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=40, max_position_embeddings=24)
+    base = transformers.BertModel(cfg).eval()
+    base.save_pretrained(tmp_path)
+    model, _ = load_pretrained(tmp_path, task="sequence-classification", labels=["neg", "pos", "neutral"])
+    assert model.config.task == "sequence-classification" and model.config.num_labels == 3
+    assert model.config.labels == ["neg", "pos", "neutral"]
+    # the encoder is the pretrained one, and BERT's pooler initialises the classifier's dense layer
+    ids = torch.randint(1, 60, (2, 9))
+    with torch.no_grad():
+        assert (model.encode(ids) - base(input_ids=ids).last_hidden_state).abs().max() <= 1e-5
+    assert torch.equal(model.head.dense.weight, base.pooler.dense.weight)
+    assert model(ids).logits.shape == (2, 3)
+    mlm, _ = load_pretrained(tmp_path, task="masked-lm")
+    assert mlm.head.decoder.weight is mlm.embeddings.word_embeddings.weight
