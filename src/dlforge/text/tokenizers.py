@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -60,7 +61,7 @@ def _special_id_property(role: str) -> property:
     return property(special_id)
 
 
-class Tokenizer:
+class Tokenizer(ABC):
     """Common interface. Subclasses implement `_encode`, `_decode`, the vocab lookups and `save`.
 
     Special tokens are stored as `{role: token string}` with roles pad, bos, eos, unk, cls, sep, mask.
@@ -70,23 +71,23 @@ class Tokenizer:
 
     # ---- vocabulary (implemented by subclasses) ----
     @property
-    def vocab_size(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def vocab_size(self) -> int: ...
 
-    def token_to_id(self, token: str) -> int | None:
-        raise NotImplementedError
+    @abstractmethod
+    def token_to_id(self, token: str) -> int | None: ...
 
-    def id_to_token(self, i: int) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def id_to_token(self, i: int) -> str: ...
 
-    def _encode(self, text: str) -> list[int]:
-        raise NotImplementedError
+    @abstractmethod
+    def _encode(self, text: str) -> list[int]: ...
 
-    def _decode(self, ids: list[int]) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def _decode(self, ids: list[int]) -> str: ...
 
-    def save(self, directory: str | os.PathLike) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def save(self, directory: str | os.PathLike) -> None: ...
 
     # ---- special tokens ----
     def _special_id(self, role: str) -> int | None:
