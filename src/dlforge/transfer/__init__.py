@@ -1,6 +1,7 @@
 """Transfer learning on any dlforge model: LoRA, fine-tuning strategies, distillation."""
 
 from .distill import Distiller, distillation_loss
+from .features import extract_features, fit_classifier
 from .finetune import GradualUnfreezing, freeze_below, layerwise_lr_scales, num_blocks, unfreeze_all
 from .lora import (
     LoRALinear,
@@ -13,6 +14,8 @@ from .lora import (
     unmerge_lora,
 )
 
-__all__ = ["Distiller", "distillation_loss", "GradualUnfreezing", "freeze_below", "layerwise_lr_scales",
-           "num_blocks", "unfreeze_all", "LoRALinear", "apply_lora", "load_lora", "lora_state_dict", "merge_lora",
-           "save_lora", "strip_lora", "unmerge_lora"]
+__all__ = [
+    "Distiller", "distillation_loss", "extract_features", "fit_classifier", "GradualUnfreezing", "freeze_below",
+    "layerwise_lr_scales", "num_blocks", "unfreeze_all", "LoRALinear", "apply_lora", "load_lora",
+    "lora_state_dict", "merge_lora", "save_lora", "strip_lora", "unmerge_lora",
+]

@@ -1,0 +1,65 @@
+"""Feature extraction: a frozen encoder turns texts into fixed vectors for a small classifier.
+
+`extract_features` embeds texts in batches (mean or [CLS] pooling) without gradients and can cache
+the result as a .npy file keyed by the texts and settings, so trying several classifiers does not
+re-run the encoder. `fit_classifier` trains any scikit-learn estimator on the features (logistic
+regression by default; scikit-learn is the optional extra `dlforge[sklearn]`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DlforgeError
+from ..io import atomic_path
+
+
+def _cache_key(texts: list[str], settings: dict) -> str:
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def extract_features(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 256,
+                     pooling: str = "mean", normalize: bool = False, cache_dir: str | Path | None = None,
+                     dtype: torch.dtype | None = None) -> np.ndarray:
+    """(N, hidden) float32 features of `texts` from `model.embed` (a dlforge encoder)."""
+    settings = {"pooling": pooling, "normalize": normalize, "max_length": max_length,
+                "model": type(model).__name__, "config": repr(model.config)}
+    cache_file = Path(cache_dir) / f"features-{_cache_key(texts, settings)}.npy" if cache_dir else None
+    if cache_file is not None and cache_file.is_file():
+        return np.load(cache_file)
+    model.eval()
+    # sort by length so each batch pads little; results go back to the input order
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
+    for start in range(0, len(texts), batch_size):
+        rows = order[start:start + batch_size]
+        enc = tokenizer.encode_batch([texts[i] for i in rows], padding="longest", truncation=True,
+                                     max_length=max_length, add_special_tokens=True)
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            vectors = model.embed(enc["input_ids"], enc["attention_mask"], pooling=pooling, normalize=normalize)
+        out[rows] = vectors.float().numpy()
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache_file) as tmp, open(tmp, "wb") as f:
+            np.save(f, out)
+    return out
+
+
+def fit_classifier(features: np.ndarray, labels, estimator=None):
+    """Fit `estimator` (default: logistic regression) on features; returns the fitted estimator."""
+    if estimator is None:
+        try:
+            from sklearn.linear_model import LogisticRegression
+        except ImportError as e:
+            raise DlforgeError("feature classifiers need scikit-learn: pip install 'dlforge[sklearn]'") from e
+        estimator = LogisticRegression(max_iter=2000)
+    return estimator.fit(features, np.asarray(labels))
