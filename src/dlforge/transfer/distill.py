@@ -42,6 +42,18 @@ class Distiller(nn.Module):
         teacher.eval().requires_grad_(False)
         self._teacher = [teacher]  # a list keeps it out of parameters(), state_dict() and .to()
 
+    # checkpoints hold the student alone, under its own names, so a run folder loads as the student
+    def state_dict(self, *args, **kwargs):
+        return self.student.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.student.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() move the hidden teacher too
+        super()._apply(fn, *args, **kwargs)
+        self._teacher[0]._apply(fn, *args, **kwargs)
+        return self
+
     @property
     def kind(self):
         return self.student.kind
