@@ -233,6 +233,6 @@ def test_distiller_trains_on_gpu_with_a_cpu_built_teacher(tmp_path):
 
 def test_distiller_moves_the_teacher_with_it():
     student, teacher = tiny_bert(1, n_layer=1), tiny_bert(0, n_layer=2)
-    distiller = Distiller(student, teacher).to(torch.float64)
+    Distiller(student, teacher).to(torch.float64)
     assert next(teacher.parameters()).dtype == torch.float64
     assert next(student.parameters()).dtype == torch.float64
