@@ -280,9 +280,9 @@ def _copy_model(run_dir: Path, dest: Path) -> Path:
 
 
 def _other_kind(run_dir, tmp_path):
-    model = _copy_model(run_dir, tmp_path / "bert_like")
+    model = _copy_model(run_dir, tmp_path / "wavenet_like")
     config = json.loads((model / "config.json").read_text())
-    config["dlforge_kind"] = "bert"
+    config["dlforge_kind"] = "wavenet"
     (model / "config.json").write_text(json.dumps(config))
     return model
 
@@ -300,10 +300,10 @@ def _bad_json(run_dir, tmp_path):
     return model
 
 
-def _hf_bert(run_dir, tmp_path):
-    model = tmp_path / "hf_bert"
+def _hf_llama(run_dir, tmp_path):
+    model = tmp_path / "hf_llama"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
     return model
 
 
@@ -389,11 +389,11 @@ GENERATE_ERRORS = {
                                    [f"the prompt is 22 tokens but the model's context is {BLOCK}"]),
     "unknown character": (None, ["--prompt", "the \u20ac"], ["'\u20ac' (U+20AC) is not in the tokenizer's vocabulary"]),
     "empty prompt": (None, ["--prompt", ""], ["prompt is empty"]),
-    "model of another kind": (_other_kind, [], ["kind 'bert'", "does not know"]),
+    "model of another kind": (_other_kind, [], ["kind 'wavenet'", "does not know"]),
     "truncated weights": (_truncated, [], ["model.safetensors", "corrupt or truncated"]),
     "missing weights": (_no_weights, [], ["no weights in"]),
     "damaged config.json": (_bad_json, [], ["config.json is not valid JSON"]),
-    "unsupported HF model": (_hf_bert, [], ["not a model dlforge can load (bert)"]),
+    "unsupported HF model": (_hf_llama, [], ["not a model dlforge can load (llama)"]),
     "folder that is not a model": (_not_a_model, [], ["has no config.json"]),
     "run without checkpoints": (_unfinished_run, [], ["no finished checkpoint yet"]),
     "a file": (_a_file, [], ["is a file"]),
@@ -529,3 +529,14 @@ def test_demo_trains_samples_and_saves(tmp_path, dlforge_cmd, subprocess_env):
         rows = list(csv.DictReader(f))
     assert any(r["val_loss"] for r in rows)
     assert os.path.getsize(out / "corpus" / "tinyshakespeare.txt") > 1_000_000
+
+
+def test_generate_with_an_encoder_says_it_needs_a_gpt(capsys, tmp_path):
+    from dlforge.hub import save_pretrained
+    from dlforge.models import Bert, BertConfig
+
+    encoder = Bert(BertConfig(vocab_size=30, hidden_size=16, n_layer=1, n_head=2, intermediate_size=32,
+                              max_position=16))
+    save_pretrained(encoder, tmp_path / "encoder")
+    code, _, err = run_cli(capsys, "generate", tmp_path / "encoder", "--prompt", "hi")
+    assert_one_line_error(code, err, "holds a bert model", "needs a gpt model")
