@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from toy_task import ToyClassification
 
 from dlforge.models import GPT, Bert, BertConfig, GPTConfig
 from dlforge.training import TrainConfig, Trainer
 from dlforge.training.optim import learning_rate
 from dlforge.transfer import GradualUnfreezing, freeze_below, layerwise_lr_scales, num_blocks, unfreeze_all
 from dlforge.transfer.finetune import depth_of
-
-SEQ = 8
 
 
 def tiny_bert(seed: int = 0, n_layer: int = 2) -> Bert:
@@ -26,24 +25,6 @@ def tiny_gpt(seed: int = 0, n_layer: int = 2) -> GPT:
     return GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=n_layer, n_head=2, n_embd=32))
 
 
-class ToyClassification:
-    """Separable toy task: label 0 sequences use tokens 2..25, label 1 sequences tokens 26..49; [CLS] = 1."""
-
-    def __init__(self, batch_size: int = 16, seed: int = 0):
-        self.batch_size, self.seed = batch_size, seed
-
-    def make(self, seed: int) -> dict:
-        g = torch.Generator().manual_seed(seed)
-        labels = torch.randint(0, 2, (self.batch_size,), generator=g)
-        ids = torch.randint(0, 24, (self.batch_size, SEQ), generator=g) + 2 + 24 * labels[:, None]
-        ids[:, 0] = 1
-        return {"input_ids": ids, "labels": labels}
-
-    def train_batch(self, step, micro_step=0, rank=0, world_size=1) -> dict:
-        return self.make(self.seed * 1_000_003 + step * 17 + micro_step)
-
-    def eval_batches(self, rank=0, world_size=1):
-        return [self.make(-1)]
 
 
 def config(**kw) -> TrainConfig:
@@ -140,7 +121,7 @@ def test_layerwise_lr_scales_gpt():
 def test_trainer_applies_layerwise_lr_decay_to_optimizer_groups(tmp_path):
     model = tiny_bert()
     c = config(lr=1e-3, min_lr=1e-4, warmup_steps=4, max_steps=10, layer_lr_decay=0.5)
-    trainer = Trainer(model, c, ToyClassification(), tmp_path / "run", progress=False)
+    trainer = Trainer(model, c, ToyClassification(n_eval=1), tmp_path / "run", progress=False)
     scales = layerwise_lr_scales(model, 0.5)
     param_scale = {id(p): g["lr_scale"] for g in trainer.optimizer.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
@@ -163,7 +144,7 @@ def test_trainer_applies_layerwise_lr_decay_to_optimizer_groups(tmp_path):
 
 
 def test_trainer_without_layer_decay_uses_one_scale(tmp_path):
-    trainer = Trainer(tiny_bert(), config(), ToyClassification(), tmp_path / "run", progress=False)
+    trainer = Trainer(tiny_bert(), config(), ToyClassification(n_eval=1), tmp_path / "run", progress=False)
     assert {g["lr_scale"] for g in trainer.optimizer.param_groups} == {1.0}
     trainer._train_step()
     assert all(g["lr"] == pytest.approx(trainer.current_lr) for g in trainer.optimizer.param_groups)
@@ -196,7 +177,7 @@ def test_freeze_below_then_training_changes_only_trainable(tmp_path):
     model = tiny_bert()
     freeze_below(model, 1)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = Trainer(model, config(max_steps=3), ToyClassification(), tmp_path / "run", progress=False)
+    trainer = Trainer(model, config(max_steps=3), ToyClassification(n_eval=1), tmp_path / "run", progress=False)
     for _ in range(3):
         trainer._train_step()
     for n, p in model.named_parameters():
@@ -212,7 +193,7 @@ def test_gradual_unfreezing_as_trainer_callback(tmp_path):
     model = tiny_bert()
     unfreezing = GradualUnfreezing(model, every=3)
     assert trainable_groups(model) == {"top"}  # the head alone from the start
-    trainer = Trainer(model, config(max_steps=10), ToyClassification(), tmp_path / "run", progress=False,
+    trainer = Trainer(model, config(max_steps=10), ToyClassification(n_eval=1), tmp_path / "run", progress=False,
                       on_step=unfreezing)
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     # after step s the top (s // 3) blocks are trainable; the embeddings stay frozen

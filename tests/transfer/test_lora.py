@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
+from toy_task import SEQ, ToyClassification
 
 from dlforge.errors import DlforgeError
 from dlforge.models import GPT, Bert, BertConfig, GPTConfig
@@ -24,7 +25,6 @@ from dlforge.transfer import (
     unmerge_lora,
 )
 
-SEQ = 8
 BERT_TARGETS = [f"layers.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
 GPT_TARGETS = [f"transformer.h.{i}.{m}" for i in range(2)
                for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
@@ -62,25 +62,6 @@ def randomize_adapters(model: nn.Module, seed: int = 3, head: bool = False) -> N
             p.copy_(torch.randn(p.shape, generator=g) * 0.2)
 
 
-class ToyClassification:
-    """Separable toy task: label 0 sequences use tokens 2..25, label 1 sequences tokens 26..49; [CLS] = 1."""
-
-    def __init__(self, batch_size: int = 16, seed: int = 0, n_eval: int = 2):
-        self.batch_size, self.seed, self.n_eval = batch_size, seed, n_eval
-
-    def make(self, seed: int, n: int | None = None) -> dict:
-        g = torch.Generator().manual_seed(seed)
-        n = n or self.batch_size
-        labels = torch.randint(0, 2, (n,), generator=g)
-        ids = torch.randint(0, 24, (n, SEQ), generator=g) + 2 + 24 * labels[:, None]
-        ids[:, 0] = 1
-        return {"input_ids": ids, "labels": labels}
-
-    def train_batch(self, step, micro_step=0, rank=0, world_size=1) -> dict:
-        return self.make(self.seed * 1_000_003 + step * 17 + micro_step)
-
-    def eval_batches(self, rank=0, world_size=1):
-        return [self.make(-1 - i) for i in range(self.n_eval)]
 
 
 # ---------------------------------------------------------------------------------- wrapping

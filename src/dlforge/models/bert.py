@@ -18,7 +18,7 @@ Heads, chosen by `task`:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import DlforgeError
 from ..nn import Linear, SinusoidalPositionalEncoding, TransformerBlock, build_attention_mask
+from .config import ModelConfig
 from .outputs import ModelOutput
 
 TASKS = ("none", "masked-lm", "sequence-classification", "token-classification", "question-answering")
@@ -33,7 +34,7 @@ PROBLEM_TYPES = ("single_label", "multi_label", "regression")
 
 
 @dataclass
-class BertConfig:
+class BertConfig(ModelConfig):
     vocab_size: int = 30522
     hidden_size: int = 768
     n_layer: int = 12
@@ -65,13 +66,6 @@ class BertConfig:
         if self.positional not in ("learned", "sinusoidal"):
             raise DlforgeError(f"positional must be 'learned' or 'sinusoidal', got {self.positional!r}")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> BertConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DlforgeError(f"unknown BERT config keys: {', '.join(unknown)}")
-        return cls(**d)
 
 
 def _activation(name: str):

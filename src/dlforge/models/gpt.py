@@ -12,7 +12,7 @@ Residual output projections are initialised with std 0.02/√(2L) as in GPT-2.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +29,14 @@ from ..nn import (
     build_attention_mask,
     make_norm,
 )
+from .config import ModelConfig
 from .outputs import ModelOutput
 
 POSITIONAL_KINDS = ("learned", "sinusoidal", "rotary", "none")
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ModelConfig):
     vocab_size: int = 50257
     block_size: int = 1024  # longest context the model attends over
     n_layer: int = 12
@@ -57,13 +58,6 @@ class GPTConfig:
         if self.n_embd % self.n_head:
             raise DlforgeError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> GPTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown GPT config keys: {', '.join(unknown)}")
-        return cls(**d)
 
 
 class GPT(nn.Module):
