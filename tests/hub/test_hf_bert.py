@@ -340,3 +340,22 @@ def test_load_pretrained_puts_a_new_head_on_a_base_encoder(tmp_path):
     assert model(ids).logits.shape == (2, 3)
     mlm, _ = load_pretrained(tmp_path, task="masked-lm")
     assert mlm.head.decoder.weight is mlm.embeddings.word_embeddings.weight
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("family", ("bert", "roberta", "distilbert"))
+def test_save_hf_bert_round_trips_through_transformers(family, head, tmp_path):
+    from dlforge.hub import save_hf_bert
+
+    hf = make_hf(family, head, seed=5)
+    model, _ = load_pretrained(save_hf(hf, tmp_path / "src"))
+    save_hf_bert(model, tmp_path / "out")
+    reloaded = type(hf).from_pretrained(str(tmp_path / "out")).eval()
+    ids = torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        a, b = hf(input_ids=ids), reloaded(input_ids=ids)
+    key = {"Model": "last_hidden_state", "ForQuestionAnswering": "start_logits"}.get(head, "logits")
+    assert a[key].std() > 1e-3
+    assert torch.equal(a[key], b[key])
+    if head == "ForQuestionAnswering":
+        assert torch.equal(a["end_logits"], b["end_logits"])

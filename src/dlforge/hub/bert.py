@@ -176,3 +176,106 @@ def load_hf_bert(directory: str | Path, hf_config: dict, task: str | None = None
         allowed += [k for k in own if k.startswith("head.") and k not in state]
     load_into(model, {k: v.float() for k, v in state.items()}, str(directory), allowed_missing=tuple(allowed))
     return model
+
+
+# ------------------------------------------------------------------ saving back to the HF format
+HF_BLOCK_NAMES = {
+    "bert": {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+             "attn.c_proj": "attention.output.dense", "ln_1": "attention.output.LayerNorm",
+             "mlp.c_fc": "intermediate.dense", "mlp.c_proj": "output.dense", "ln_2": "output.LayerNorm",
+             "layers": "encoder.layer"},
+    "distilbert": {"q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin",
+                   "attn.c_proj": "attention.out_lin", "ln_1": "sa_layer_norm", "mlp.c_fc": "ffn.lin1",
+                   "mlp.c_proj": "ffn.lin2", "ln_2": "output_layer_norm", "layers": "transformer.layer"},
+}
+HF_BLOCK_NAMES["roberta"] = HF_BLOCK_NAMES["bert"]
+HF_HEAD_NAMES = {  # (family, task) -> dlforge head prefix -> HF name (None: encoder prefix + name)
+    ("bert", "masked-lm"): {"head.dense.": "cls.predictions.transform.dense.",
+                            "head.norm.": "cls.predictions.transform.LayerNorm.", "head.bias": "cls.predictions.bias"},
+    ("roberta", "masked-lm"): {"head.dense.": "lm_head.dense.", "head.norm.": "lm_head.layer_norm.",
+                               "head.bias": "lm_head.bias"},
+    ("distilbert", "masked-lm"): {"head.dense.": "vocab_transform.", "head.norm.": "vocab_layer_norm.",
+                                  "head.bias": "vocab_projector.bias"},
+    ("bert", "sequence-classification"): {"head.dense.": "bert.pooler.dense.", "head.out_proj.": "classifier."},
+    ("roberta", "sequence-classification"): {"head.dense.": "classifier.dense.",
+                                             "head.out_proj.": "classifier.out_proj."},
+    ("distilbert", "sequence-classification"): {"head.dense.": "pre_classifier.", "head.out_proj.": "classifier."},
+}
+ARCHITECTURES = {"none": "Model", "masked-lm": "ForMaskedLM", "sequence-classification": "ForSequenceClassification",
+                 "token-classification": "ForTokenClassification", "question-answering": "ForQuestionAnswering"}
+CLASS_PREFIX = {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert"}
+PROBLEM_NAMES = {"single_label": "single_label_classification", "multi_label": "multi_label_classification",
+                 "regression": "regression"}
+
+
+def family_of(config: BertConfig) -> str:
+    if config.type_vocab_size == 0:
+        return "distilbert"
+    return "roberta" if config.position_offset else "bert"
+
+
+def config_to_hf(c: BertConfig) -> dict:
+    family = family_of(c)
+    if c.positional != "learned":
+        raise DlforgeError("only encoders with learned positions can be saved in the Hugging Face format")
+    hf = {"model_type": family, "architectures": [CLASS_PREFIX[family] + ARCHITECTURES[c.task]],
+          "vocab_size": c.vocab_size, "max_position_embeddings": c.max_position + c.position_offset,
+          "pad_token_id": c.pad_token_id}
+    if c.task in ("sequence-classification", "token-classification"):
+        names = c.labels or [f"LABEL_{i}" for i in range(c.num_labels)]
+        hf["id2label"] = {str(i): n for i, n in enumerate(names)}
+        hf["label2id"] = {n: i for i, n in enumerate(names)}
+        if c.task == "sequence-classification":
+            hf["problem_type"] = PROBLEM_NAMES[c.problem_type]
+    if family == "distilbert":
+        hf.update(dim=c.hidden_size, n_layers=c.n_layer, n_heads=c.n_head, hidden_dim=c.intermediate_size,
+                  activation=c.activation, dropout=c.dropout, sinusoidal_pos_embds=False)
+    else:
+        hf.update(hidden_size=c.hidden_size, num_hidden_layers=c.n_layer, num_attention_heads=c.n_head,
+                  intermediate_size=c.intermediate_size, hidden_act=c.activation, type_vocab_size=c.type_vocab_size,
+                  layer_norm_eps=c.norm_eps, hidden_dropout_prob=c.dropout, attention_probs_dropout_prob=c.dropout,
+                  position_embedding_type="absolute")
+    return hf
+
+
+def state_dict_to_hf(model: Bert) -> dict[str, torch.Tensor]:
+    c = model.config
+    family = family_of(c)
+    prefix = "" if c.task == "none" else f"{family}."
+    blocks, heads = HF_BLOCK_NAMES[family], HF_HEAD_NAMES.get((family, c.task), {})
+    out = {}
+    for key, tensor in model.state_dict().items():
+        if key == "head.decoder.weight":
+            continue  # tied to the word embeddings
+        if key.startswith("embeddings."):
+            name = key.replace("embeddings.norm.", "embeddings.LayerNorm.")
+            out[prefix + name] = tensor
+        elif key.startswith("layers."):
+            _, index, rest = key.split(".", 2)
+            base = f"{prefix}{blocks['layers']}.{index}."
+            if rest.startswith("attn.c_attn."):
+                for part, chunk in zip("qkv", tensor.chunk(3, dim=0)):
+                    out[base + blocks[part] + "." + rest.rsplit(".", 1)[1]] = chunk.clone()
+            else:
+                module, param = rest.rsplit(".", 1)
+                out[base + blocks[module] + "." + param] = tensor
+        else:  # the task head
+            mapped = next(((hf + key[len(ours):]) for ours, hf in heads.items() if key.startswith(ours)), None)
+            if mapped is None:  # token classification and QA: one linear layer
+                mapped = ("classifier." if c.task == "token-classification" else "qa_outputs.") + key.split(".", 1)[1]
+            out[mapped] = tensor
+    return out
+
+
+def save_hf_bert(model: Bert, directory: str | Path, tokenizer=None) -> Path:
+    """Write config.json + model.safetensors that transformers' Auto classes load."""
+    from ..io import atomic_directory, atomic_write_json
+    from .weights import save_state_dict
+
+    directory = Path(directory)
+    with atomic_directory(directory) as tmp:
+        save_state_dict(state_dict_to_hf(model), tmp / "model.safetensors")
+        atomic_write_json(tmp / "config.json", config_to_hf(model.config))
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+    return directory
