@@ -141,6 +141,31 @@ def cmd_info(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------- pipeline
+def cmd_pipeline(args) -> int:
+    from ..pipelines import pipeline
+
+    texts = list(args.texts or [])
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise DlforgeError(f"{path} does not exist: give a text file with one input per line")
+        texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise DlforgeError("no input: give texts as arguments or --file FILE (one per line)")
+    runner = pipeline(args.task, args.model, batch_size=args.batch_size)
+    options = {}
+    if args.top_k is not None:
+        options["top_k"] = args.top_k
+    if args.task in ("text-generation",):
+        options.update(max_new_tokens=args.max_new_tokens, seed=args.seed)
+    if args.others:
+        options["others"] = args.others
+    for text, result in zip(texts, runner(texts, **options)):
+        print(json.dumps({"input": text, "output": result}, ensure_ascii=False))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- demo
 def bundled_shakespeare(target: Path) -> Path:
     """Unpack the bundled (public-domain) tiny Shakespeare text to `target`."""
@@ -230,6 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     info.set_defaults(func=cmd_info)
 
+    from ..pipelines.tasks import ALIASES, PIPELINES
+
+    pipe = sub.add_parser("pipeline", help="run a task pipeline on texts (JSON lines out)",
+                          description="Run a task pipeline (text-classification, fill-mask, ...) on texts.")
+    pipe.add_argument("task", choices=sorted([*PIPELINES, *ALIASES]), help="the task")
+    pipe.add_argument("texts", nargs="*", help="input texts (or --file)")
+    pipe.add_argument("--model", required=True, help="dlforge or Hugging Face model folder")
+    pipe.add_argument("--file", help="text file with one input per line")
+    pipe.add_argument("--top-k", type=int, help="how many results per input (classification, fill-mask)")
+    pipe.add_argument("--others", nargs="+", help="sentence-similarity: texts to compare against")
+    pipe.add_argument("--max-new-tokens", type=_positive_int, default=50, help="text-generation length")
+    pipe.add_argument("--seed", type=int, help="text-generation random seed")
+    pipe.add_argument("--batch-size", type=_positive_int, default=32, help="inputs per forward pass")
+    pipe.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    pipe.set_defaults(func=cmd_pipeline)
+
     demo = sub.add_parser("demo", help="train a small GPT on the bundled tiny Shakespeare and sample from it")
     demo.add_argument("--minutes", type=_positive_float, default=2.0, help="training time (default 2)")
     demo.add_argument("--out", help="run folder (default: runs/demo-<time>)")
@@ -243,7 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "func", None) is cmd_pipeline and not any(e.startswith("-") for e in extra):
+        args.texts = [*args.texts, *extra]  # texts may follow the options: pipeline TASK --model DIR "text"
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
