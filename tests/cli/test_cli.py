@@ -106,7 +106,7 @@ def _parser_for(path: tuple[str, ...]) -> argparse.ArgumentParser:
 
 
 def test_every_command_is_covered():
-    assert _commands() == [(), ("demo",), ("generate",), ("info",), ("train",), ("train", "gpt")]
+    assert _commands() == [(), ("demo",), ("generate",), ("info",), ("pipeline",), ("train",), ("train", "gpt")]
 
 
 @pytest.mark.parametrize("path", _commands(), ids=lambda p: " ".join(p) or "dlforge")
