@@ -386,6 +386,36 @@ class HFTokenizer(Tokenizer):
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
+    def encode_windows(self, texts: list[str], pairs: list[str] | None = None, max_length: int | None = None,
+                       stride: int = 0) -> list[list[dict]]:
+        """Encode texts (or text pairs) with character offsets, split into overlapping windows.
+
+        Returns, per input, a list of windows (one unless the input exceeds `max_length`), each a dict
+        of lists over its tokens: `input_ids`, `token_type_ids`, `attention_mask`, `offsets` ((start, end)
+        character spans in the text they came from; (0, 0) for special tokens), `sequence_ids` (0 = text,
+        1 = pair, None = special token) and `word_ids`. With pairs, only the second member (a QA
+        context) is cut into windows; consecutive windows share `stride` tokens.
+        """
+        if pairs is not None and len(pairs) != len(texts):
+            raise DlforgeError(f"got {len(texts)} texts but {len(pairs)} pairs: give one pair per text")
+        if max_length is not None:
+            strategy = "only_second" if pairs is not None else "longest_first"
+            self.tokenizer.enable_truncation(max_length, stride=stride, strategy=strategy)
+        try:
+            inputs = list(zip(texts, pairs)) if pairs is not None else list(texts)
+            encodings = self.tokenizer.encode_batch(inputs, add_special_tokens=True)
+        except Exception as e:  # the library raises a bare Exception when the question leaves no room
+            raise DlforgeError(f"cannot split the input into windows of {max_length} tokens with stride {stride}: "
+                               f"{e}; use a longer max_length or a shorter first text") from e
+        finally:
+            self.tokenizer.no_truncation()
+        out = []
+        for first in encodings:
+            out.append([{"input_ids": e.ids, "token_type_ids": e.type_ids, "attention_mask": e.attention_mask,
+                         "offsets": e.offsets, "sequence_ids": e.sequence_ids, "word_ids": e.word_ids}
+                        for e in [first, *first.overflowing]])
+        return out
+
     def save(self, directory: str | os.PathLike) -> None:
         directory = Path(directory)
         atomic_write_text(directory / "tokenizer.json", self.tokenizer.to_str(pretty=True))
