@@ -28,8 +28,10 @@ class LoRALinear(nn.Module):
         if r < 1:
             raise DlforgeError(f"LoRA rank r must be >= 1, got {r}")
         self.base, self.r, self.scaling = base, r, alpha / r
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+        # on the base layer's device and dtype, so LoRA can be applied to a model already on the GPU
+        like = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **like))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **like))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises its weight
         self.dropout = nn.Dropout(dropout)
         self.merged = False
