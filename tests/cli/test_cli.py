@@ -106,7 +106,8 @@ def _parser_for(path: tuple[str, ...]) -> argparse.ArgumentParser:
 
 
 def test_every_command_is_covered():
-    assert _commands() == [(), ("demo",), ("generate",), ("info",), ("pipeline",), ("train",), ("train", "gpt")]
+    assert _commands() == [(), ("demo",), ("finetune",), ("generate",), ("info",), ("pipeline",), ("train",),
+                           ("train", "bert"), ("train", "gpt")]
 
 
 @pytest.mark.parametrize("path", _commands(), ids=lambda p: " ".join(p) or "dlforge")

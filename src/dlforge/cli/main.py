@@ -2,6 +2,8 @@
 
 Every command is a thin layer over a library function (the same code Python users call):
   train gpt  -> dlforge.training.lm.train_language_model
+  train bert -> dlforge.training.mlm.train_masked_lm (cli/train_bert.py)
+  finetune   -> dlforge.transfer.finetune (cli/finetune.py)
   generate   -> dlforge.text.generation.generate_text
   info       -> dlforge.hub.load_pretrained + the run's metrics
   demo       -> train_language_model on the bundled tiny Shakespeare, with samples as it goes
@@ -143,20 +145,42 @@ def cmd_info(args) -> int:
 
 # --------------------------------------------------------------------------------------- pipeline
 def cmd_pipeline(args) -> int:
-    from ..pipelines import pipeline
+    from ..pipelines import pipeline, read_inputs
 
     texts = list(args.texts or [])
     if args.file:
-        path = Path(args.file)
-        if not path.is_file():
-            raise DlforgeError(f"{path} does not exist: give a text file with one input per line")
-        texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts += read_inputs(args.file, args.column)
+    elif args.column:
+        raise DlforgeError("--column needs --file: it picks the column (or JSON field) of a .csv/.tsv/.jsonl file")
+    if (args.question or args.context is not None) and args.task != "question-answering":
+        raise DlforgeError("--question and --context are options of question-answering only")
+    if args.task == "question-answering":  # inputs become {"question", "context"} records
+        texts += args.question or []
+        if any(isinstance(t, str) for t in texts) and args.context is None:
+            raise DlforgeError("question-answering needs --context TEXT for its questions (or --file FILE.jsonl "
+                               'of {"question": ..., "context": ...} records)')
+        texts = [t if isinstance(t, dict) else {"question": t, "context": args.context} for t in texts]
+        if not texts:
+            raise DlforgeError("no question: give --question TEXT --context TEXT, or --file FILE.jsonl of "
+                               '{"question": ..., "context": ...} records')
     if not texts:
-        raise DlforgeError("no input: give texts as arguments or --file FILE (one per line)")
+        raise DlforgeError("no input: give texts as arguments or --file FILE (.txt, .csv, .tsv or .jsonl)")
+    zero_shot = args.task == "zero-shot-classification"
+    if not zero_shot and (args.candidate_labels or args.hypothesis_template or args.multi_label):
+        raise DlforgeError("--candidate-labels, --hypothesis-template and --multi-label are options of "
+                           "zero-shot-classification only")
+    if zero_shot and args.top_k is not None:
+        raise DlforgeError("zero-shot-classification has no --top-k: it scores every candidate label, best first")
+    if args.task != "question-answering" and any(isinstance(t, dict) for t in texts):
+        raise DlforgeError(f"the records of {args.file} have no 'text' field: choose the field to use with --column")
     runner = pipeline(args.task, args.model, batch_size=args.batch_size)
     options = {}
     if args.top_k is not None:
         options["top_k"] = args.top_k
+    if zero_shot:
+        labels = [label for group in args.candidate_labels or [] for label in group.split(",")]
+        options.update(candidate_labels=labels, hypothesis_template=args.hypothesis_template,
+                       multi_label=args.multi_label)
     if args.task in ("text-generation",):
         options.update(max_new_tokens=args.max_new_tokens, seed=args.seed)
     if args.others:
@@ -212,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    train = sub.add_parser("train", help="train a model from scratch")
+    train = sub.add_parser("train", help="train a model from scratch (or continue pretraining one)")
     families = train.add_subparsers(dest="family", metavar="FAMILY")
     gpt = families.add_parser("gpt", help="a GPT (decoder-only) language model on your text",
                               description="Train a GPT language model on a UTF-8 text file or folder.")
@@ -231,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     gpt.add_argument("--quiet", action="store_true", help="no progress bar")
     gpt.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     gpt.set_defaults(func=cmd_train)
+    from .train_bert import add_parser as add_train_bert
+
+    add_train_bert(families)
 
     gen = sub.add_parser("generate", help="continue a prompt with a trained GPT or a Hugging Face GPT-2",
                          description="Generate text from a dlforge run/model folder or a Hugging Face GPT-2 folder.")
@@ -261,15 +288,32 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Run a task pipeline (text-classification, fill-mask, ...) on texts.")
     pipe.add_argument("task", choices=sorted([*PIPELINES, *ALIASES]), help="the task")
     pipe.add_argument("texts", nargs="*", help="input texts (or --file)")
-    pipe.add_argument("--model", required=True, help="dlforge or Hugging Face model folder")
-    pipe.add_argument("--file", help="text file with one input per line")
-    pipe.add_argument("--top-k", type=int, help="how many results per input (classification, fill-mask)")
+    pipe.add_argument("--model", required=True, help="dlforge or Hugging Face model folder, or a hub id (org/name)")
+    pipe.add_argument("--file", help="inputs: .txt (one per line), .csv/.tsv (a column) or .jsonl (a field)")
+    pipe.add_argument("--column", help="--file's column or JSON field (default: 'text', else a .csv's first column "
+                                       "or a .jsonl's whole record)")
+    pipe.add_argument("--top-k", type=int, help="how many results per input (classification, fill-mask, "
+                                                "question-answering)")
     pipe.add_argument("--others", nargs="+", help="sentence-similarity: texts to compare against")
+    pipe.add_argument("--question", action="append", help="question-answering: a question (repeat for several; "
+                                                          "texts given as arguments are questions too)")
+    pipe.add_argument("--context", help="question-answering: the text the questions are answered from")
+    pipe.add_argument("--candidate-labels", action="append", metavar="LABELS",
+                      help="zero-shot-classification: labels, comma-separated or the option repeated")
+    pipe.add_argument("--hypothesis-template", help="zero-shot-classification: sentence with {} for the label "
+                                                    "(default 'This example is {}.'; 'This text is about {}.' "
+                                                    "for embedding models)")
+    pipe.add_argument("--multi-label", action="store_true",
+                      help="zero-shot-classification: score each label on its own (several may fit)")
     pipe.add_argument("--max-new-tokens", type=_positive_int, default=50, help="text-generation length")
     pipe.add_argument("--seed", type=int, help="text-generation random seed")
     pipe.add_argument("--batch-size", type=_positive_int, default=32, help="inputs per forward pass")
     pipe.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     pipe.set_defaults(func=cmd_pipeline)
+
+    from .finetune import add_parser as add_finetune
+
+    add_finetune(sub)
 
     demo = sub.add_parser("demo", help="train a small GPT on the bundled tiny Shakespeare and sample from it")
     demo.add_argument("--minutes", type=_positive_float, default=2.0, help="training time (default 2)")

@@ -160,14 +160,26 @@ def load_hf_bert(directory: str | Path, hf_config: dict, task: str | None = None
     family = hf_config.get("model_type")
     if family not in FAMILIES:
         raise DlforgeError(f"{directory}: model_type {family!r} is not a BERT-family model ({', '.join(FAMILIES)})")
-    config = config_from_hf(hf_config)
+    config, new_head = with_task(config_from_hf(hf_config), task, num_labels, labels)
+    state = convert_state_dict(load_state_dict(directory), family, config.task)
+    return load_bert_weights(config, state, directory, new_head)
+
+
+def with_task(config: BertConfig, task: str | None, num_labels: int | None = None,
+              labels: list[str] | None = None) -> tuple[BertConfig, bool]:
+    """The config with the head of `task` (None: keep the checkpoint's), and whether that head is new."""
     new_head = task is not None and (task != config.task or num_labels not in (None, config.num_labels))
     if new_head:
         n = num_labels or (len(labels) if labels else 2)
         config = replace(config, task=task, num_labels=n, labels=labels,
                          problem_type="regression" if n == 1 else "single_label")
+    return config, new_head
+
+
+def load_bert_weights(config: BertConfig, state: dict[str, torch.Tensor], directory: str | Path,
+                      new_head: bool) -> Bert:
+    """Build `Bert(config)` and load dlforge-named weights; a new head keeps only same-shaped head weights."""
     model = Bert(config)
-    state = convert_state_dict(load_state_dict(directory), family, config.task)
     allowed = ["head.decoder.weight"] if config.task == "masked-lm" else []
     if new_head:
         own = model.state_dict()

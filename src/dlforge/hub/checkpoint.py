@@ -55,10 +55,17 @@ def save_pretrained(model: torch.nn.Module, directory: str | Path, tokenizer=Non
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """A model directory itself, or the best/latest checkpoint inside a training run folder."""
+    """A model directory itself, the best/latest checkpoint inside a training run folder, or (for a string
+    that is no existing path but reads like `org/name[@revision]`) the Hugging Face Hub snapshot of that id."""
+    if isinstance(path, str) and not Path(path).exists():
+        from .download import hub_snapshot, parse_hub_id
+
+        if parse_hub_id(path) is not None:
+            path = hub_snapshot(path)
     path = Path(path)
     if not path.exists():
-        raise DlforgeError(f"{path} does not exist: give a dlforge run folder, a model directory or a checkpoint")
+        raise DlforgeError(f"{path} does not exist: give a dlforge run folder, a model directory, a checkpoint "
+                           "or a Hugging Face Hub id (org/name)")
     if not path.is_dir():
         raise DlforgeError(f"{path} is a file: give the directory that holds config.json and the weights")
     checkpoints = path / "checkpoints"
@@ -85,8 +92,8 @@ def load_pretrained(path: str | Path, expected_kind: str | None = None, task: st
                     num_labels: int | None = None, labels: list[str] | None = None):
     """Load (model, tokenizer or None) from a dlforge directory, run folder or HF directory.
 
-    For encoders, `task` (with `num_labels` or `labels`) puts a new task head on the checkpoint's
-    encoder, e.g. `load_pretrained(minilm_dir, task="sequence-classification", num_labels=2)`.
+    For encoders (dlforge or Hugging Face), `task` (with `num_labels` or `labels`) puts a new task head on
+    the checkpoint's encoder, e.g. `load_pretrained(minilm_dir, task="sequence-classification", num_labels=2)`.
     """
     from ..models import MODEL_CLASSES
     from ..text.tokenizers import load_tokenizer
@@ -106,9 +113,17 @@ def load_pretrained(path: str | Path, expected_kind: str | None = None, task: st
             config = cls.config_class.from_dict(raw["config"])
         except (TypeError, ValueError, KeyError) as e:
             raise DlforgeError(f"{directory / 'config.json'} has an invalid model config: {e}") from e
-        model = cls(config)
-        _, tied = deduplicated_state_dict(model)
-        load_into(model, load_state_dict(directory), str(directory), allowed_missing=tuple(tied))
+        if kind == "bert" and task is not None:  # e.g. a masked-LM run fine-tuned for classification
+            saved_task = config.task
+            config, new_head = bert.with_task(config, task, num_labels, labels)
+            state = load_state_dict(directory)
+            if config.task != saved_task:  # another task's head (an MLM transform) is no start for this one
+                state = {k: v for k, v in state.items() if not k.startswith("head.")}
+            model = bert.load_bert_weights(config, state, directory, new_head)
+        else:
+            model = cls(config)
+            _, tied = deduplicated_state_dict(model)
+            load_into(model, load_state_dict(directory), str(directory), allowed_missing=tuple(tied))
     elif raw.get("model_type") in bert.FAMILIES:
         if expected_kind and expected_kind != "bert":
             raise DlforgeError(f"{directory} holds a {raw['model_type']} model, but this command needs a "
@@ -122,7 +137,7 @@ def load_pretrained(path: str | Path, expected_kind: str | None = None, task: st
         found = raw.get("model_type", "no 'model_type'")
         raise DlforgeError(f"{directory} is not a model dlforge can load ({found}); supported: dlforge models, "
                            "Hugging Face gpt2, bert, roberta, distilbert")
-    has_tokenizer = any((directory / f).is_file() for f in ("tokenizer.json", "vocab.json"))
+    has_tokenizer = any((directory / f).is_file() for f in ("tokenizer.json", "vocab.json", "vocab.txt"))
     tokenizer = load_tokenizer(directory) if has_tokenizer else None
     model.eval()
     return model, tokenizer

@@ -6,12 +6,15 @@ A pipeline loads a model folder (dlforge or Hugging Face format) once, then maps
     clf(["a gripping film", "a dull film"], top_k=None)  # every label with its score
 
 Tasks so far: text-classification (alias sentiment-analysis), feature-extraction, fill-mask,
-sentence-similarity, text-generation. Each accepts a string or a list of strings (the result is
-then a list) and processes lists in batches.
+sentence-similarity, text-generation, zero-shot-classification, token-classification (alias ner).
+Each accepts a string or a list of strings (the result is then a list) and processes lists in batches.
+`read_inputs(path, column=None)` reads a list of inputs from a .txt, .csv, .tsv or .jsonl file (a string
+passed to a pipeline is always a text).
 """
 
 from __future__ import annotations
 
+from .inputs import read_inputs
 from .tasks import PIPELINES, Pipeline, pipeline
 
-__all__ = ["PIPELINES", "Pipeline", "pipeline"]
+__all__ = ["PIPELINES", "Pipeline", "pipeline", "read_inputs"]

@@ -162,9 +162,15 @@ class TextGeneration(Pipeline):
         return [[{"generated_text": (t + g) if return_full_text else g}] for t, g in zip(texts, generated)]
 
 
+# these build on the classes above
+from .question_answering import QuestionAnswering  # noqa: E402
+from .token_classification import TokenClassification  # noqa: E402
+from .zero_shot import ZeroShotClassification  # noqa: E402
+
 PIPELINES = {p.task_name: p for p in (TextClassification, FeatureExtraction, SentenceSimilarity, FillMask,
-                                      TextGeneration)}
-ALIASES = {"sentiment-analysis": "text-classification"}
+                                      TextGeneration, ZeroShotClassification, TokenClassification,
+                                      QuestionAnswering)}
+ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 
 
 def pipeline(task: str, model, tokenizer=None, **kwargs) -> Pipeline:

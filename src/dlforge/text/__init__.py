@@ -6,7 +6,9 @@ from dlforge.text.tokenizers import (
     HFTokenizer,
     StreamDecoder,
     Tokenizer,
+    WordPieceTokenizer,
     load_tokenizer,
 )
 
-__all__ = ["BPETokenizer", "CharTokenizer", "HFTokenizer", "StreamDecoder", "Tokenizer", "load_tokenizer"]
+__all__ = ["BPETokenizer", "CharTokenizer", "HFTokenizer", "StreamDecoder", "Tokenizer", "WordPieceTokenizer",
+           "load_tokenizer"]

@@ -2,9 +2,10 @@
 
 `Tokenizer` is the common interface (ids <-> text, special tokens, batch padding, save/load).
 `CharTokenizer` is nanoGPT-style character level, `HFTokenizer` wraps any Hugging Face
-`tokenizers.Tokenizer` (GPT-2 byte-level BPE, BERT WordPiece, ...), and `BPETokenizer` trains a
-byte-level BPE that round-trips any Unicode text exactly. `load_tokenizer` reads what `save`
-writes, and also Hugging Face `tokenizer.json` files or GPT-2 style `vocab.json` + `merges.txt`.
+`tokenizers.Tokenizer` (GPT-2 byte-level BPE, BERT WordPiece, ...), `BPETokenizer` trains a
+byte-level BPE that round-trips any Unicode text exactly, and `WordPieceTokenizer` trains a BERT-style
+WordPiece. `load_tokenizer` reads what `save` writes, and also Hugging Face `tokenizer.json` files,
+GPT-2 / RoBERTa style `vocab.json` + `merges.txt`, or a BERT `vocab.txt`.
 `StreamDecoder` turns ids generated one at a time into printable text pieces.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -341,7 +343,9 @@ class HFTokenizer(Tokenizer):
             special_tokens = self._detect_special_tokens()
         self.special_tokens = _check_roles(special_tokens)
         # Registering them as special makes the library match them in text and skip them on decode.
-        wanted = dict.fromkeys(self.special_tokens.values())
+        # Tokens already registered as special keep their options (RoBERTa's <mask> strips the space before it).
+        present = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
+        wanted = [tok for tok in dict.fromkeys(self.special_tokens.values()) if tok not in present]
         tokenizer.add_special_tokens([hf.AddedToken(tok, special=True) for tok in wanted])
 
     def _detect_special_tokens(self) -> dict[str, str]:
@@ -387,19 +391,22 @@ class HFTokenizer(Tokenizer):
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
     def encode_windows(self, texts: list[str], pairs: list[str] | None = None, max_length: int | None = None,
-                       stride: int = 0) -> list[list[dict]]:
+                       stride: int = 0, truncation: str | None = None) -> list[list[dict]]:
         """Encode texts (or text pairs) with character offsets, split into overlapping windows.
 
         Returns, per input, a list of windows (one unless the input exceeds `max_length`), each a dict
         of lists over its tokens: `input_ids`, `token_type_ids`, `attention_mask`, `offsets` ((start, end)
         character spans in the text they came from; (0, 0) for special tokens), `sequence_ids` (0 = text,
         1 = pair, None = special token) and `word_ids`. With pairs, only the second member (a QA
-        context) is cut into windows; consecutive windows share `stride` tokens.
+        context) is cut into windows (`truncation="only_first"` cuts the first member instead, e.g. an
+        NLI premise); consecutive windows share `stride` tokens.
         """
         if pairs is not None and len(pairs) != len(texts):
             raise DlforgeError(f"got {len(texts)} texts but {len(pairs)} pairs: give one pair per text")
+        if truncation not in (None, "only_first", "only_second", "longest_first"):
+            raise DlforgeError(f"truncation must be only_first, only_second or longest_first, got {truncation!r}")
         if max_length is not None:
-            strategy = "only_second" if pairs is not None else "longest_first"
+            strategy = truncation or ("only_second" if pairs is not None else "longest_first")
             self.tokenizer.enable_truncation(max_length, stride=stride, strategy=strategy)
         try:
             inputs = list(zip(texts, pairs)) if pairs is not None else list(texts)
@@ -462,6 +469,106 @@ class BPETokenizer(HFTokenizer):
             texts = [texts_or_files] if isinstance(texts_or_files, str) else texts_or_files
             tokenizer.train_from_iterator(texts, trainer)
         return cls(tokenizer, special_tokens)
+
+
+BERT_SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+
+
+def _bert_pipeline(model: hf.models.WordPiece, lowercase: bool, strip_accents: bool | None = None,
+                   chinese_chars: bool = True) -> hf.Tokenizer:
+    """A WordPiece model with BERT's normalizer, pre-tokenizer and decoder (as BertTokenizerFast sets them up)."""
+    tokenizer = hf.Tokenizer(model)
+    tokenizer.normalizer = hf.normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=chinese_chars,
+                                                         strip_accents=strip_accents, lowercase=lowercase)
+    tokenizer.pre_tokenizer = hf.pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = hf.decoders.WordPiece(prefix="##")
+    return tokenizer
+
+
+def _set_bert_post_processor(tokenizer: hf.Tokenizer, cls: str, sep: str) -> None:
+    """[CLS] A [SEP] for one text, [CLS] A [SEP] B [SEP] with token type 1 on B for a pair."""
+    cls_id, sep_id = tokenizer.token_to_id(cls), tokenizer.token_to_id(sep)
+    if cls_id is not None and sep_id is not None:
+        tokenizer.post_processor = hf.processors.TemplateProcessing(
+            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+            special_tokens=[(cls, cls_id), (sep, sep_id)])
+
+
+class WordPieceTokenizer(HFTokenizer):
+    """BERT-style WordPiece: BERT normalization (optionally lower-cased), `##` continuation pieces,
+    and [CLS] A [SEP] (B [SEP]) added by `encode(..., add_special_tokens=True)`."""
+
+    @classmethod
+    def train(
+        cls,
+        texts_or_files: str | Iterable[str] | Sequence[str | os.PathLike],
+        vocab_size: int,
+        lowercase: bool = True,
+        special_tokens: dict[str, str] | None = None,
+        min_frequency: int = 2,
+    ) -> WordPieceTokenizer:
+        """Train on an iterable of texts, or a list of file paths (like `BPETokenizer.train`).
+
+        `special_tokens` defaults to BERT's [PAD], [UNK], [CLS], [SEP], [MASK], which get ids 0-4.
+        The same input gives the same vocabulary in every process (see `_continuation_pieces`).
+        """
+        special_tokens = _check_roles(dict(BERT_SPECIAL_TOKENS) if special_tokens is None else special_tokens)
+        if "unk" not in special_tokens:
+            raise DlforgeError("WordPiece needs an unknown-word token: add special_tokens['unk'], e.g. '[UNK]'")
+        specials = list(dict.fromkeys(special_tokens.values()))
+        if vocab_size <= len(specials):
+            raise DlforgeError(f"vocab_size {vocab_size} is too small: it must exceed the {len(specials)} "
+                               "special tokens")
+        tokenizer = _bert_pipeline(hf.models.WordPiece(unk_token=special_tokens["unk"]), lowercase)
+        files = _as_file_list(texts_or_files)
+        if files is None:  # two passes over the texts: keep them
+            texts = [texts_or_files] if isinstance(texts_or_files, str) else list(texts_or_files)
+        pieces = _continuation_pieces(tokenizer.normalizer, _file_chunks(files) if files is not None else texts)
+        trainer = hf.trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                               special_tokens=specials + pieces, show_progress=False)
+        if files is not None:
+            tokenizer.train(files, trainer)
+        else:
+            tokenizer.train_from_iterator(texts, trainer)
+        # rebuild without the added-token entries of the pieces: they are ordinary vocabulary
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        tokenizer = _bert_pipeline(hf.models.WordPiece(vocab, unk_token=special_tokens["unk"]), lowercase)
+        if "cls" in special_tokens and "sep" in special_tokens:
+            _set_bert_post_processor(tokenizer, special_tokens["cls"], special_tokens["sep"])
+        return cls(tokenizer, special_tokens)
+
+
+def _continuation_pieces(normalizer, texts: Iterable[str]) -> list[str]:
+    """"##c" for every character c of the normalized texts that can continue a word, sorted.
+
+    The library's WordPiece trainer numbers these pieces in hash-map order, which changes from process to
+    process and, through the ids, which merges win ties: the vocabulary would differ on every run. Given
+    up front (as tokens the trainer places first, in this order), every run learns the same vocabulary.
+    """
+    chars: set[str] = set()
+    for text in texts:
+        chars.update(normalizer.normalize_str(text))
+    return ["##" + c for c in sorted(chars) if _continues_words(c)]
+
+
+# BERT's pre-tokenizer splits at spaces and punctuation (ASCII symbols count), and its normalizer isolates
+# CJK ideographs: none of these is ever inside a word.
+_ASCII_PUNCTUATION = {chr(i) for r in ((33, 48), (58, 65), (91, 97), (123, 127)) for i in range(*r)}
+_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
+               (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+
+
+def _continues_words(c: str) -> bool:
+    if c.isspace() or c in _ASCII_PUNCTUATION or unicodedata.category(c).startswith("P"):
+        return False
+    return not any(lo <= ord(c) <= hi for lo, hi in _CJK_RANGES)
+
+
+def _file_chunks(files: list[str]) -> Iterable[str]:
+    for path in files:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            while chunk := f.read(1 << 22):
+                yield chunk
 
 
 def _as_file_list(source: object) -> list[str] | None:
@@ -565,7 +672,12 @@ def _load_tokenizer_json(path: Path) -> Tokenizer:
 
 
 def _load_vocab_merges(directory: Path) -> Tokenizer:
-    """A GPT-2 style pair: byte-level BPE with GPT-2's pre-tokenizer (no prefix space)."""
+    """A GPT-2 or RoBERTa style pair: byte-level BPE with GPT-2's pre-tokenizer (no prefix space).
+
+    A vocabulary with distinct CLS and SEP tokens (RoBERTa's <s> and </s>) gets RoBERTa's post-processor
+    (<s> A </s> and <s> A </s></s> B </s>) and a mask token that absorbs the space before it, as in
+    RobertaTokenizerFast; GPT-2's (<|endoftext|> only) gets none.
+    """
     try:
         model = hf.models.BPE.from_file(str(directory / "vocab.json"), str(directory / "merges.txt"))
     except Exception as exc:  # the library raises plain Exception on malformed files
@@ -573,15 +685,56 @@ def _load_vocab_merges(directory: Path) -> Tokenizer:
     tokenizer = hf.Tokenizer(model)
     tokenizer.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = hf.decoders.ByteLevel()
-    return HFTokenizer(tokenizer, _configured_special_tokens(directory))
+    specials = _configured_special_tokens(directory)
+    configured = specials or {}
+    tokenizer = HFTokenizer(tokenizer, specials)
+    add_roberta_special_handling(tokenizer, *(configured.get(role, default) for role, default in
+                                              (("cls", "<s>"), ("sep", "</s>"), ("mask", "<mask>"))))
+    return tokenizer
+
+
+def add_roberta_special_handling(tokenizer: HFTokenizer, cls: str = "<s>", sep: str = "</s>",
+                                 mask: str = "<mask>") -> bool:
+    """Give a byte-level BPE RoBERTa's special tokens: <s> A </s> (pairs <s> A </s></s> B </s>) and a mask
+    token that absorbs the space before it ("is <mask>." masks the word " Paris", as in pretraining).
+
+    Does nothing (returns False) unless the vocabulary has distinct `cls` and `sep` tokens.
+    """
+    hf_tok = tokenizer.tokenizer
+    cls_id, sep_id = hf_tok.token_to_id(cls), hf_tok.token_to_id(sep)
+    if cls_id is None or sep_id is None or cls_id == sep_id:
+        return False
+    if hf_tok.token_to_id(mask) is not None:  # re-adding a token replaces its options
+        hf_tok.add_special_tokens([hf.AddedToken(mask, lstrip=True, special=True)])
+    hf_tok.post_processor = hf.processors.RobertaProcessing((sep, sep_id), (cls, cls_id), trim_offsets=True,
+                                                            add_prefix_space=False)
+    return True
+
+
+def _load_vocab_txt(directory: Path) -> Tokenizer:
+    """A BERT-style WordPiece vocab.txt (one token per line, id = line number), set up as BertTokenizerFast
+    does from tokenizer_config.json: `do_lower_case` (default True), `strip_accents`, `tokenize_chinese_chars`."""
+    path = directory / "tokenizer_config.json"
+    config = _read_json(path) if path.is_file() else {}
+    specials = _configured_special_tokens(directory)
+    named = {**BERT_SPECIAL_TOKENS, **(specials or {})}
+    try:
+        model = hf.models.WordPiece.from_file(str(directory / "vocab.txt"), unk_token=named["unk"])
+    except Exception as exc:  # the library raises plain Exception on malformed files
+        raise _invalid_file_error(directory / "vocab.txt", exc) from None
+    tokenizer = _bert_pipeline(model, bool(config.get("do_lower_case", True)), config.get("strip_accents"),
+                               bool(config.get("tokenize_chinese_chars", True)))
+    _set_bert_post_processor(tokenizer, named["cls"], named["sep"])
+    return HFTokenizer(tokenizer, specials)
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load a tokenizer from a directory or a tokenizer.json file.
 
-    A directory may hold tokenizer.json (dlforge char format or Hugging Face format) or a GPT-2
-    style vocab.json + merges.txt pair; special tokens come from tokenizer_config.json /
-    special_tokens_map.json when present, else they are detected by common names.
+    A directory may hold tokenizer.json (dlforge char format or Hugging Face format), a GPT-2 or
+    RoBERTa style vocab.json + merges.txt pair, or a BERT WordPiece vocab.txt (looked for in that
+    order); special tokens come from tokenizer_config.json / special_tokens_map.json when present,
+    else they are detected by common names.
     """
     path = Path(path)
     if not path.exists():
@@ -592,4 +745,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         return _load_tokenizer_json(path / "tokenizer.json")
     if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
         return _load_vocab_merges(path)
-    raise DlforgeError(f"no tokenizer found in {path}: expected tokenizer.json, or vocab.json + merges.txt")
+    if (path / "vocab.txt").is_file():
+        return _load_vocab_txt(path)
+    raise DlforgeError(f"no tokenizer found in {path}: expected tokenizer.json, vocab.json + merges.txt, "
+                       "or a WordPiece vocab.txt")

@@ -10,7 +10,6 @@ corpus, memory-mapped) and the Trainer's checkpoints and logs.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -23,7 +22,7 @@ from ..io import atomic_write_json
 from ..models.gpt import GPT, GPTConfig
 from ..text.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 from .distributed import init_distributed
-from .trainer import TrainConfig, Trainer, resolve_device
+from .trainer import TrainConfig, Trainer, open_run, resolve_device
 
 # Each preset: model fields + training fields. `shakespeare` is the 5-minute CPU recipe measured in
 # benchmarks/RESULTS.md; `baby` is nanoGPT's documented CPU recipe; `tiny` is for smoke tests.
@@ -63,9 +62,12 @@ def field_types() -> dict[str, str]:
     return types_
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """["n_layer=6", "lr=3e-4"] -> {"n_layer": 6, "lr": 0.0003}, checked against the config fields."""
-    known = field_types()
+def parse_overrides(pairs: list[str], known: dict[str, str] | None = None) -> dict:
+    """["n_layer=6", "lr=3e-4"] -> {"n_layer": 6, "lr": 0.0003}, checked against the config fields.
+
+    `known` maps each valid key to its type annotation (default: GPT's and the Trainer's fields).
+    """
+    known = field_types() if known is None else known
     out = {}
     for pair in pairs:
         if "=" not in pair:
@@ -108,14 +110,10 @@ def train_language_model(data: str | Path, out: str | Path, preset: str = "shake
     """
     out = Path(out)
     run_file = out / "run.json"
-    if resume:
-        if not run_file.is_file():
-            raise DlforgeError(f"nothing to resume in {out}: it has no run.json (start it without --resume)")
-        run = json.loads(run_file.read_text())
+    run = open_run(out, resume)
+    if run is not None:
         run["train"].update({k: v for k, v in (overrides or {}).items() if k in ("max_steps", "max_minutes")})
     else:
-        if run_file.exists():
-            raise DlforgeError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
         model_kwargs, train_kwargs = resolve_settings(preset, overrides or {})
         if seed is not None:
             train_kwargs["seed"] = seed

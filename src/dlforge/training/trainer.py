@@ -19,6 +19,7 @@ Run folder layout (only rank 0 writes):
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import shutil
 import time
@@ -80,6 +81,22 @@ class TrainConfig:
     @classmethod
     def field_names(cls) -> set[str]:
         return {f.name for f in fields(cls)}
+
+
+def open_run(out: Path, resume: bool, what: str = "run") -> dict | None:
+    """The settings saved in OUT/run.json when resuming; None for a new run (after checking `out` holds none).
+
+    Every command that trains (train gpt/bert, finetune) keeps what it was started with in run.json, so
+    `--resume` rebuilds the same run from the folder alone.
+    """
+    run_file = out / "run.json"
+    if resume:
+        if not run_file.is_file():
+            raise DlforgeError(f"nothing to resume in {out}: it has no run.json (start it without --resume)")
+        return json.loads(run_file.read_text(encoding="utf-8"))
+    if run_file.exists() or (out / "checkpoints").exists():
+        raise DlforgeError(f"{out} already holds a {what}: pass --resume to continue it, or choose another --out")
+    return None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -13,9 +13,10 @@ from .lora import (
     strip_lora,
     unmerge_lora,
 )
+from .recipe import finetune  # noqa: E402  (after .finetune: the function takes the module's name here)
 
 __all__ = [
     "Distiller", "distillation_loss", "extract_features", "fit_classifier", "GradualUnfreezing", "freeze_below",
     "layerwise_lr_scales", "num_blocks", "unfreeze_all", "LoRALinear", "apply_lora", "load_lora",
-    "lora_state_dict", "merge_lora", "save_lora", "strip_lora", "unmerge_lora",
+    "lora_state_dict", "merge_lora", "save_lora", "strip_lora", "unmerge_lora", "finetune",
 ]

@@ -11,3 +11,6 @@ def register(task_class: type[FinetuneTask]) -> type[FinetuneTask]:
 
 
 __all__ = ["ExampleBatches", "FinetuneTask", "FINETUNE_TASKS", "collate", "register"]
+
+# each task module registers its task on import (so after `register` exists)
+from . import question_answering, text_classification, token_classification  # noqa: E402,F401

@@ -1,0 +1,121 @@
+"""`dlforge finetune`: fine-tune an encoder on a labelled file (text classification, NER, QA, ...) into a model
+folder the pipelines load. A thin layer over `dlforge.transfer.finetune` (transfer/recipe.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import DlforgeError
+from .main import _positive_float, _positive_int
+
+# CLI flag (argparse dest) -> finetune setting of the same name; unset flags keep the method's defaults
+SETTINGS = ("epochs", "max_steps", "minutes", "lr", "batch_size", "max_length", "layer_lr_decay", "top_k_layers",
+            "lora_r", "lora_alpha", "teacher", "student_layers", "precision", "seed")
+
+
+def parse_value(text: str):
+    """'128' -> 128, '0.5' -> 0.5, 'true'/'false' -> bool, 'none' -> None, anything else stays a string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """["doc_stride=128", "text_column=review"] -> {"doc_stride": 128, "text_column": "review"}."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise DlforgeError(f"--option expects KEY=VALUE (e.g. --option text_column=review), got {pair!r}")
+        options[key.strip()] = parse_value(value)
+    return options
+
+
+def cmd_finetune(args) -> int:
+    from ..transfer.recipe import finetune
+
+    settings = {k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None}
+    if args.option:
+        settings["options"] = parse_options(args.option)
+    if args.resume:
+        given = sorted(settings) + [k for k in ("model", "task", "train", "eval", "method") if getattr(args, k)]
+        if given:
+            print(f"note: --resume continues with the settings {args.out}/run.json was started with; ignoring "
+                  f"{', '.join('--' + k.replace('_', '-') for k in given)}")
+        report = finetune(out=args.out, resume=True, progress=not args.quiet)
+    else:
+        model = args.model or (args.teacher if args.method == "distill" else None)
+        missing = [flag for flag, value in (("--model", model), ("--task", args.task), ("--train", args.train))
+                   if value is None]
+        if missing:
+            raise DlforgeError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (or "
+                               "--resume to continue the run in --out)")
+        report = finetune(model, args.task, args.train, args.eval, out=args.out, method=args.method or "full",
+                          progress=not args.quiet, **settings)
+    training = report["training"]
+    best = training.get("best_val_loss")
+    best = f", best eval loss {best:.4f}" if best is not None else ""
+    print(f"done: {training['stop_reason']}; step {training['step']}{best}, {report['timing']['total_s']:.0f} s")
+    scores = {k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if scores:
+        print("eval: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in scores.items()))
+    out = Path(args.out)
+    print(f"model: {out / 'model'}  (e.g. dlforge pipeline {report['task']} --model {out / 'model'} ...)")
+    print(f"report: {out / 'report.json'}")
+    return 0
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Add `finetune` to the top-level sub-commands."""
+    from ..transfer.recipe import METHODS
+    from ..transfer.tasks import FINETUNE_TASKS
+
+    p = sub.add_parser(
+        "finetune", help="fine-tune an encoder on a labelled file (text classification, NER, QA, ...)",
+        description="Fine-tune a BERT-family encoder (dlforge or Hugging Face folder, or hub id) for a task on a "
+                    "labelled file. Writes OUT/model (loads in `dlforge pipeline`), OUT/report.json (metrics on "
+                    "--eval), the task's report files, metrics.csv, loss.png and checkpoints.")
+    p.add_argument("--model", help="encoder to start from: a dlforge run or model folder, a Hugging Face folder or a "
+                                   "hub id (distill: defaults to --teacher)")
+    p.add_argument("--task", help=f"the task: {', '.join(sorted(FINETUNE_TASKS))}")
+    p.add_argument("--train", help="training file (text-classification: .csv/.tsv with a header row, or .jsonl)")
+    p.add_argument("--eval", help="evaluation file: eval loss during training (the best checkpoint is exported) and "
+                                  "the final report")
+    p.add_argument("--out", required=True, help="run folder (OUT/model, OUT/report.json, checkpoints, metrics)")
+    p.add_argument("--method", help=f"what trains: {' | '.join(METHODS)} (default full)")
+    p.add_argument("--epochs", type=_positive_float, help="passes over the training set (default 3; features 10)")
+    p.add_argument("--max-steps", type=_positive_int, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--minutes", type=_positive_float, help="wall-clock budget; the schedule is fitted to it")
+    p.add_argument("--lr", type=_positive_float,
+                   help="peak learning rate (default: full 5e-5, top-k 1e-4, lora 2e-4 with the head at 1e-3, "
+                        "features 1e-3, distill 1e-4); warmup 6 %%, then cosine decay to 0")
+    p.add_argument("--batch-size", type=_positive_int, help="examples per step (default 32)")
+    p.add_argument("--max-length", type=_positive_int, help="tokens per input (default: the task's, e.g. 128)")
+    p.add_argument("--layer-lr-decay", type=_positive_float,
+                   help="full/top-k: each block below the head learns this factor slower (e.g. 0.8)")
+    p.add_argument("--top-k-layers", type=int, help="top-k: how many of the top encoder blocks train (default 2)")
+    p.add_argument("--lora-r", type=_positive_int, help="lora: adapter rank (default 8)")
+    p.add_argument("--lora-alpha", type=_positive_float, help="lora: adapter scale alpha (default 16)")
+    p.add_argument("--teacher", help="distill: the fine-tuned model folder to learn from")
+    p.add_argument("--student-layers", type=_positive_int,
+                   help="distill: encoder blocks of the student, copied from --model's blocks spread over its depth")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="task option, e.g. --option text_column=review --option text_pair_column=hypothesis "
+                        "(repeatable)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="auto (default): bf16 autocast on CPU and supporting GPUs")
+    p.add_argument("--seed", type=int, help="random seed (default 42): the same seed gives the same model")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_finetune)
+    return p

@@ -1,0 +1,392 @@
+"""`dlforge finetune`: fine-tune an encoder on a labelled file, by one of five methods, into a model folder.
+
+    finetune(model, task, train, eval=None, out=..., method="full", **settings) -> report dict
+
+The task (`transfer.tasks`, e.g. text-classification) reads the files; `load_pretrained` puts the task's
+head on the encoder, sized by the label set of the training file; the method decides what trains; the
+Trainer trains on `ExampleBatches` (loss on the eval file every `eval_interval` steps, the best checkpoint
+kept). The best weights (lowest eval loss; the last ones without an eval file) become OUT/model, a plain
+model folder that `dlforge.pipeline(...)` and `load_pretrained` open directly; the task then evaluates it
+on the eval file and writes its report files; OUT/report.json holds its metrics, the settings and timing.
+
+Methods:
+- full: every weight trains (optionally with layer-wise LR decay, `layer_lr_decay`);
+- top-k: only the top `top_k_layers` encoder blocks and the head (`freeze_below`);
+- lora: adapters on every attention/MLP linear of the encoder (`apply_lora`) plus the head, which learns at
+  its own `head_lr`; OUT/model holds the merged weights, OUT/adapters.safetensors the adapters and head alone;
+- features: the frozen encoder's [CLS] vectors are computed once (`extract_features`, cached in OUT/features)
+  and only the classification head (dense → tanh → linear) trains on them. Exported, that head on the same
+  [CLS] vector is exactly the model's forward, so OUT/model predicts what was trained;
+- distill: a student of `student_layers` blocks, copied from `model`'s blocks spread over its depth
+  (every other one for half the depth, as DistilBERT), learns from the `teacher`'s soft logits and the
+  labels (`Distiller`). Give the teacher itself as `model` (the CLI's default) to start from its layers.
+
+OUT/run.json records what the run was started with, so `resume=True` rebuilds the same model and the
+Trainer continues from the last checkpoint exactly (bit-identical weights on CPU).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import DlforgeError
+from ..hub.checkpoint import deduplicated_state_dict, load_pretrained, save_pretrained
+from ..hub.weights import load_into, load_state_dict
+from ..io import atomic_write_json
+from ..models.outputs import ModelOutput
+from .distill import Distiller
+from .features import extract_features
+from .finetune import freeze_below, num_blocks
+from .lora import apply_lora, save_lora, strip_lora
+from .tasks import FINETUNE_TASKS, ExampleBatches, FinetuneTask
+
+METHODS = ("full", "top-k", "lora", "features", "distill")
+# Learning rates a practitioner expects: small for all weights (BERT's 2e-5..5e-5), larger when few train.
+DEFAULT_LR = {"full": 5e-5, "top-k": 1e-4, "lora": 2e-4, "features": 1e-3, "distill": 1e-4}
+DEFAULT_EPOCHS = {"features": 10}  # a head on cached vectors is cheap: let it converge (others: 3)
+LORA_TARGETS = r"(c_attn|c_proj|c_fc)$"  # the query/key/value, attention output and both MLP linears
+HEAD = r"^head\."
+# settings that only mean something for one method (given with another, they are an error, not ignored)
+METHOD_SETTINGS = {"layer_lr_decay": ("full", "top-k"), "top_k_layers": ("top-k",), "lora_r": ("lora",),
+                   "lora_alpha": ("lora",), "lora_dropout": ("lora",), "head_lr": ("lora",),
+                   "teacher": ("distill",), "student_layers": ("distill",), "student_pick": ("distill",),
+                   "temperature": ("distill",), "alpha": ("distill",)}
+
+
+@dataclass
+class FinetuneSettings:
+    epochs: float | None = None  # None: 3 (features: 10)
+    max_steps: int | None = None  # optimizer steps; overrides epochs
+    minutes: float | None = None  # wall-clock budget; the schedule is fitted to it
+    lr: float | None = None  # None: DEFAULT_LR[method]
+    batch_size: int = 32
+    grad_accum: int = 1
+    max_length: int | None = None  # tokens per input; None: the task's default_max_length (else 128)
+    warmup_ratio: float = 0.06  # share of the steps with linear warmup
+    weight_decay: float = 0.01
+    decay: str = "cosine"  # cosine (to 0) | constant
+    eval_interval: int | None = None  # None: each epoch, at least 3 times per run, at most every 1000 steps
+    load_best: bool = True  # export the checkpoint with the lowest eval loss (when there is an eval file)
+    layer_lr_decay: float | None = None
+    top_k_layers: int | None = None  # None: 2
+    lora_r: int | None = None  # None: 8
+    lora_alpha: float | None = None  # None: 16
+    lora_dropout: float | None = None  # None: 0.1
+    head_lr: float | None = None  # lora: the new head's learning rate; None: 1e-3
+    teacher: str | None = None
+    student_layers: int | None = None
+    student_pick: str | None = None  # spread (every other block for half the depth) | first; None: spread
+    temperature: float | None = None  # None: 2
+    alpha: float | None = None  # weight of the soft (teacher) term; None: 0.5
+    precision: str = "auto"  # auto = bf16 autocast on CPU and where the GPU supports it
+    device: str = "auto"
+    seed: int = 42
+    options: dict = field(default_factory=dict)  # keyword arguments of the task class
+
+    @classmethod
+    def build(cls, method: str, settings: dict) -> FinetuneSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise DlforgeError(f"unknown finetune setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        for name, methods in METHOD_SETTINGS.items():
+            if settings.get(name) is not None and method not in methods:
+                raise DlforgeError(f"{name} is a setting of method {' / '.join(methods)}, not {method}")
+        s = cls(**{k: v for k, v in settings.items() if v is not None})
+        defaults = dict(epochs=DEFAULT_EPOCHS.get(method, 3), lr=DEFAULT_LR[method], max_length=None)
+        if method == "top-k":
+            defaults.update(top_k_layers=2)
+        if method == "lora":
+            defaults.update(lora_r=8, lora_alpha=16.0, lora_dropout=0.1, head_lr=1e-3)
+        if method == "distill":
+            defaults.update(student_pick="spread", temperature=2.0, alpha=0.5)
+        s = replace(s, **{k: v for k, v in defaults.items() if getattr(s, k) is None})
+        s.check(method)
+        return s
+
+    def check(self, method: str) -> None:
+        positive = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
+                    "grad_accum": self.grad_accum, "lora_r": self.lora_r, "head_lr": self.head_lr,
+                    "temperature": self.temperature, "student_layers": self.student_layers,
+                    "max_steps": self.max_steps, "minutes": self.minutes, "max_length": self.max_length,
+                    "eval_interval": self.eval_interval, "lora_alpha": self.lora_alpha}
+        for name, value in positive.items():
+            if value is not None and not value > 0:
+                raise DlforgeError(f"{name} must be > 0, got {value}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise DlforgeError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.top_k_layers is not None and self.top_k_layers < 0:
+            raise DlforgeError(f"top_k_layers must be >= 0, got {self.top_k_layers}")
+        if self.layer_lr_decay is not None and not 0 < self.layer_lr_decay <= 1:
+            raise DlforgeError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
+        if self.alpha is not None and not 0 <= self.alpha <= 1:
+            raise DlforgeError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.lora_dropout is not None and not 0 <= self.lora_dropout < 1:
+            raise DlforgeError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.student_pick not in (None, "spread", "first"):
+            raise DlforgeError(f"student_pick must be 'spread' or 'first', got {self.student_pick!r}")
+        if method == "distill" and (self.teacher is None or self.student_layers is None):
+            raise DlforgeError("method distill needs teacher (a fine-tuned model folder) and student_layers (N)")
+
+
+def make_task(name: str, options: dict) -> FinetuneTask:
+    """The registered task `name`, built with `options` as keyword arguments."""
+    if name not in FINETUNE_TASKS:
+        raise DlforgeError(f"unknown task {name!r}: choose one of {', '.join(sorted(FINETUNE_TASKS))}")
+    cls = FINETUNE_TASKS[name]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        raise DlforgeError(f"task {name} has no option {unknown[0]!r}; its options: {', '.join(accepted) or 'none'}")
+    return cls(**options)
+
+
+def check_file(path, role: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise DlforgeError(f"{role} file {path} {what}: give a .csv, .tsv or .jsonl file")
+    return path
+
+
+def shrink_layers(model: nn.Module, n: int, pick: str = "spread") -> list[int]:
+    """Keep `n` of the encoder's blocks: the first n, or n spread over the depth (block i·L//n); returns them."""
+    depth = len(model.layers)
+    if not 1 <= n <= depth:
+        raise DlforgeError(f"student_layers must be between 1 and the model's {depth} blocks, got {n}")
+    keep = list(range(n)) if pick == "first" else [i * depth // n for i in range(n)]
+    model.layers = nn.ModuleList([model.layers[i] for i in keep])
+    model.config = replace(model.config, n_layer=n)
+    return keep
+
+
+class HeadOnFeatures(nn.Module):
+    """Trains `model.head` on cached [CLS] vectors: forward(features (B, hidden), labels (B,)).
+
+    Checkpoints hold the whole model (`state_dict` is the model's), so every checkpoint loads as it.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def state_dict(self, *args, **kwargs):
+        return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @property
+    def kind(self):
+        return self.model.kind
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, features, labels=None) -> ModelOutput:
+        logits = self.model.head(features)  # (B, num_labels): the head as Bert.forward applies it to [CLS]
+        loss = None if labels is None else self.model._classification_loss(logits, labels)
+        return ModelOutput(loss=loss, logits=logits)
+
+
+def _fit_labels(model, labels: list[str]) -> list[str]:
+    """Name the model's classes `labels`. A head the checkpoint already had for the same label set keeps its
+    own order (its rows mean those labels); a kept head for other names is renamed (same count)."""
+    have = getattr(model.config, "labels", None)
+    if have and sorted(have) == sorted(labels):
+        return list(have)
+    model.config = replace(model.config, labels=list(labels))
+    return list(labels)
+
+
+def _load(model_path, task: FinetuneTask, labels: list[str] | None, seed: int):
+    torch.manual_seed(seed)  # a new head starts from the same weights every time
+    kwargs = {"num_labels": len(labels), "labels": labels} if labels is not None else {}
+    model, tokenizer = load_pretrained(model_path, expected_kind="bert", task=task.model_task, **kwargs)
+    if tokenizer is None:
+        raise DlforgeError(f"{model_path} has no tokenizer files (tokenizer.json or vocab.txt): fine-tuning "
+                           "encodes the data with the model's own tokenizer")
+    return model, tokenizer
+
+
+def _default_eval_interval(steps_per_epoch: int, max_steps: int) -> int:
+    return max(1, min(steps_per_epoch, math.ceil(max_steps / 3), 1000))
+
+
+def finetune(model: str | Path | None = None, task: str | None = None, train: str | Path | None = None,
+             eval: str | Path | None = None, out: str | Path | None = None, method: str = "full",
+             resume: bool = False, progress: bool = True, on_eval: Callable | None = None, **settings) -> dict:
+    """Fine-tune `model` (a dlforge/Hugging Face encoder folder or hub id) for `task` on the `train` file.
+
+    `settings` are the fields of `FinetuneSettings` (epochs, lr, batch_size, max_length, lora_r, teacher, ...,
+    and `options`: keyword arguments of the task class). With `resume=True` the run in `out` continues
+    with the settings it was started with (OUT/run.json); the other arguments are not needed. Returns the
+    report (also in OUT/report.json): the task's metrics on `eval`, plus training facts, settings and timing.
+    `on_eval(trainer, {"step", "val_loss"})` is called after each evaluation.
+    """
+    from ..training.optim import make_adamw  # the training package imports transfer: import it late
+    from ..training.trainer import TrainConfig, Trainer, open_run
+
+    start = time.perf_counter()
+    if out is None:
+        raise DlforgeError("out is required: the folder for the run, OUT/model and OUT/report.json")
+    out = Path(out)
+    run_file = out / "run.json"
+    run = open_run(out, resume, "fine-tuning run")
+    if run is not None:
+        model, task, train, eval, method = run["model"], run["task"], run["train"], run["eval"], run["method"]
+        s = FinetuneSettings(**run["settings"])
+    else:
+        if model is None or task is None or train is None:
+            raise DlforgeError("model, task and train are required (the encoder, the task name and the training "
+                               "file)")
+        if method not in METHODS:
+            raise DlforgeError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+        s = FinetuneSettings.build(method, settings)
+        if s.teacher is not None and Path(s.teacher).exists():  # run.json must find it from any folder
+            s = replace(s, teacher=str(Path(s.teacher).resolve()))
+    the_task = make_task(task, s.options)
+    if method == "features" and the_task.model_task != "sequence-classification":
+        raise DlforgeError(f"method features trains a classification head on sentence vectors: it does not fit "
+                           f"{task}; use full, top-k or lora")
+    if method == "distill" and the_task.model_task == "question-answering":
+        raise DlforgeError("method distill learns from a teacher's class probabilities: it supports "
+                           "text- and token-classification, not question-answering")
+    train_path = check_file(train, "training")
+    eval_path = check_file(eval, "evaluation") if eval is not None else None
+    max_length = s.max_length or getattr(the_task, "default_max_length", 128)
+
+    # ---- data and model
+    train_examples = the_task.read(train_path)
+    eval_examples = the_task.read(eval_path) if eval_path else []
+    labels = the_task.label_names(train_examples)
+    teacher = None
+    if method == "distill":
+        teacher, _ = load_pretrained(s.teacher, expected_kind="bert")
+        if teacher.config.task != the_task.model_task:
+            raise DlforgeError(f"teacher {s.teacher} is a {teacher.config.task} model; {task} needs a teacher "
+                               f"fine-tuned for {the_task.model_task} (e.g. OUT/model of an earlier finetune)")
+        taught = teacher.config.labels
+        if not taught:  # a teacher with unnamed classes: the training labels, in their order, must match them
+            if labels is None or len(labels) != teacher.config.num_labels:
+                raise DlforgeError(f"teacher {s.teacher} has {teacher.config.num_labels} unnamed classes but the "
+                                   f"training file has {len(labels or [])} labels")
+            taught = labels
+        missing = sorted(set(labels or []) - set(taught))
+        if missing:
+            raise DlforgeError(f"the training file has label(s) {', '.join(missing[:5])} that teacher {s.teacher} "
+                               f"does not know (its labels: {', '.join(taught[:10])})")
+        labels = list(taught)
+    if labels is not None and eval_examples:
+        unseen = sorted(set(the_task.label_names(eval_examples) or []) - set(labels))
+        if unseen:
+            raise DlforgeError(f"{eval_path} has label(s) {', '.join(unseen[:5])} that {train_path} never shows: "
+                               "the model cannot learn them; add examples of them to the training file")
+    net, tokenizer = _load(model, the_task, labels, s.seed)
+    if labels is not None:
+        labels = _fit_labels(net, labels)
+    if s.max_length is None:  # the task's default, within what the model can take
+        max_length = min(max_length, net.config.max_position)
+    if max_length > net.config.max_position:
+        raise DlforgeError(f"max_length {max_length} exceeds the model's {net.config.max_position} positions: "
+                           "lower --max-length")
+    if teacher is not None and teacher.config.vocab_size != net.config.vocab_size:
+        raise DlforgeError(f"teacher {s.teacher} and student {model} have different vocabularies: the student "
+                           "must use the teacher's tokenizer (give the teacher as --model)")
+
+    train_features = the_task.features(train_examples, tokenizer, labels, max_length)
+    eval_features = the_task.features(eval_examples, tokenizer, labels, max_length) if eval_examples else None
+    trainable: nn.Module = net
+    if method == "top-k":
+        if s.top_k_layers > num_blocks(net):
+            raise DlforgeError(f"top_k_layers {s.top_k_layers} exceeds the model's {num_blocks(net)} blocks")
+        freeze_below(net, s.top_k_layers)
+    elif method == "lora":
+        torch.manual_seed(s.seed)
+        apply_lora(net, LORA_TARGETS, s.lora_r, s.lora_alpha, s.lora_dropout, trainable=HEAD)
+    elif method == "features":
+        if not hasattr(the_task, "texts"):
+            raise DlforgeError(f"task {task} does not give one text per example, which method features embeds")
+        freeze_below(net, 0)  # the head alone
+        texts = the_task.texts(train_examples + eval_examples)
+        vectors = extract_features(net, tokenizer, texts, max_length=max_length, pooling="cls", normalize=False,
+                                   cache_dir=out / "features",
+                                   dtype=torch.bfloat16 if s.precision == "bf16" else None)  # (N, hidden)
+        vectors = torch.from_numpy(vectors)
+        n = len(train_features)
+        train_features = [{"features": v, "labels": f["labels"]} for v, f in zip(vectors[:n], train_features)]
+        if eval_features:
+            eval_features = [{"features": v, "labels": f["labels"]} for v, f in zip(vectors[n:], eval_features)]
+        trainable = HeadOnFeatures(net)
+    elif method == "distill":
+        shrink_layers(net, s.student_layers, s.student_pick)
+        trainable = Distiller(net, teacher, s.temperature, s.alpha)
+
+    trainable_parameters = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
+
+    # ---- training
+    batches = ExampleBatches(train_features, eval_features, s.batch_size, s.grad_accum, s.seed,
+                             tokenizer.pad_token_id or 0)
+    per_epoch = batches.steps_per_epoch()
+    max_steps = s.max_steps or max(1, round(s.epochs * per_epoch))
+    interval = s.eval_interval or _default_eval_interval(per_epoch, max_steps)
+    config = TrainConfig(max_steps=max_steps, max_minutes=s.minutes, batch_size=s.batch_size, grad_accum=s.grad_accum,
+                         lr=s.lr, min_lr=0.0, warmup_steps=round(s.warmup_ratio * max_steps), decay=s.decay,
+                         weight_decay=s.weight_decay, beta1=0.9, beta2=0.999, grad_clip=1.0, precision=s.precision,
+                         eval_interval=interval, log_interval=min(10, interval), keep_last=1,
+                         layer_lr_decay=s.layer_lr_decay, seed=s.seed, device=s.device)
+    if not resume:  # written before training: everything a resume needs to rebuild this run
+        atomic_write_json(run_file, {"model": str(Path(model).resolve()) if Path(model).exists() else str(model),
+                                     "task": task, "train": str(train_path.resolve()),
+                                     "eval": str(eval_path.resolve()) if eval_path else None, "method": method,
+                                     "settings": asdict(s)})
+    trainer = Trainer(trainable, config, batches, out, tokenizer=tokenizer, on_eval=on_eval, progress=progress)
+    if method == "lora":  # the new head learns at head_lr, the adapters at lr
+        scales = {name: s.head_lr / s.lr for name, _ in trainable.named_parameters() if name.startswith("head.")}
+        trainer.optimizer = make_adamw(trainer.model, s.lr, s.weight_decay, (0.9, 0.999), scales)
+    setup_s = time.perf_counter() - start
+    result = trainer.fit(resume=resume)
+    train_s = time.perf_counter() - start - setup_s
+    best = out / "checkpoints" / "best"
+    used_best = bool(eval_features) and s.load_best and (best / "model.safetensors").is_file()
+    if used_best:
+        load_into(trainable, load_state_dict(best), str(best),
+                  allowed_missing=tuple(deduplicated_state_dict(trainable)[1]))
+    elif not eval_features:  # no eval loss: "best" is merely the first checkpoint; the run folder means the last
+        result.update(val_loss=None, best_val_loss=None)
+        shutil.rmtree(best, ignore_errors=True)
+
+    # ---- export
+    if method == "lora":
+        save_lora(net, out / "adapters.safetensors", trainable=HEAD)
+        strip_lora(net)
+    net.eval()
+    save_pretrained(net, out / "model", tokenizer)
+    metrics = {}
+    if eval_examples:
+        metrics = the_task.evaluate(net, tokenizer, eval_examples, out, batch_size=max(32, s.batch_size),
+                                    max_length=max_length)
+    eval_s = time.perf_counter() - start - setup_s - train_s
+    report = {**metrics, "task": task, "method": method, "model": str(model), "train": str(train_path),
+              "eval": str(eval_path) if eval_path else None, "output": str(out / "model"),
+              "training": {**result, "exported": "best" if used_best else "last", "train_examples": len(train_examples),
+                           "eval_examples": len(eval_examples), "train_features": len(train_features),
+                           "parameters": sum(p.numel() for p in net.parameters()),
+                           "trainable_parameters": trainable_parameters},
+              "settings": {**asdict(s), "max_length": max_length, "max_steps": trainer.total_steps,
+                           "eval_interval": interval},
+              "timing": {"setup_s": round(setup_s, 2), "train_s": round(train_s, 2), "eval_s": round(eval_s, 2),
+                         "total_s": round(time.perf_counter() - start, 2)}}
+    atomic_write_json(out / "report.json", report)
+    return report
+

