@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from dlforge.cli.main import main
 
@@ -69,11 +70,56 @@ def test_other_tasks_read_tsv_and_txt(tmp_path, capsys):
     assert code == 0 and again == lines[:1]
 
 
+@pytest.fixture(scope="module")
+def head_models(tmp_path_factory) -> dict:
+    """MiniLM with new (seeded, untrained) token-classification, QA and sequence-classification heads, saved."""
+    from dlforge.hub.checkpoint import load_pretrained, save_pretrained
+
+    root = tmp_path_factory.mktemp("heads")
+    out = {}
+    for task, labels in (("token-classification", ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]),
+                         ("question-answering", None), ("sequence-classification", ["neg", "pos"])):
+        torch.manual_seed(0)
+        model, tokenizer = load_pretrained(MINILM_DIR, task=task, labels=labels)
+        out[task] = save_pretrained(model, root / task, tokenizer)
+    return out
+
+
+@pytest.mark.parametrize("task, model_task, argv, call", [
+    ("ner", "token-classification", ["Ann Lee flew to Paris on Monday", "--aggregation-strategy", "max",
+                                     "--stride", "4", "--max-length", "8"],
+     lambda p: p("Ann Lee flew to Paris on Monday", aggregation_strategy="max", stride=4)),
+    ("question-answering", "question-answering",
+     ["--question", "Where did Ann fly?", "--context", "Ann Lee flew to Paris on Monday with her brother Tom.",
+      "--doc-stride", "8", "--max-length", "24", "--max-answer-len", "3", "--top-k", "2",
+      "--handle-impossible-answer"],
+     lambda p: p(question="Where did Ann fly?", context="Ann Lee flew to Paris on Monday with her brother Tom.",
+                 doc_stride=8, max_answer_len=3, top_k=2, handle_impossible_answer=True)),
+    ("sentiment-analysis", "sequence-classification", ["a charming film", "--function-to-apply", "sigmoid",
+                                                       "--top-k", "2"],
+     lambda p: p("a charming film", function_to_apply="sigmoid", top_k=2)),
+])
+def test_task_flags_reach_the_pipeline(capsys, head_models, task, model_task, argv, call):
+    """Each task flag gives exactly what the Python call with the Hugging Face keyword gives."""
+    from dlforge import pipeline
+
+    code, lines, err = run_cli(capsys, "pipeline", task, "--model", head_models[model_task], *argv)
+    assert code == 0, err
+    max_length = int(argv[argv.index("--max-length") + 1]) if "--max-length" in argv else 512
+    expected = call(pipeline(task, head_models[model_task], max_length=max_length))
+    assert len(lines) == 1
+    assert json.loads(json.dumps(expected)) == lines[0]["output"]
+
+
 @pytest.mark.parametrize("make_args, fragments", [
     (lambda t: ["zero-shot-classification", "a text"], ["needs candidate_labels", "--candidate-labels"]),
     (lambda t: ["zero-shot-classification", "a text", "--candidate-labels", "a,b", "--hypothesis-template", "x"],
      ["has no {}"]),
-    (lambda t: ["zero-shot-classification", "a text", "--candidate-labels", "a", "--top-k", "1"], ["no --top-k"]),
+    (lambda t: ["zero-shot-classification", "a text", "--candidate-labels", "a", "--top-k", "1"],
+     ["--top-k is an option of text-classification, fill-mask, question-answering only"]),
+    (lambda t: ["sentiment-analysis", "a text", "--aggregation-strategy", "simple"],
+     ["--aggregation-strategy is an option of token-classification only"]),
+    (lambda t: ["ner", "a text", "--doc-stride", "16"], ["--doc-stride is an option of question-answering only"]),
     (lambda t: ["feature-extraction", "a text", "--candidate-labels", "a,b"], ["zero-shot-classification only"]),
     (lambda t: ["feature-extraction", "a text", "--column", "x"], ["--column needs --file"]),
     (lambda t: ["feature-extraction", "--file", t / "missing.csv"], ["missing.csv does not exist"]),

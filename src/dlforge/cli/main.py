@@ -144,8 +144,27 @@ def cmd_info(args) -> int:
 
 
 # --------------------------------------------------------------------------------------- pipeline
+# Task-specific pipeline flags: argparse dest -> (flag, the tasks that take it, the pipeline keyword).
+# The keywords are the Hugging Face pipelines' call arguments, so the CLI and Python read the same.
+TASK_FLAGS = {
+    "top_k": ("--top-k", ("text-classification", "fill-mask", "question-answering"), "top_k"),
+    "function_to_apply": ("--function-to-apply", ("text-classification",), "function_to_apply"),
+    "targets": ("--targets", ("fill-mask",), "targets"),
+    "aggregation_strategy": ("--aggregation-strategy", ("token-classification",), "aggregation_strategy"),
+    "stride": ("--stride", ("token-classification",), "stride"),
+    "doc_stride": ("--doc-stride", ("question-answering",), "doc_stride"),
+    "max_answer_len": ("--max-answer-len", ("question-answering",), "max_answer_len"),
+    "handle_impossible_answer": ("--handle-impossible-answer", ("question-answering",), "handle_impossible_answer"),
+    "others": ("--others", ("sentence-similarity",), "others"),
+    "candidate_labels": ("--candidate-labels", ("zero-shot-classification",), "candidate_labels"),
+    "hypothesis_template": ("--hypothesis-template", ("zero-shot-classification",), "hypothesis_template"),
+    "multi_label": ("--multi-label", ("zero-shot-classification",), "multi_label"),
+}
+
+
 def cmd_pipeline(args) -> int:
     from ..pipelines import pipeline, read_inputs
+    from ..pipelines.tasks import ALIASES
 
     texts = list(args.texts or [])
     if args.file:
@@ -165,26 +184,26 @@ def cmd_pipeline(args) -> int:
                                '{"question": ..., "context": ...} records')
     if not texts:
         raise DlforgeError("no input: give texts as arguments or --file FILE (.txt, .csv, .tsv or .jsonl)")
-    zero_shot = args.task == "zero-shot-classification"
-    if not zero_shot and (args.candidate_labels or args.hypothesis_template or args.multi_label):
-        raise DlforgeError("--candidate-labels, --hypothesis-template and --multi-label are options of "
-                           "zero-shot-classification only")
-    if zero_shot and args.top_k is not None:
-        raise DlforgeError("zero-shot-classification has no --top-k: it scores every candidate label, best first")
+    task = ALIASES.get(args.task, args.task)
+    zero_shot = task == "zero-shot-classification"
+    options = {}
+    for dest, (flag, tasks, keyword) in TASK_FLAGS.items():
+        value = getattr(args, dest)
+        if value is None or value is False:
+            continue
+        if task not in tasks:
+            raise DlforgeError(f"{flag} is an option of {', '.join(tasks)} only, not of {args.task}")
+        options[keyword] = value
+    if "targets" in options:
+        options["targets"] = [t for group in options["targets"] for t in group.split(",") if t]
     if args.task != "question-answering" and any(isinstance(t, dict) for t in texts):
         raise DlforgeError(f"the records of {args.file} have no 'text' field: choose the field to use with --column")
-    runner = pipeline(args.task, args.model, batch_size=args.batch_size)
-    options = {}
-    if args.top_k is not None:
-        options["top_k"] = args.top_k
+    runner = pipeline(args.task, args.model, batch_size=args.batch_size,
+                      **({"max_length": args.max_length} if args.max_length else {}))
     if zero_shot:
-        labels = [label for group in args.candidate_labels or [] for label in group.split(",")]
-        options.update(candidate_labels=labels, hypothesis_template=args.hypothesis_template,
-                       multi_label=args.multi_label)
-    if args.task in ("text-generation",):
+        options["candidate_labels"] = [label for group in args.candidate_labels or [] for label in group.split(",")]
+    if task == "text-generation":
         options.update(max_new_tokens=args.max_new_tokens, seed=args.seed)
-    if args.others:
-        options["others"] = args.others
     for text, result in zip(texts, runner(texts, **options)):
         print(json.dumps({"input": text, "output": result}, ensure_ascii=False))
     return 0
@@ -305,6 +324,24 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "for embedding models)")
     pipe.add_argument("--multi-label", action="store_true",
                       help="zero-shot-classification: score each label on its own (several may fit)")
+    pipe.add_argument("--function-to-apply", choices=("softmax", "sigmoid", "none"),
+                      help="text-classification: how logits become scores (default: sigmoid for multi-label "
+                           "models, else softmax)")
+    pipe.add_argument("--targets", action="append", metavar="WORDS",
+                      help="fill-mask: score only these words (comma-separated or the option repeated)")
+    pipe.add_argument("--aggregation-strategy", choices=("none", "simple", "first", "average", "max"),
+                      help="token-classification: group word pieces into entities (default none: one row per "
+                           "token)")
+    pipe.add_argument("--stride", type=_positive_int,
+                      help="token-classification: tokens shared by consecutive windows of a long text")
+    pipe.add_argument("--doc-stride", type=_positive_int,
+                      help="question-answering: tokens shared by consecutive windows of a long context")
+    pipe.add_argument("--max-answer-len", type=_positive_int, help="question-answering: longest answer in tokens "
+                                                                   "(default 15)")
+    pipe.add_argument("--handle-impossible-answer", action="store_true",
+                      help="question-answering: allow the empty answer when the context holds none")
+    pipe.add_argument("--max-length", type=_positive_int,
+                      help="tokens per input; longer inputs are truncated (default: the model's limit, at most 512)")
     pipe.add_argument("--max-new-tokens", type=_positive_int, default=50, help="text-generation length")
     pipe.add_argument("--seed", type=int, help="text-generation random seed")
     pipe.add_argument("--batch-size", type=_positive_int, default=32, help="inputs per forward pass")
