@@ -108,7 +108,8 @@ def test_text_generation_with_a_gpt(tmp_path):
 def test_pipeline_errors(tmp_path):
     with pytest.raises(DlforgeError, match="unknown task"):
         dlforge.pipeline("summarise-my-email", model=MINILM_DIR)
-    with pytest.raises(DlforgeError, match="fill-mask needs a model for masked-lm"):
+    with pytest.raises(DlforgeError, match="fill-mask needs a masked-lm model, but this one is a bare encoder.*"
+                                           "dlforge train bert --init"):
         dlforge.pipeline("fill-mask", model=MINILM_DIR)
 
 

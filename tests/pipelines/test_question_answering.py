@@ -153,7 +153,7 @@ def test_bad_inputs_are_one_line_errors(model_dir):
         qa(question="Who?", context="Nobody.", max_seq_len=64, doc_stride=64)
     with pytest.raises(DlforgeError, match="top_k"):
         qa(question="Who?", context="Nobody.", top_k=0)
-    with pytest.raises(DlforgeError, match="needs a model for question-answering"):
+    with pytest.raises(DlforgeError, match="needs a question-answering model.*finetune --task question-answering"):
         dlforge.pipeline("question-answering", model=MINILM_DIR)
 
 

@@ -121,5 +121,5 @@ def test_user_errors(model_dir, tmp_path):
     ).save_pretrained(classifier)
     for name in TOKENIZER_FILES:
         shutil.copy(os.path.join(MINILM_DIR, name), classifier)
-    with pytest.raises(DlforgeError, match="needs a model for token-classification"):
+    with pytest.raises(DlforgeError, match="a sequence-classification model: fine-tune one with"):
         dlforge.pipeline("ner", model=classifier)

@@ -87,7 +87,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", help="encoder to start from: a dlforge run or model folder, a Hugging Face folder or a "
                                    "hub id (distill: defaults to --teacher)")
     p.add_argument("--task", help=f"the task: {', '.join(sorted(FINETUNE_TASKS))}")
-    p.add_argument("--train", help="training file (text-classification: .csv/.tsv with a header row, or .jsonl)")
+    p.add_argument("--train", help="training file: text-classification .csv/.tsv with a header row or .jsonl; "
+                                   "token-classification a CoNLL file (token<TAB>tag per line, blank line between "
+                                   "sentences); question-answering a SQuAD .json")
     p.add_argument("--eval", help="evaluation file: eval loss during training (the best checkpoint is exported) and "
                                   "the final report")
     p.add_argument("--out", required=True, help="run folder (OUT/model, OUT/report.json, checkpoints, metrics)")

@@ -7,6 +7,15 @@ import torch
 from ..errors import DlforgeError
 from ..hub.checkpoint import load_pretrained
 
+# How to get a model with the head a pipeline needs (appended to the error when a model lacks it).
+HEAD_HINTS = {
+    "masked-lm": ": give it a masked-LM head with `dlforge train bert --init MODEL --data TEXT`, or use "
+                 "feature-extraction / sentence-similarity",
+    "sequence-classification": ": fine-tune one with `dlforge finetune --task text-classification`",
+    "token-classification": ": fine-tune one with `dlforge finetune --task token-classification`",
+    "question-answering": ": fine-tune one with `dlforge finetune --task question-answering`",
+}
+
 
 class Pipeline:
     """Loads (model, tokenizer) once; `__call__` takes a string or a list of strings."""
@@ -26,8 +35,10 @@ class Pipeline:
     def _check_model(self) -> None:
         task = getattr(self.model.config, "task", self.model.kind)
         if self.needs and task not in self.needs and self.model.kind not in self.needs:
-            raise DlforgeError(f"{type(self).task_name} needs a model for {' or '.join(self.needs)}, "
-                               f"but this one is for {task!r}")
+            what = "a bare encoder with no task head" if task == "none" else f"a {task} model"
+            hint = HEAD_HINTS.get(self.needs[0], "")
+            raise DlforgeError(f"{type(self).task_name} needs a {' or '.join(self.needs)} model, but this one is "
+                               f"{what}{hint}")
 
     def __call__(self, inputs, **options):
         single = isinstance(inputs, str)

@@ -150,11 +150,11 @@ def make_task(name: str, options: dict) -> FinetuneTask:
     return cls(**options)
 
 
-def check_file(path, role: str) -> Path:
+def check_file(path, role: str, kind: str) -> Path:
     path = Path(path)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
-        raise DlforgeError(f"{role} file {path} {what}: give a .csv, .tsv or .jsonl file")
+        raise DlforgeError(f"{role} file {path} {what}: give {kind}")
     return path
 
 
@@ -262,8 +262,8 @@ def finetune(model: str | Path | None = None, task: str | None = None, train: st
     if method == "distill" and the_task.model_task == "question-answering":
         raise DlforgeError("method distill learns from a teacher's class probabilities: it supports "
                            "text- and token-classification, not question-answering")
-    train_path = check_file(train, "training")
-    eval_path = check_file(eval, "evaluation") if eval is not None else None
+    train_path = check_file(train, "training", the_task.file_kind)
+    eval_path = check_file(eval, "evaluation", the_task.file_kind) if eval is not None else None
     max_length = s.max_length or getattr(the_task, "default_max_length", 128)
 
     # ---- data and model

@@ -81,6 +81,7 @@ class FinetuneTask(ABC):
 
     name: str
     model_task: str
+    file_kind = "a .csv, .tsv or .jsonl file"  # what --train/--eval should be, for error messages
 
     @abstractmethod
     def read(self, path: str | Path) -> list:

@@ -93,6 +93,7 @@ class QuestionAnsweringTask(FinetuneTask):
     name = "question-answering"
     model_task = "question-answering"
     default_max_length = 384
+    file_kind = "a SQuAD-format .json file"
 
     def __init__(self, doc_stride: int | None = None, max_answer_len: int = 30):
         for option, value, least in (("doc_stride", doc_stride, 0), ("max_answer_len", max_answer_len, 1)):

@@ -80,6 +80,7 @@ class TokenClassificationTask(FinetuneTask):
     name = "token-classification"
     model_task = "token-classification"
     default_max_length = 128
+    file_kind = "a CoNLL file (token<TAB>tag per line, a blank line between sentences)"
 
     def __init__(self) -> None:  # no options (--option): stated, so that `finetune` can say so
         pass
