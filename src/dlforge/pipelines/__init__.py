@@ -5,9 +5,10 @@ A pipeline loads a model folder (dlforge or Hugging Face format) once, then maps
     clf = dlforge.pipeline("text-classification", model="runs/sst2")
     clf(["a gripping film", "a dull film"], top_k=None)  # every label with its score
 
-Tasks so far: text-classification (alias sentiment-analysis), feature-extraction, fill-mask,
-sentence-similarity, text-generation, zero-shot-classification, token-classification (alias ner).
-Each accepts a string or a list of strings (the result is then a list) and processes lists in batches.
+Tasks: text-classification (alias sentiment-analysis), token-classification (alias ner), fill-mask,
+question-answering (question=/context= or {"question", "context"} records), feature-extraction,
+sentence-similarity, zero-shot-classification, text-generation. Each accepts a string or a list of
+strings (the result is then a list) and processes lists in batches.
 `read_inputs(path, column=None)` reads a list of inputs from a .txt, .csv, .tsv or .jsonl file (a string
 passed to a pipeline is always a text).
 """
