@@ -76,3 +76,90 @@ def test_lora_merge_on_cuda():
     before = model(ids).logits
     merge_lora(model)
     torch.testing.assert_close(model(ids).logits, before, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ finetune and pipelines on the GPU
+def _keyword_task(root):
+    """A tiny random-init BERT + WordPiece and a 2-class keyword task (train.csv, dev.csv) in `root`."""
+    import random
+
+    from dlforge.hub import save_pretrained
+    from dlforge.text.tokenizers import WordPieceTokenizer
+
+    clues = {"pos": ["great", "superb", "lovely"], "neg": ["awful", "dull", "boring"]}
+    filler = ["the", "film", "was", "a", "story", "plot", "and", "with", "its"]
+    rng = random.Random(0)
+
+    def rows(n):
+        out = []
+        for _ in range(n):
+            label = rng.choice(sorted(clues))
+            words = [rng.choice(clues[label])] + [rng.choice(filler) for _ in range(rng.randint(3, 6))]
+            rng.shuffle(words)
+            out.append(f"{' '.join(words)},{label}")
+        return "text,label\n" + "\n".join(out) + "\n"
+
+    (root / "train.csv").write_text(rows(300))
+    (root / "dev.csv").write_text(rows(60))
+    tok = WordPieceTokenizer.train([" ".join(w for ws in clues.values() for w in ws) + " " + " ".join(filler)] * 3,
+                                   vocab_size=80)
+    torch.manual_seed(0)
+    save_pretrained(Bert(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, n_layer=2, n_head=2,
+                                    intermediate_size=64, max_position=64)), root / "tiny", tok)
+    return root
+
+
+@pytest.mark.parametrize("method, lr", [("full", 3e-3), ("lora", 1e-2)])
+def test_finetune_on_cuda_learns_and_exports(tmp_path, method, lr):
+    import dlforge
+    from dlforge.transfer import finetune
+
+    root = _keyword_task(tmp_path)
+    report = finetune(root / "tiny", "text-classification", root / "train.csv", root / "dev.csv",
+                      out=root / method, method=method, lr=lr, epochs=6, batch_size=16, device="cuda",
+                      progress=False, seed=0)
+    assert report["accuracy"] >= 0.85, report  # majority class: 0.62
+    texts = [line.split(",")[0] for line in (root / "dev.csv").read_text().splitlines()[1:]]
+    on_cpu = dlforge.pipeline("text-classification", model=root / method / "model")(texts, top_k=None)
+    on_gpu = dlforge.pipeline("text-classification", model=root / method / "model", device="cuda")(texts, top_k=None)
+    assert [r[0]["label"] for r in on_gpu] == [r[0]["label"] for r in on_cpu]
+    for a, b in zip(on_gpu, on_cpu):
+        assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], abs=1e-4)
+
+
+@pytest.mark.parametrize("task, head, call", [
+    ("feature-extraction", "none", lambda p: p("the film was great")),
+    ("sentence-similarity", "none", lambda p: p(["the film was great"], others=["a dull plot", "lovely"])),
+    ("zero-shot-classification", "none", lambda p: p("the film was great", candidate_labels=["dull", "lovely"])),
+    ("fill-mask", "masked-lm", lambda p: p("the film was [MASK]", top_k=3)),
+    ("ner", "token-classification", lambda p: p("the film was great", aggregation_strategy="simple")),
+    ("question-answering", "question-answering",
+     lambda p: p(question="what was the film?", context="the film was great and its plot lovely", top_k=2)),
+])
+def test_pipelines_on_cuda_match_cpu(tmp_path, task, head, call):
+    import dlforge
+    from dlforge.hub import load_pretrained, save_pretrained
+
+    root = _keyword_task(tmp_path)
+    torch.manual_seed(1)
+    labels = ["O", "B-X", "I-X"] if head == "token-classification" else None
+    model, tok = load_pretrained(root / "tiny", task=None if head == "none" else head, labels=labels)
+    folder = save_pretrained(model, root / head, tok)
+    cpu, gpu = call(dlforge.pipeline(task, model=folder)), call(dlforge.pipeline(task, model=folder, device=0))
+
+    def numbers(x):  # every float in a nested result, in order
+        if isinstance(x, float):
+            return [x]
+        if isinstance(x, dict):
+            return [v for k in sorted(x) for v in numbers(x[k])]
+        return [v for item in x for v in numbers(item)] if isinstance(x, list) else []
+
+    def rest(x):  # the result with its floats blanked: labels, words and offsets must be equal
+        if isinstance(x, float):
+            return None
+        if isinstance(x, dict):
+            return {k: rest(v) for k, v in x.items()}
+        return [rest(v) for v in x] if isinstance(x, list) else x
+
+    assert rest(gpu) == rest(cpu)
+    assert numbers(gpu) == pytest.approx(numbers(cpu), abs=1e-3)

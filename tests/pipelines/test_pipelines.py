@@ -128,3 +128,14 @@ def test_cli_pipeline_prints_json_lines(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["input"] == "a [MASK] day"
     assert main(["pipeline", "fill-mask", "--model", str(d)]) == 2
     assert "no input" in capsys.readouterr().err
+
+
+def test_device_argument_follows_hugging_face():
+    """device=-1 / "cpu" keep the model on the CPU; a GPU asked for where there is none is a one-line error."""
+    on_cpu = dlforge.pipeline("sentence-similarity", model=MINILM_DIR, device=-1)
+    assert next(on_cpu.model.parameters()).device.type == "cpu"
+    same = dlforge.pipeline("sentence-similarity", model=MINILM_DIR, device="cpu")
+    assert on_cpu("a cat", others=["a kitten"]) == same("a cat", others=["a kitten"])
+    if not torch.cuda.is_available():
+        with pytest.raises(DlforgeError, match="no CUDA GPU is available"):
+            dlforge.pipeline("sentence-similarity", model=MINILM_DIR, device=0)

@@ -198,7 +198,7 @@ def cmd_pipeline(args) -> int:
         options["targets"] = [t for group in options["targets"] for t in group.split(",") if t]
     if args.task != "question-answering" and any(isinstance(t, dict) for t in texts):
         raise DlforgeError(f"the records of {args.file} have no 'text' field: choose the field to use with --column")
-    runner = pipeline(args.task, args.model, batch_size=args.batch_size,
+    runner = pipeline(args.task, args.model, batch_size=args.batch_size, device=args.device,
                       **({"max_length": args.max_length} if args.max_length else {}))
     if zero_shot:
         options["candidate_labels"] = [label for group in args.candidate_labels or [] for label in group.split(",")]
@@ -345,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--max-new-tokens", type=_positive_int, default=50, help="text-generation length")
     pipe.add_argument("--seed", type=int, help="text-generation random seed")
     pipe.add_argument("--batch-size", type=_positive_int, default=32, help="inputs per forward pass")
+    pipe.add_argument("--device", help="where the model runs: cpu (default), cuda, cuda:N or auto")
     pipe.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     pipe.set_defaults(func=cmd_pipeline)
 

@@ -22,12 +22,18 @@ class Pipeline:
 
     needs: tuple[str, ...] = ()  # accepted model tasks (Bert.config.task) or kinds
 
-    def __init__(self, model, tokenizer=None, batch_size: int = 32, max_length: int = 512):
+    def __init__(self, model, tokenizer=None, batch_size: int = 32, max_length: int = 512,
+                 device: str | int | torch.device | None = None):
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             model, loaded_tokenizer = load_pretrained(model)
             tokenizer = tokenizer or loaded_tokenizer
         if tokenizer is None:
             raise DlforgeError("this model folder has no tokenizer (tokenizer.json): pass tokenizer=...")
+        if device is not None:  # as Hugging Face: an int is a CUDA index, -1 the CPU
+            from ..training.trainer import resolve_device  # late: the training package imports the pipelines
+
+            name = ("cpu" if device < 0 else f"cuda:{device}") if isinstance(device, int) else str(device)
+            model = model.to(resolve_device(name))
         self.model, self.tokenizer = model.eval(), tokenizer
         self.batch_size, self.max_length = batch_size, max_length
         self._check_model()
@@ -52,6 +58,11 @@ class Pipeline:
         return self.tokenizer.encode_batch(texts, padding="longest", truncation=True,
                                            max_length=min(self.max_length, self._context()), add_special_tokens=True)
 
+    def _on_device(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """The (CPU-built) input tensors moved to the model's device."""
+        device = next(self.model.parameters()).device
+        return [t.to(device) for t in tensors]
+
     def _context(self) -> int:
         return getattr(self.model.config, "max_position", getattr(self.model.config, "block_size", 512))
 
@@ -66,7 +77,7 @@ class TextClassification(Pipeline):
     @torch.no_grad()
     def _run(self, texts, top_k: int | None = 1, function_to_apply: str | None = None):
         enc = self._encode(texts)
-        logits = self.model(enc["input_ids"], enc["attention_mask"]).logits.float()  # (B, num_labels)
+        logits = self.model(*self._on_device(enc["input_ids"], enc["attention_mask"])).logits.float().cpu()  # (B, L)
         kind = function_to_apply or ("sigmoid" if self.model.config.problem_type == "multi_label"
                                      or logits.size(-1) == 1 else "softmax")
         if kind not in ("softmax", "sigmoid", "none"):
@@ -92,7 +103,7 @@ class FeatureExtraction(Pipeline):
         out = []
         for text in texts:  # one text at a time: HF returns the unpadded states of each
             enc = self._encode([text])
-            out.append(self.model.encode(enc["input_ids"], enc["attention_mask"]).tolist())
+            out.append(self.model.encode(*self._on_device(enc["input_ids"], enc["attention_mask"])).cpu().tolist())
         return out
 
 
@@ -105,7 +116,7 @@ class SentenceSimilarity(Pipeline):
     @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:
         enc = self._encode(texts)
-        return self.model.embed(enc["input_ids"], enc["attention_mask"])
+        return self.model.embed(*self._on_device(enc["input_ids"], enc["attention_mask"])).cpu()
 
     def _run(self, texts, others: list[str] | None = None):
         vectors = self.embed(texts)
@@ -123,7 +134,7 @@ class FillMask(Pipeline):
         mask_id = self.tokenizer.mask_token_id
         mask_token = self.tokenizer.id_to_token(mask_id) if mask_id is not None else "[MASK]"
         enc = self._encode(texts)
-        logits = self.model(enc["input_ids"], enc["attention_mask"]).logits.float()  # (B, T, V)
+        logits = self.model(*self._on_device(enc["input_ids"], enc["attention_mask"])).logits.float().cpu()  # (B,T,V)
         target_ids = None
         if targets is not None:
             targets = [targets] if isinstance(targets, str) else targets

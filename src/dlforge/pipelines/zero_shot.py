@@ -96,8 +96,9 @@ class ZeroShotClassification(SentenceSimilarity):  # a SentenceSimilarity for it
                 max_length=min(self.max_length, self._context()), truncation="only_first")
             batch = [w[0] for w in windows]  # a long premise is cut, not split: keep its first window
             pad_id = self.tokenizer.pad_token_id or 0
-            logits.append(self.model(_padded(batch, "input_ids", pad_id), _padded(batch, "attention_mask", 0),
-                                     _padded(batch, "token_type_ids", 0)).logits.float())
+            inputs = self._on_device(_padded(batch, "input_ids", pad_id), _padded(batch, "attention_mask", 0),
+                                     _padded(batch, "token_type_ids", 0))
+            logits.append(self.model(*inputs).logits.float().cpu())
         logits = torch.cat(logits).view(len(texts), len(hypotheses), -1)  # (B, L, num_labels)
         if multi:
             contradiction = -1 if self.entailment_id == 0 else 0  # Hugging Face's choice

@@ -103,7 +103,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DlforgeError("device 'cuda' was asked for but no CUDA GPU is available: use --set device=cpu")
+        raise DlforgeError(f"device {name!r} was asked for but no CUDA GPU is available: use the CPU (device cpu)")
     return torch.device(name)
 
 
