@@ -326,3 +326,21 @@ def test_minilm_fine_tuned_briefly_on_sst2(shared_data, tmp_path):
     assert report["training"]["train_examples"] == 1000 and report["eval_examples"] == 200
     clf = dlforge.pipeline("sentiment-analysis", model=tmp_path / "run" / "model")
     assert clf("a wonderful, moving film")["label"] == "1" and clf("a dull, lifeless mess")["label"] == "0"
+
+
+def test_classification_exports_the_checkpoint_with_the_best_eval_accuracy(data, tmp_path):
+    """As HF's metric_for_best_model="accuracy": OUT/model is the evaluated checkpoint with the highest accuracy
+    (not the lowest loss), and its report accuracy is that checkpoint's; select_by="loss" keeps the loss rule."""
+    import csv
+
+    report = run(data, tmp_path / "acc", eval_interval=5, epochs=2)
+    rows = list(csv.DictReader(open(tmp_path / "acc" / "metrics.csv")))
+    accuracies = [float(r["val_accuracy"]) for r in rows if r["val_accuracy"]]
+    assert len(accuracies) >= 5 and report["training"]["selected_by"] == "accuracy"
+    assert report["training"]["best_eval_accuracy"] == pytest.approx(max(accuracies), rel=1e-5)
+    assert report["accuracy"] == pytest.approx(max(accuracies), rel=1e-5)
+    by_loss = run(data, tmp_path / "loss", eval_interval=5, epochs=2, select_by="loss")
+    loss_rows = list(csv.DictReader(open(tmp_path / "loss" / "metrics.csv")))
+    assert by_loss["training"]["selected_by"] == "eval loss" and "val_accuracy" not in loss_rows[0]
+    losses = [float(r["val_loss"]) for r in loss_rows if r["val_loss"]]
+    assert by_loss["training"]["best_val_loss"] == pytest.approx(min(losses), rel=1e-5)  # the CSV keeps 6 digits

@@ -11,7 +11,7 @@ from .main import _positive_float, _positive_int
 
 # CLI flag (argparse dest) -> finetune setting of the same name; unset flags keep the method's defaults
 SETTINGS = ("epochs", "max_steps", "minutes", "lr", "batch_size", "max_length", "layer_lr_decay", "top_k_layers",
-            "lora_r", "lora_alpha", "teacher", "student_layers", "precision", "device", "seed")
+            "lora_r", "lora_alpha", "teacher", "student_layers", "select_by", "precision", "device", "seed")
 
 
 def parse_value(text: str):
@@ -115,6 +115,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "(repeatable)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                    help="auto (default): bf16 autocast on CPU and supporting GPUs")
+    p.add_argument("--select-by", choices=("metric", "loss"),
+                   help="which checkpoint OUT/model is: metric (default; the best eval accuracy for "
+                        "text-classification, the lowest eval loss for the other tasks) or loss")
     p.add_argument("--device", help="auto (default: a CUDA GPU when there is one), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, help="random seed (default 42): the same seed gives the same model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -16,8 +16,10 @@ COLUMNS = ("step", "train_loss", "val_loss", "lr", "throughput", "elapsed_s")
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True,
+                 extra_columns: tuple[str, ...] = ()):
         self.run_dir, self.enabled = run_dir, enabled
+        self.columns = COLUMNS[:3] + tuple(extra_columns) + COLUMNS[3:]  # e.g. val_accuracy beside val_loss
         self.rows: list[dict] = []
         self.writer = None
         if enabled and tensorboard:
@@ -43,7 +45,7 @@ class MetricsLog:
             row["step"] = int(row["step"])
 
     def log(self, **values) -> None:
-        row = {k: values.get(k) for k in COLUMNS}
+        row = {k: values.get(k) for k in self.columns}
         self.rows.append(row)
         if self.writer is not None:
             for k, v in row.items():
@@ -54,7 +56,7 @@ class MetricsLog:
         if not self.enabled:
             return
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        w = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
         w.writeheader()
         for row in self.rows:
             w.writerow({k: ("" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)) for k, v in row.items()})

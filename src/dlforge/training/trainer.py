@@ -13,7 +13,7 @@ Run folder layout (only rank 0 writes):
     metrics.csv, loss.png              history, rewritten atomically
     checkpoints/step-000500/           config.json, model.safetensors, tokenizer, trainer_state.pt
     checkpoints/LATEST                 name of the newest complete checkpoint
-    checkpoints/best/                  the checkpoint with the lowest validation loss
+    checkpoints/best/                  the checkpoint with the lowest validation loss (or best `eval_metric`)
 """
 
 from __future__ import annotations
@@ -117,12 +117,25 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+@dataclass(frozen=True)
+class EvalMetric:
+    """A score computed in the evaluation pass (higher is better) that chooses checkpoints/best and drives
+    early stopping instead of the val loss, as Hugging Face's `metric_for_best_model` (e.g. accuracy).
+
+    `batch_score(output, batch) -> (sum, count)`: the batch's summed score and how many items it covers.
+    """
+
+    name: str
+    batch_score: Callable[[object, dict], tuple[float, float]]
+
+
 class Trainer:
     def __init__(self, model: torch.nn.Module, config: TrainConfig, data, run_dir: str | Path,
                  tokenizer=None, on_eval: Callable[[Trainer, dict], None] | None = None, progress: bool = True,
-                 on_step: Callable[[Trainer], None] | None = None):
+                 on_step: Callable[[Trainer], None] | None = None, eval_metric: EvalMetric | None = None):
         self.config, self.data, self.tokenizer, self.on_eval = config, data, tokenizer, on_eval
         self.on_step = on_step  # called after every optimizer step (e.g. gradual unfreezing)
+        self.eval_metric = eval_metric  # None: the lowest val loss is the best checkpoint
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.device)
         self.dist = init_distributed(self.device.type)
@@ -138,11 +151,14 @@ class Trainer:
         self.optimizer = make_adamw(self.model, config.lr, config.weight_decay, (config.beta1, config.beta2),
                                     lr_scales)
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay else None
-        self.log = MetricsLog(self.run_dir, enabled=self.dist.is_main)
+        self.log = MetricsLog(self.run_dir, enabled=self.dist.is_main,
+                              extra_columns=(f"val_{eval_metric.name}",) if eval_metric else ())
         self.progress = progress and self.dist.is_main
         # state that a checkpoint carries
         self.step = 0
         self.best_val = math.inf
+        self.best_score = -math.inf  # what chooses checkpoints/best: eval_metric, else minus the val loss
+        self.last_metric: float | None = None
         self.evals_without_improvement = 0
         self.total_steps = config.max_steps
         self.elapsed = 0.0
@@ -204,14 +220,21 @@ class Trainer:
         if self.ema is not None:
             self.ema.swap(self.model)
         try:
-            losses = []
+            losses, score, counted = [], 0.0, 0.0
             for batch in self.data.eval_batches(self.dist.rank, self.dist.world_size):
+                batch = self._to_device(batch)
                 with self._autocast():
-                    losses.append(self.model(**self._to_device(batch)).loss.item())
+                    output = self.model(**batch)
+                losses.append(output.loss.item())
+                if self.eval_metric is not None:  # from the same forward pass: no second evaluation
+                    batch_sum, batch_count = self.eval_metric.batch_score(output, batch)
+                    score, counted = score + float(batch_sum), counted + float(batch_count)
         finally:
             if self.ema is not None:
                 self.ema.swap(self.model)
             self.model.train(was_training)
+        if self.eval_metric is not None:
+            self.last_metric = self.dist.mean(score / max(1.0, counted), self.device)
         return self.dist.mean(sum(losses) / max(1, len(losses)), self.device)
 
     def fit(self, resume: bool = False) -> dict:
@@ -281,20 +304,25 @@ class Trainer:
 
     def _evaluate_and_save(self) -> float:
         val_loss = self.evaluate()
-        improved = val_loss < self.best_val
+        score = -val_loss if self.eval_metric is None else self.last_metric
+        improved = score > self.best_score
+        self.best_val = min(self.best_val, val_loss)
         if improved:
-            self.best_val, self.evals_without_improvement = val_loss, 0
+            self.best_score, self.evals_without_improvement = score, 0
         else:
             self.evals_without_improvement += 1
-        self.log.log(step=self.step, val_loss=val_loss, elapsed_s=self.elapsed)
+        extra = {} if self.eval_metric is None else {f"val_{self.eval_metric.name}": self.last_metric}
+        self.log.log(step=self.step, val_loss=val_loss, elapsed_s=self.elapsed, **extra)
         patience = self.config.early_stopping_patience
         if patience is not None and self.evals_without_improvement >= patience:
             self.stop_reason = f"early stopping: no improvement in {patience} evaluations"
         self.save_checkpoint(best=improved)
         if self.progress:
-            tqdm.write(f"step {self.step}: val loss {val_loss:.4f}" + (" (best)" if improved else ""))
+            metric = "" if self.eval_metric is None else f", {self.eval_metric.name} {self.last_metric:.4f}"
+            tqdm.write(f"step {self.step}: val loss {val_loss:.4f}{metric}" + (" (best)" if improved else ""))
         if self.on_eval is not None and self.dist.is_main:
-            self.on_eval(self, {"step": self.step, "val_loss": val_loss})
+            extra = {} if self.eval_metric is None else {self.eval_metric.name: self.last_metric}
+            self.on_eval(self, {"step": self.step, "val_loss": val_loss, **extra})
         return val_loss
 
     # ---------------------------------------------------------------- checkpoints
@@ -305,6 +333,7 @@ class Trainer:
     def _trainer_state(self) -> dict:
         return {
             "step": self.step, "total_steps": self.total_steps, "best_val": self.best_val,
+            "best_score": self.best_score,
             "evals_without_improvement": self.evals_without_improvement, "elapsed": self.elapsed,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
@@ -366,6 +395,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.step, self.total_steps = state["step"], state["total_steps"]
         self.best_val, self.elapsed = state["best_val"], state["elapsed"]
+        self.best_score = state.get("best_score", -state["best_val"])  # checkpoints from before eval metrics
         self.evals_without_improvement = state["evals_without_improvement"]
         self.log.load(self.step)
 

@@ -5,7 +5,8 @@
 The task (`transfer.tasks`, e.g. text-classification) reads the files; `load_pretrained` puts the task's
 head on the encoder, sized by the label set of the training file; the method decides what trains; the
 Trainer trains on `ExampleBatches` (loss on the eval file every `eval_interval` steps, the best checkpoint
-kept). The best weights (lowest eval loss; the last ones without an eval file) become OUT/model, a plain
+kept). The best weights (highest accuracy for classification, lowest eval loss for the other tasks or with
+`select_by="loss"`; the last ones without an eval file) become OUT/model, a plain
 model folder that `dlforge.pipeline(...)` and `load_pretrained` open directly; the task then evaluates it
 on the eval file and writes its report files; OUT/report.json holds its metrics, the settings and timing.
 
@@ -75,7 +76,8 @@ class FinetuneSettings:
     weight_decay: float = 0.01
     decay: str = "cosine"  # cosine (to 0) | constant
     eval_interval: int | None = None  # None: each epoch, at least 3 times per run, at most every 1000 steps
-    load_best: bool = True  # export the checkpoint with the lowest eval loss (when there is an eval file)
+    load_best: bool = True  # export the best checkpoint on the eval file (when there is one)
+    select_by: str = "metric"  # metric: the task's selection metric (accuracy for classification) | loss
     layer_lr_decay: float | None = None
     top_k_layers: int | None = None  # None: 2
     lora_r: int | None = None  # None: 8
@@ -132,6 +134,8 @@ class FinetuneSettings:
             raise DlforgeError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.lora_dropout is not None and not 0 <= self.lora_dropout < 1:
             raise DlforgeError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.select_by not in ("metric", "loss"):
+            raise DlforgeError(f"select_by must be 'metric' or 'loss', got {self.select_by!r}")
         if self.student_pick not in (None, "spread", "first"):
             raise DlforgeError(f"student_pick must be 'spread' or 'first', got {self.student_pick!r}")
         if method == "distill" and (self.teacher is None or self.student_layers is None):
@@ -235,7 +239,7 @@ def finetune(model: str | Path | None = None, task: str | None = None, train: st
     `on_eval(trainer, {"step", "val_loss"})` is called after each evaluation.
     """
     from ..training.optim import make_adamw  # the training package imports transfer: import it late
-    from ..training.trainer import TrainConfig, Trainer, open_run
+    from ..training.trainer import EvalMetric, TrainConfig, Trainer, open_run
 
     start = time.perf_counter()
     if out is None:
@@ -350,7 +354,10 @@ def finetune(model: str | Path | None = None, task: str | None = None, train: st
                                      "task": task, "train": str(train_path.resolve()),
                                      "eval": str(eval_path.resolve()) if eval_path else None, "method": method,
                                      "settings": asdict(s)})
-    trainer = Trainer(trainable, config, batches, out, tokenizer=tokenizer, on_eval=on_eval, progress=progress)
+    metric = (EvalMetric(the_task.selection_metric, the_task.batch_score)
+              if the_task.selection_metric and s.select_by == "metric" else None)
+    trainer = Trainer(trainable, config, batches, out, tokenizer=tokenizer, on_eval=on_eval, progress=progress,
+                      eval_metric=metric)
     if method == "lora":  # the new head learns at head_lr, the adapters at lr
         scales = {name: s.head_lr / s.lr for name, _ in trainable.named_parameters() if name.startswith("head.")}
         trainer.optimizer = make_adamw(trainer.model, s.lr, s.weight_decay, (0.9, 0.999), scales)
@@ -379,7 +386,10 @@ def finetune(model: str | Path | None = None, task: str | None = None, train: st
     eval_s = time.perf_counter() - start - setup_s - train_s
     report = {**metrics, "task": task, "method": method, "model": str(model), "train": str(train_path),
               "eval": str(eval_path) if eval_path else None, "output": str(out / "model"),
-              "training": {**result, "exported": "best" if used_best else "last", "train_examples": len(train_examples),
+              "training": {**result, "exported": "best" if used_best else "last",
+                           "selected_by": metric.name if metric else "eval loss",
+                           **({f"best_eval_{metric.name}": trainer.best_score} if metric and eval_features else {}),
+                           "train_examples": len(train_examples),
                            "eval_examples": len(eval_examples), "train_features": len(train_features),
                            "parameters": sum(p.numel() for p in net.parameters()),
                            "trainable_parameters": trainable_parameters},

@@ -82,6 +82,13 @@ class FinetuneTask(ABC):
     name: str
     model_task: str
     file_kind = "a .csv, .tsv or .jsonl file"  # what --train/--eval should be, for error messages
+    # The score that picks the exported checkpoint (higher is better), computed from the evaluation pass by
+    # `batch_score`; None: the lowest eval loss picks it.
+    selection_metric: str | None = None
+
+    def batch_score(self, output, batch: dict) -> tuple[float, float]:
+        """(summed score, items) of one evaluation batch, for `selection_metric`."""
+        raise NotImplementedError(f"task {self.name} has no selection metric")
 
     @abstractmethod
     def read(self, path: str | Path) -> list:

@@ -38,6 +38,11 @@ class TextClassificationTask(FinetuneTask):
     name = "text-classification"
     model_task = "sequence-classification"
     default_max_length = 128
+    selection_metric = "accuracy"  # as HF's metric_for_best_model: eval loss keeps rising after accuracy peaks
+
+    def batch_score(self, output, batch: dict) -> tuple[float, float]:
+        labels = batch["labels"]  # (B,)
+        return (output.logits.argmax(-1) == labels).sum().item(), labels.numel()
 
     def __init__(self, text_column: str | None = None, label_column: str = "label",
                  text_pair_column: str | None = None):
