@@ -1,6 +1,6 @@
 """WNUT-17 named-entity recognition by fine-tuning all-MiniLM-L6-v2 with `dlforge.transfer.finetune`.
 
-Trains on WNUT-17 train (3,394 tweets, 6 entity types) within a wall-clock budget, evaluating the loss on
+Trains on WNUT-17 train (3,394 tweets, 6 entity types) within a wall-clock budget, evaluating entity F1 on
 the dev set (1,009) during training and exporting the best checkpoint, as `dlforge finetune --eval` does;
 then scores the exported OUT/model on the test set (`emerging.test.annotated`, 1,287): entity-level
 precision / recall / F1 (seqeval, conlleval-compatible, the first sub-token's label for each word).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -312,6 +313,25 @@ def test_time_budget_stops_and_saves(tmp_path):
     latest = (tmp_path / "run" / "checkpoints" / "LATEST").read_text().strip()
     assert latest == f"step-{result['step']:07d}"
     assert (tmp_path / "run" / "checkpoints" / "best" / "model.safetensors").is_file()
+
+
+class SlowStartBatches(TextBatches):
+    """Batches whose first 25 steps take 0.1 s each, like kernels built for new shapes, then fast ones."""
+
+    def train_batch(self, step, *args):
+        if step < 25:
+            time.sleep(0.1)
+        return super().train_batch(step, *args)
+
+
+def test_time_budget_refines_an_estimate_skewed_by_slow_first_steps(tmp_path):
+    """Fitting the schedule on steps 5-25 alone would plan ~60 steps for 6 s; the refinement sees the fast ones."""
+    ids = (np.arange(4000) * 7 % VOCAB).astype(np.uint16)
+    trainer = Trainer(tiny_gpt(), config(max_steps=100_000, max_minutes=0.1, eval_interval=100_000),
+                      SlowStartBatches(ids, 16, 4, seed=0, eval_batches=2), tmp_path / "run", progress=False)
+    result = trainer.fit()
+    assert result["step"] > 150, result
+    assert result["elapsed_s"] < 6.5, result
 
 
 def test_time_budget_stop_logs_the_last_train_loss(tmp_path):

@@ -79,6 +79,34 @@ def test_first_sub_token_alignment_on_minilm_tokenization(task):
         task.features([example], tokenizer, ["O", "B-location", "I-location"], 64)
 
 
+def test_selection_f1_from_batch_sums_is_seqeval_micro_f1(task):
+    """The checkpoint-selection score: (2·TP, predicted + gold) summed over batches gives exactly seqeval's
+    micro entity F1 of the words (first sub-tokens), whatever the batching."""
+    from types import SimpleNamespace
+
+    from seqeval.metrics import f1_score
+
+    labels = ["O", "B-loc", "I-loc", "B-person", "I-person"]
+    gen = torch.Generator().manual_seed(0)
+    gold, predicted, sums, perfect = [], [], [0.0, 0.0], [0.0, 0.0]
+    for _ in range(4):  # batches of 3 sentences, 12 sub-tokens
+        targets = torch.randint(0, len(labels), (3, 12), generator=gen)
+        targets[:, 0] = targets[:, 5] = targets[:, -1] = -100  # [CLS], a later sub-token, [SEP]
+        logits = torch.randn(3, 12, len(labels), generator=gen)
+        for total, out in ((sums, logits), (perfect, torch.nn.functional.one_hot(targets.clamp(min=0), 5).float())):
+            score, count = task.batch_score(SimpleNamespace(logits=out), {"labels": targets}, labels)
+            total[0] += score
+            total[1] += count
+        for row in range(3):
+            keep = targets[row] != -100
+            gold.append([labels[i] for i in targets[row][keep]])
+            predicted.append([labels[i] for i in logits[row].argmax(-1)[keep]])
+    expected = f1_score(gold, predicted)
+    assert 0 < expected < 1
+    assert sums[0] / sums[1] == pytest.approx(expected, abs=1e-12)
+    assert perfect[0] / perfect[1] == 1.0
+
+
 def wnut_slice(shared_data, name: str, n: int, out: Path, with_entities: bool = False) -> Path:
     """The first `n` sentences of a WNUT-17 file (only those with an entity, if asked) as a CoNLL file."""
     path = shared_data / "wnut17" / name
@@ -112,6 +140,8 @@ def test_finetune_plumbing_into_the_ner_pipeline(tmp_path, shared_data):
         assert key in report
     assert 0 <= report["f1"] <= 1 and report["entities"] > 0
     assert json.loads((tmp_path / "run" / "report.json").read_text())["f1"] == report["f1"]
+    assert report["training"]["selected_by"] == "f1"  # the checkpoint with the best dev entity F1 is exported
+    assert "val_f1" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
     assert "micro avg" in (tmp_path / "run" / "ner_report.txt").read_text()
     ner = dlforge.pipeline("ner", model=tmp_path / "run" / "model")
     assert ner.model.config.labels[0] == "O" and len(ner.model.config.labels) == 13

@@ -117,7 +117,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="auto (default): bf16 autocast on CPU and supporting GPUs")
     p.add_argument("--select-by", choices=("metric", "loss"),
                    help="which checkpoint OUT/model is: metric (default; the best eval accuracy for "
-                        "text-classification, the lowest eval loss for the other tasks) or loss")
+                        "text-classification, entity F1 for token-classification, the lowest eval loss for "
+                        "question-answering) or loss")
     p.add_argument("--device", help="auto (default: a CUDA GPU when there is one), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, help="random seed (default 42): the same seed gives the same model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -249,6 +249,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, unit="step",
                    dynamic_ncols=True)
         timed_steps, window_loss, window_items, window_start = 0, [], 0, time.perf_counter()
+        refine_at = None  # the step at which the time-budget estimate is refined
         start = time.perf_counter() - self.elapsed
         val_loss = None
         while self.step < self.total_steps:
@@ -261,6 +262,12 @@ class Trainer:
                 if timed_steps == 5:  # the first steps are slower (allocation, warm caches): time later ones
                     budget_mark = (self.elapsed, self.step)
                 elif timed_steps == 25:
+                    self._fit_schedule_to_budget(bar, *budget_mark)
+                    # 20 steps under-represent variable-length batches and kernels built for new shapes (a
+                    # 30-minute SST-2 run stopped after 20): refine from the next tenth of the steps
+                    refine_at = self.step + max(1, (self.total_steps - self.step) // 10)
+                    budget_mark = (self.elapsed, self.step)
+                elif self.step == refine_at:
                     self._fit_schedule_to_budget(bar, *budget_mark)
             out_of_time = self.dist.any(bool(c.max_minutes) and self.elapsed > 60 * c.max_minutes, self.device)
             evaluate_now = self.step % c.eval_interval == 0 or self.step == self.total_steps or out_of_time

@@ -5,8 +5,8 @@
 The task (`transfer.tasks`, e.g. text-classification) reads the files; `load_pretrained` puts the task's
 head on the encoder, sized by the label set of the training file; the method decides what trains; the
 Trainer trains on `ExampleBatches` (loss on the eval file every `eval_interval` steps, the best checkpoint
-kept). The best weights (highest accuracy for classification, lowest eval loss for the other tasks or with
-`select_by="loss"`; the last ones without an eval file) become OUT/model, a plain
+kept). The best weights (highest accuracy for classification, highest entity F1 for NER, lowest eval loss for
+QA or with `select_by="loss"`; the last ones without an eval file) become OUT/model, a plain
 model folder that `dlforge.pipeline(...)` and `load_pretrained` open directly; the task then evaluates it
 on the eval file and writes its report files; OUT/report.json holds its metrics, the settings and timing.
 
@@ -28,6 +28,7 @@ Trainer continues from the last checkpoint exactly (bit-identical weights on CPU
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import shutil
@@ -77,7 +78,7 @@ class FinetuneSettings:
     decay: str = "cosine"  # cosine (to 0) | constant
     eval_interval: int | None = None  # None: each epoch, at least 3 times per run, at most every 1000 steps
     load_best: bool = True  # export the best checkpoint on the eval file (when there is one)
-    select_by: str = "metric"  # metric: the task's selection metric (accuracy for classification) | loss
+    select_by: str = "metric"  # metric: the task's selection metric (accuracy; entity F1 for NER) | loss
     layer_lr_decay: float | None = None
     top_k_layers: int | None = None  # None: 2
     lora_r: int | None = None  # None: 8
@@ -268,6 +269,8 @@ def finetune(model: str | Path | None = None, task: str | None = None, train: st
                            "text- and token-classification, not question-answering")
     train_path = check_file(train, "training", the_task.file_kind)
     eval_path = check_file(eval, "evaluation", the_task.file_kind) if eval is not None else None
+    if eval_path is not None:  # a missing scorer should stop the run now, not after the training
+        the_task.check_requirements()
     max_length = s.max_length or getattr(the_task, "default_max_length", 128)
 
     # ---- data and model
@@ -354,7 +357,7 @@ def finetune(model: str | Path | None = None, task: str | None = None, train: st
                                      "task": task, "train": str(train_path.resolve()),
                                      "eval": str(eval_path.resolve()) if eval_path else None, "method": method,
                                      "settings": asdict(s)})
-    metric = (EvalMetric(the_task.selection_metric, the_task.batch_score)
+    metric = (EvalMetric(the_task.selection_metric, functools.partial(the_task.batch_score, labels=labels))
               if the_task.selection_metric and s.select_by == "metric" else None)
     trainer = Trainer(trainable, config, batches, out, tokenizer=tokenizer, on_eval=on_eval, progress=progress,
                       eval_metric=metric)

@@ -86,9 +86,14 @@ class FinetuneTask(ABC):
     # `batch_score`; None: the lowest eval loss picks it.
     selection_metric: str | None = None
 
-    def batch_score(self, output, batch: dict) -> tuple[float, float]:
-        """(summed score, items) of one evaluation batch, for `selection_metric`."""
+    def batch_score(self, output, batch: dict, labels: list[str] | None) -> tuple[float, float]:
+        """(summed score, items) of one evaluation batch, for `selection_metric`; the metric is the ratio of
+        the sums over the whole pass. `labels`: the model's label names in id order."""
         raise NotImplementedError(f"task {self.name} has no selection metric")
+
+    def check_requirements(self) -> None:
+        """Raise a DlforgeError before training if scoring this task needs a package that is missing."""
+        return None  # most tasks score with what dlforge always installs
 
     @abstractmethod
     def read(self, path: str | Path) -> list:

@@ -40,7 +40,7 @@ class TextClassificationTask(FinetuneTask):
     default_max_length = 128
     selection_metric = "accuracy"  # as HF's metric_for_best_model: eval loss keeps rising after accuracy peaks
 
-    def batch_score(self, output, batch: dict) -> tuple[float, float]:
+    def batch_score(self, output, batch: dict, labels: list[str] | None = None) -> tuple[float, float]:
         labels = batch["labels"]  # (B,)
         return (output.logits.argmax(-1) == labels).sum().item(), labels.numel()
 
