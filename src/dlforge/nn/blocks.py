@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import MultiHeadAttention
-from .linear import Linear
+from .linear import Linear, linear_activation
 from .positional import RotaryEmbedding
 
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "swiglu")
@@ -56,16 +56,11 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        h = self.c_fc(x)
         if self.activation == "swiglu":
-            gate, up = h.chunk(2, dim=-1)
+            gate, up = self.c_fc(x).chunk(2, dim=-1)
             h = F.silu(gate) * up
-        elif self.activation == "gelu_new":
-            h = F.gelu(h, approximate="tanh")
-        elif self.activation == "gelu":
-            h = F.gelu(h)
         else:
-            h = F.relu(h)
+            h = linear_activation(x, self.c_fc, self.activation)  # (..., hidden)
         return self.dropout(self.c_proj(h))
 
 

@@ -1,0 +1,59 @@
+"""`nn.linear`: the fused oneDNN linear + activation (CPU inference) against F.linear and the activation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dlforge.nn import Linear
+from dlforge.nn.linear import ACTIVATIONS, linear_activation, onednn_fusion_applies
+
+needs_onednn = pytest.mark.skipif(not (torch.backends.mkldnn.is_available()
+                                       and hasattr(torch.ops.mkldnn, "_linear_pointwise")),
+                                  reason="this torch build has no oneDNN linear kernel")
+
+
+def exact(x, layer, activation):
+    """The unfused computation in float64: the value both paths approximate."""
+    bias = None if layer.bias is None else layer.bias.double()
+    return ACTIVATIONS[activation](F.linear(x.double(), layer.weight.double(), bias))
+
+
+@needs_onednn
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("shape", [(3, 7, 40), (5, 40), (2, 1, 3, 40)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_path_matches_linear_then_activation(activation, shape, bias):
+    torch.manual_seed(0)
+    layer = Linear(40, 97, bias=bias)  # odd widths: no kernel-friendly multiples
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert onednn_fusion_applies(x, layer)
+        fused = linear_activation(x, layer, activation)
+        unfused = ACTIVATIONS[activation](layer(x))
+        assert fused.shape == unfused.shape == (*shape[:-1], 97)
+        torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-5)
+        # bf16 weights and input: as close to the exact value as the unfused bf16 computation is
+        layer16, x16 = layer.to(torch.bfloat16), x.to(torch.bfloat16)
+        reference = exact(x16, layer16, activation)
+        fused_error = (linear_activation(x16, layer16, activation).double() - reference).abs().max()
+        unfused_error = (ACTIVATIONS[activation](layer16(x16)).double() - reference).abs().max()
+        assert fused_error <= 2 * unfused_error + 1e-2, (fused_error, unfused_error)
+
+
+def test_fusion_only_for_cpu_inference_of_plain_layers():
+    layer, x = Linear(8, 16), torch.randn(4, 8)
+    assert not onednn_fusion_applies(x, layer)  # autograd on: training takes F.linear and F.gelu
+    with torch.no_grad():
+        assert not onednn_fusion_applies(x[:1], layer)  # one row: Linear's split GEMV path
+        assert not onednn_fusion_applies(x.to(torch.bfloat16), layer)  # mixed dtypes
+        assert not onednn_fusion_applies(torch.randn(8, 4).t(), layer)  # non-contiguous input
+        wrapped = torch.nn.Sequential(layer)
+        assert not onednn_fusion_applies(x, wrapped)  # e.g. a LoRA wrapper: its own forward runs
+        assert not onednn_fusion_applies(x.double(), copy.deepcopy(layer).double())
+    out = linear_activation(x, layer, "gelu")
+    out.sum().backward()  # the autograd path trains
+    assert layer.weight.grad is not None
