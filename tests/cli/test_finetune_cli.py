@@ -88,9 +88,10 @@ def test_resume_of_a_finished_run_only_exports_again(trained, capsys):
 
 def test_lora_and_distill_from_the_command_line(data, trained, tmp_path, capsys):
     assert main([*base_args(data, tmp_path / "lora"), "--method", "lora", "--lora-r", "4", "--lora-alpha", "8",
-                 "--max-steps", "4", *FAST]) == 0
+                 "--lora-dropout", "0", "--max-steps", "4", *FAST]) == 0
     report = json.loads((tmp_path / "lora" / "report.json").read_text())
     assert report["settings"]["lora_r"] == 4 and report["settings"]["lr"] == 2e-4  # the LoRA default
+    assert report["settings"]["lora_dropout"] == 0
     assert (tmp_path / "lora" / "adapters.safetensors").is_file()
     teacher = trained[0] / "model"
     args = base_args(data, tmp_path / "distill")

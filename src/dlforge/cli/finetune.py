@@ -11,7 +11,7 @@ from .main import _positive_float, _positive_int
 
 # CLI flag (argparse dest) -> finetune setting of the same name; unset flags keep the method's defaults
 SETTINGS = ("epochs", "max_steps", "minutes", "lr", "batch_size", "max_length", "layer_lr_decay", "top_k_layers",
-            "lora_r", "lora_alpha", "teacher", "student_layers", "select_by", "precision", "device", "seed")
+            "lora_r", "lora_alpha", "lora_dropout", "teacher", "student_layers", "select_by", "precision", "device", "seed")
 
 
 def parse_value(text: str):
@@ -107,6 +107,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--top-k-layers", type=int, help="top-k: how many of the top encoder blocks train (default 2)")
     p.add_argument("--lora-r", type=_positive_int, help="lora: adapter rank (default 8)")
     p.add_argument("--lora-alpha", type=_positive_float, help="lora: adapter scale alpha (default 16)")
+    p.add_argument("--lora-dropout", type=float,
+                   help="lora: dropout on the adapters' inputs (default 0.1; 0 trains faster on CPU)")
     p.add_argument("--teacher", help="distill: the fine-tuned model folder to learn from")
     p.add_argument("--student-layers", type=_positive_int,
                    help="distill: encoder blocks of the student, copied from --model's blocks spread over its depth")
