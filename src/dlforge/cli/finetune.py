@@ -11,7 +11,8 @@ from .main import _positive_float, _positive_int
 
 # CLI flag (argparse dest) -> finetune setting of the same name; unset flags keep the method's defaults
 SETTINGS = ("epochs", "max_steps", "minutes", "lr", "batch_size", "max_length", "layer_lr_decay", "top_k_layers",
-            "lora_r", "lora_alpha", "lora_dropout", "teacher", "student_layers", "select_by", "precision", "device", "seed")
+            "lora_r", "lora_alpha", "lora_dropout", "teacher", "student_layers", "select_by", "precision", "device",
+            "seed")
 
 
 def parse_value(text: str):
