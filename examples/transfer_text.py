@@ -83,9 +83,9 @@ def main() -> None:
     print(f"SST-2 dev accuracy: full {full['accuracy']:.3f}, LoRA {lora['accuracy']:.3f}")
 
     # 3. a 2-block student learns from the fine-tuned model's soft logits and the labels
-    student = finetune(task="text-classification", train=sst2_train, eval=sst2_dev, out=out / "sst2-student",
-                       method="distill", teacher=out / "sst2-full" / "model", student_layers=2, progress=False,
-                       **settings)
+    teacher = out / "sst2-full" / "model"  # also the model whose blocks the student starts from
+    student = finetune(teacher, "text-classification", sst2_train, sst2_dev, out=out / "sst2-student",
+                       method="distill", teacher=teacher, student_layers=2, progress=False, **settings)
     print(f"distilled 2-block student: accuracy {student['accuracy']:.3f}")
 
     # 4. NER (CoNLL files, seqeval scores) and extractive QA (SQuAD JSON, EM/F1)
