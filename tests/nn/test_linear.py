@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from dlforge.nn import Linear
-from dlforge.nn.linear import ACTIVATIONS, linear_activation, onednn_fusion_applies
+from dlforge.nn.linear import ACTIVATION_FUNCTIONS, linear_activation, onednn_fusion_applies
 
 needs_onednn = pytest.mark.skipif(not (torch.backends.mkldnn.is_available()
                                        and hasattr(torch.ops.mkldnn, "_linear_pointwise")),
@@ -19,11 +19,11 @@ needs_onednn = pytest.mark.skipif(not (torch.backends.mkldnn.is_available()
 def exact(x, layer, activation):
     """The unfused computation in float64: the value both paths approximate."""
     bias = None if layer.bias is None else layer.bias.double()
-    return ACTIVATIONS[activation](F.linear(x.double(), layer.weight.double(), bias))
+    return ACTIVATION_FUNCTIONS[activation](F.linear(x.double(), layer.weight.double(), bias))
 
 
 @needs_onednn
-@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("activation", sorted(ACTIVATION_FUNCTIONS))
 @pytest.mark.parametrize("shape", [(3, 7, 40), (5, 40), (2, 1, 3, 40)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_fused_path_matches_linear_then_activation(activation, shape, bias):
@@ -33,14 +33,14 @@ def test_fused_path_matches_linear_then_activation(activation, shape, bias):
     with torch.no_grad():
         assert onednn_fusion_applies(x, layer)
         fused = linear_activation(x, layer, activation)
-        unfused = ACTIVATIONS[activation](layer(x))
+        unfused = ACTIVATION_FUNCTIONS[activation](layer(x))
         assert fused.shape == unfused.shape == (*shape[:-1], 97)
         torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-5)
         # bf16 weights and input: as close to the exact value as the unfused bf16 computation is
         layer16, x16 = layer.to(torch.bfloat16), x.to(torch.bfloat16)
         reference = exact(x16, layer16, activation)
         fused_error = (linear_activation(x16, layer16, activation).double() - reference).abs().max()
-        unfused_error = (ACTIVATIONS[activation](layer16(x16)).double() - reference).abs().max()
+        unfused_error = (ACTIVATION_FUNCTIONS[activation](layer16(x16)).double() - reference).abs().max()
         assert fused_error <= 2 * unfused_error + 1e-2, (fused_error, unfused_error)
 
 

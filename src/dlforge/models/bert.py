@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import DlforgeError
 from ..nn import Linear, SinusoidalPositionalEncoding, TransformerBlock, build_attention_mask
+from ..nn.linear import ACTIVATION_FUNCTIONS
 from .config import ModelConfig
 from .outputs import ModelOutput
 
@@ -69,8 +70,7 @@ class BertConfig(ModelConfig):
 
 
 def _activation(name: str):
-    return {"gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu,
-            "tanh": torch.tanh}[name]
+    return {**ACTIVATION_FUNCTIONS, "tanh": torch.tanh}[name]
 
 
 class BertEmbeddings(nn.Module):

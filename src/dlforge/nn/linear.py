@@ -11,8 +11,8 @@ everything else is the ordinary `F.linear`. Parameter names are unchanged, so ch
 `linear_activation(x, layer, "gelu")` is act(x Wᵀ + b), the first half of every MLP. On CPU without
 autograd it is one oneDNN call that adds the bias and applies the activation while the product is written
 (`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile's CPU backend emits for this pattern),
-instead of three passes over a (B, T, 4·d) tensor: all-MiniLM-L6-v2's forward is about 15 % faster in
-bf16 and 10 % in fp32 (benchmarks/RESULTS.md §4). Training, GPUs and builds without oneDNN take F.linear
+instead of three passes over a (B, T, 4·d) tensor: all-MiniLM-L6-v2's forward is about 17 % faster in
+both bf16 and fp32 (benchmarks/RESULTS.md §4). Training, GPUs and builds without oneDNN take F.linear
 and F.gelu; tests/nn/test_linear.py compares both paths.
 """
 
@@ -53,7 +53,7 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
-ACTIVATIONS = {"gelu": F.gelu, "gelu_new": functools.partial(F.gelu, approximate="tanh"), "relu": F.relu}
+ACTIVATION_FUNCTIONS = {"gelu": F.gelu, "gelu_new": functools.partial(F.gelu, approximate="tanh"), "relu": F.relu}
 # oneDNN post-op (name, algorithm) of each activation: erf GELU, tanh GELU, ReLU
 ONEDNN_POST_OPS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "relu": ("relu", "")}
 
@@ -72,4 +72,4 @@ def linear_activation(x: torch.Tensor, layer: nn.Module, activation: str) -> tor
     if onednn_fusion_applies(x, layer):
         name, algorithm = ONEDNN_POST_OPS[activation]
         return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, name, [], algorithm)
-    return ACTIVATIONS[activation](layer(x))
+    return ACTIVATION_FUNCTIONS[activation](layer(x))
