@@ -9,11 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from dlforge.nn import Linear
-from dlforge.nn.linear import ACTIVATION_FUNCTIONS, linear_activation, onednn_fusion_applies
+from dlforge.nn.linear import ACTIVATION_FUNCTIONS, HAS_ONEDNN_LINEAR, linear_activation, onednn_fusion_applies
 
-needs_onednn = pytest.mark.skipif(not (torch.backends.mkldnn.is_available()
-                                       and hasattr(torch.ops.mkldnn, "_linear_pointwise")),
-                                  reason="this torch build has no oneDNN linear kernel")
+needs_onednn = pytest.mark.skipif(not HAS_ONEDNN_LINEAR, reason="this torch build has no oneDNN linear kernel")
 
 
 def exact(x, layer, activation):

@@ -56,15 +56,16 @@ class Linear(nn.Linear):
 ACTIVATION_FUNCTIONS = {"gelu": F.gelu, "gelu_new": functools.partial(F.gelu, approximate="tanh"), "relu": F.relu}
 # oneDNN post-op (name, algorithm) of each activation: erf GELU, tanh GELU, ReLU
 ONEDNN_POST_OPS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "relu": ("relu", "")}
+# whether this torch build has the fused kernel: a property of the build, looked up once, not per forward
+HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def onednn_fusion_applies(x: torch.Tensor, layer: nn.Module) -> bool:
     """Whether `linear_activation` may use the fused oneDNN kernel: CPU inference, a plain linear layer,
     weights and input both float32 or both bfloat16, a contiguous input of more than one row."""
-    return (not torch.is_grad_enabled() and x.device.type == "cpu" and type(layer) in (Linear, nn.Linear)
-            and x.dtype == layer.weight.dtype and x.dtype in (torch.float32, torch.bfloat16)
-            and x.is_contiguous() and x.numel() > layer.in_features
-            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    return (HAS_ONEDNN_LINEAR and not torch.is_grad_enabled() and x.device.type == "cpu"
+            and type(layer) in (Linear, nn.Linear) and x.dtype == layer.weight.dtype
+            and x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous() and x.numel() > layer.in_features)
 
 
 def linear_activation(x: torch.Tensor, layer: nn.Module, activation: str) -> torch.Tensor:

@@ -192,7 +192,8 @@ class TokenClassificationTask(FinetuneTask):
 
     def evaluate(self, model, tokenizer, examples: list[dict], out_dir: Path, batch_size: int = 32,
                  max_length: int = 128) -> dict:
-        accuracy_score, classification_report = _seqeval().accuracy_score, _seqeval().classification_report
+        seqeval_metrics = _seqeval()
+        accuracy_score, classification_report = seqeval_metrics.accuracy_score, seqeval_metrics.classification_report
         gold = [e["tags"] for e in examples]
         predicted = self.predict(model, tokenizer, examples, batch_size, max_length)
         report = classification_report(gold, predicted, digits=4, zero_division=0)
