@@ -31,14 +31,15 @@ def test_fused_path_matches_linear_then_activation(activation, shape, bias):
     with torch.no_grad():
         assert onednn_fusion_applies(x, layer)
         fused = linear_activation(x, layer, activation)
-        unfused = ACTIVATION_FUNCTIONS[activation](layer(x))
+        unfused = ACTIVATION_FUNCTIONS[activation](F.linear(x, layer.weight, layer.bias))
         assert fused.shape == unfused.shape == (*shape[:-1], 97)
         torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-5)
         # bf16 weights and input: as close to the exact value as the unfused bf16 computation is
         layer16, x16 = layer.to(torch.bfloat16), x.to(torch.bfloat16)
         reference = exact(x16, layer16, activation)
         fused_error = (linear_activation(x16, layer16, activation).double() - reference).abs().max()
-        unfused_error = (ACTIVATION_FUNCTIONS[activation](layer16(x16)).double() - reference).abs().max()
+        unfused16 = F.linear(x16, layer16.weight, layer16.bias)
+        unfused_error = (ACTIVATION_FUNCTIONS[activation](unfused16).double() - reference).abs().max()
         assert fused_error <= 2 * unfused_error + 1e-2, (fused_error, unfused_error)
 
 
@@ -55,3 +56,21 @@ def test_fusion_only_for_cpu_inference_of_plain_layers():
     out = linear_activation(x, layer, "gelu")
     out.sum().backward()  # the autograd path trains
     assert layer.weight.grad is not None
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_at_inference_matches_f_linear(dtype):  # bf16 adds the bias inside the oneDNN kernel
+    torch.manual_seed(0)
+    layer = Linear(40, 97).to(dtype)
+    x = torch.randn(6, 9, 40, dtype=dtype)
+    reference = F.linear(x.double(), layer.weight.double(), layer.bias.double())
+    with torch.no_grad():
+        assert onednn_fusion_applies(x, layer)
+        fused, plain = layer(x), F.linear(x, layer.weight, layer.bias)
+    assert fused.shape == (6, 9, 97) and fused.dtype == dtype
+    fused_error = (fused.double() - reference).abs().max()
+    plain_error = (plain.double() - reference).abs().max()
+    assert fused_error <= 2 * plain_error + (1e-5 if dtype == torch.float32 else 1e-2), (fused_error, plain_error)
+    trained = layer.float()(x.float())  # with autograd: the ordinary F.linear, which trains
+    assert trained.requires_grad

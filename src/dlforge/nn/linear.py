@@ -13,7 +13,9 @@ autograd it is one oneDNN call that adds the bias and applies the activation whi
 (`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile's CPU backend emits for this pattern),
 instead of three passes over a (B, T, 4·d) tensor: all-MiniLM-L6-v2's forward is about 17 % faster in
 both bf16 and fp32 (benchmarks/RESULTS.md §4). Training, GPUs and builds without oneDNN take F.linear
-and F.gelu; tests/nn/test_linear.py compares both paths.
+and F.gelu; tests/nn/test_linear.py compares both paths. For the same reason `Linear` itself, under the
+same conditions and in bf16, adds its bias inside the oneDNN kernel instead of letting F.linear copy the
+broadcast bias into the output first (about 7 % of the bf16 forward; in fp32 it made no difference).
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ class Linear(nn.Linear):
                 and self.weight.dtype == torch.float32 and x.numel() == self.in_features * GEMV_MAX_ROWS
                 and self.out_features >= 4 * GEMV_SPLITS):
             return split_gemv(x, self.weight, self.bias)
+        if self.bias is not None and x.dtype == torch.bfloat16 and onednn_fusion_applies(x, self):
+            # F.linear on CPU first copies the broadcast bias into the (rows, N) output, an extra pass over
+            # memory; oneDNN adds it in the kernel. Measured faster in bf16 only (fp32: no difference)
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
 
