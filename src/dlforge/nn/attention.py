@@ -23,14 +23,23 @@ from .linear import Linear
 from .positional import RotaryEmbedding
 
 
-def attention_reference(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0):
-    """softmax(QKᵀ/√d + mask) V written out. q: (B, H, Tq, D); k, v: (B, H, Tk, D)."""
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
+def attention_weights(q, k, attn_mask=None, is_causal=False, scale=None):
+    """softmax(QKᵀ·scale + mask), (B, H, Tq, Tk). scale defaults to 1/√d. A boolean mask keeps True
+    positions; a float mask is added to the scores (T5's relative position bias, -inf where masked)."""
+    scale = 1 / math.sqrt(q.size(-1)) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)).float() * scale  # (B, H, Tq, Tk)
     if is_causal:
         attn_mask = build_attention_mask(q.size(-2), k.size(-2), causal=True, device=q.device)
-    if attn_mask is not None:
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
         scores = scores.masked_fill(~attn_mask, float("-inf"))
-    weights = scores.softmax(dim=-1)
+    elif attn_mask is not None:
+        scores = scores + attn_mask
+    return scores.softmax(dim=-1).to(q.dtype)
+
+
+def attention_reference(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, scale=None):
+    """softmax(QKᵀ·scale + mask) V written out. q: (B, H, Tq, D); k, v: (B, H, Tk, D)."""
+    weights = attention_weights(q, k, attn_mask, is_causal, scale)
     if dropout_p > 0:
         weights = F.dropout(weights, p=dropout_p)
     return weights @ v
@@ -91,49 +100,72 @@ class KVCache:
     def advance(self, n_tokens: int) -> None:
         self.length += n_tokens
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep row rows[i] of every buffer as row i (beam search: each beam continues some earlier beam)."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+
 
 class MultiHeadAttention(nn.Module):
     """Self- or cross-attention with a fused projection.
 
     Self-attention projects Q, K and V with one (d, 3d) linear `c_attn`; cross-attention projects
     Q from the decoder (`q_proj`) and K, V from the encoder output with one (d_kv, 2d) linear
-    `kv_proj`. `c_proj` maps the concatenated heads back to d.
+    `kv_proj`. `c_proj` maps the concatenated heads back to d. `inner_dim` (default dim) is the
+    width of the heads together, which T5 lets differ from the model width. `scale` multiplies the
+    scores (default 1/√head_dim; T5 uses 1).
+
+    Cross-attention's keys and values depend only on the encoder output: `project_context` computes
+    them once per source, and `forward(context=(k, v))` reuses them at every decoding step.
+    With `record_weights = True` the layer computes attention written out and keeps the last
+    weights (B, H, Tq, Tk) in `last_weights`, for plots.
     """
 
     def __init__(self, dim: int, n_heads: int, bias: bool = True, dropout: float = 0.0,
-                 cross: bool = False, context_dim: int | None = None, rotary: RotaryEmbedding | None = None):
+                 cross: bool = False, context_dim: int | None = None, rotary: RotaryEmbedding | None = None,
+                 inner_dim: int | None = None, scale: float | None = None):
         super().__init__()
-        if dim % n_heads:
-            raise ValueError(f"width {dim} is not divisible by the number of heads {n_heads}")
-        self.n_heads, self.head_dim, self.cross = n_heads, dim // n_heads, cross
+        inner = inner_dim or dim
+        if inner % n_heads:
+            raise ValueError(f"width {inner} is not divisible by the number of heads {n_heads}")
+        self.n_heads, self.head_dim, self.cross, self.inner = n_heads, inner // n_heads, cross, inner
         if cross:
-            self.q_proj = Linear(dim, dim, bias=bias)
-            self.kv_proj = Linear(context_dim or dim, 2 * dim, bias=bias)
+            self.q_proj = Linear(dim, inner, bias=bias)
+            self.kv_proj = Linear(context_dim or dim, 2 * inner, bias=bias)
         else:
-            self.c_attn = Linear(dim, 3 * dim, bias=bias)
-        self.c_proj = Linear(dim, dim, bias=bias)
+            self.c_attn = Linear(dim, 3 * inner, bias=bias)
+        self.c_proj = Linear(inner, dim, bias=bias)
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
         self.rotary = rotary
+        self.scale = scale
         self.use_sdpa = True  # tests switch this off to compare against attention_reference
+        self.record_weights = False
+        self.last_weights: torch.Tensor | None = None
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
 
+    def project_context(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values of an encoder output (B, S, d_kv): 2 × (B, H, S, D)."""
+        k, v = self.kv_proj(context).split(self.inner, dim=2)
+        return self._split_heads(k), self._split_heads(v)
+
     def forward(self, x, context=None, attn_mask=None, causal=False, kv_cache: KVCache | None = None,
                 layer_idx: int = 0, positions=None):
-        """x: (B, T, dim). context: (B, S, context_dim) for cross-attention.
+        """x: (B, T, dim). context: (B, S, context_dim) for cross-attention, or its `project_context`.
 
-        attn_mask: boolean (B or 1, 1, T, Tk) or None. With no mask, `causal` selects the
-        triangular mask (only used when queries and keys have the same length).
+        attn_mask: boolean (B or 1, 1, T, Tk), True = may attend, or a float tensor added to the
+        scores, or None. With no mask, `causal` selects the triangular mask (only used when queries
+        and keys have the same length).
         """
-        B, T, C = x.shape
+        B, T, _ = x.shape
         if self.cross:
             q = self._split_heads(self.q_proj(x))
-            k, v = (self._split_heads(t) for t in self.kv_proj(context).split(C, dim=2))
+            k, v = context if isinstance(context, tuple) else self.project_context(context)
         else:
-            q, k, v = (self._split_heads(t) for t in self.c_attn(x).split(C, dim=2))  # 3 × (B, H, T, D)
+            q, k, v = (self._split_heads(t) for t in self.c_attn(x).split(self.inner, dim=2))  # 3 × (B, H, T, D)
             if self.rotary is not None:
                 q, k = self.rotary(q, k, positions)
             if kv_cache is not None:
@@ -142,7 +174,12 @@ class MultiHeadAttention(nn.Module):
             attn_mask = build_attention_mask(T, k.size(2), causal=True, device=x.device)
         is_causal = causal and attn_mask is None and T > 1
         dropout_p = self.dropout if self.training else 0.0
-        attend = F.scaled_dot_product_attention if self.use_sdpa else attention_reference
-        y = attend(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p)  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        if self.record_weights:
+            self.last_weights = attention_weights(q, k, attn_mask, is_causal, self.scale)
+            y = self.last_weights @ v
+        else:
+            attend = F.scaled_dot_product_attention if self.use_sdpa else attention_reference
+            y = attend(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p,
+                       scale=self.scale)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, self.inner)
         return self.resid_dropout(self.c_proj(y))

@@ -16,7 +16,9 @@ from .attention import MultiHeadAttention
 from .linear import Linear, linear_activation
 from .positional import RotaryEmbedding
 
-ACTIVATIONS = ("gelu", "gelu_new", "relu", "swiglu")
+ACTIVATIONS = ("gelu", "gelu_new", "relu", "swiglu", "geglu")
+# gated variants: act(x W_gate) * (x W_up); geglu is T5 v1.1's "gated-gelu" (tanh-approximated GELU)
+GATES = {"swiglu": F.silu, "geglu": lambda x: F.gelu(x, approximate="tanh")}
 
 
 class RMSNorm(nn.Module):
@@ -43,7 +45,8 @@ class MLP(nn.Module):
     """Position-wise feed-forward network: c_proj(act(c_fc(x))).
 
     gelu: exact erf GELU; gelu_new: the tanh approximation GPT-2 uses; relu; swiglu:
-    silu(x W_gate) * (x W_up) (Shazeer, 2020) with gate and up fused into one `c_fc`.
+    silu(x W_gate) * (x W_up) and geglu: gelu_tanh(x W_gate) * (x W_up) (Shazeer, 2020), with gate
+    and up fused into one `c_fc` (gate rows first).
     """
 
     def __init__(self, dim: int, hidden: int, activation: str = "gelu", bias: bool = True, dropout: float = 0.0):
@@ -51,14 +54,14 @@ class MLP(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
         self.activation = activation
-        self.c_fc = Linear(dim, 2 * hidden if activation == "swiglu" else hidden, bias=bias)
+        self.c_fc = Linear(dim, 2 * hidden if activation in GATES else hidden, bias=bias)
         self.c_proj = Linear(hidden, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        if self.activation == "swiglu":
+        if self.activation in GATES:
             gate, up = self.c_fc(x).chunk(2, dim=-1)
-            h = F.silu(gate) * up
+            h = GATES[self.activation](gate) * up
         else:
             h = linear_activation(x, self.c_fc, self.activation)  # (..., hidden)
         return self.dropout(self.c_proj(h))
@@ -70,15 +73,18 @@ class TransformerBlock(nn.Module):
     def __init__(self, dim: int, n_heads: int, mlp_hidden: int | None = None, activation: str = "gelu",
                  norm: str = "layernorm", norm_eps: float = 1e-5, pre_ln: bool = True, bias: bool = True,
                  dropout: float = 0.0, cross_attention: bool = False, context_dim: int | None = None,
-                 rotary: RotaryEmbedding | None = None):
+                 rotary: RotaryEmbedding | None = None, attn_inner_dim: int | None = None,
+                 attn_scale: float | None = None):
         super().__init__()
         self.pre_ln = pre_ln
         self.ln_1 = make_norm(norm, dim, norm_eps, bias)
-        self.attn = MultiHeadAttention(dim, n_heads, bias=bias, dropout=dropout, rotary=rotary)
+        self.attn = MultiHeadAttention(dim, n_heads, bias=bias, dropout=dropout, rotary=rotary,
+                                       inner_dim=attn_inner_dim, scale=attn_scale)
         if cross_attention:
             self.ln_cross = make_norm(norm, dim, norm_eps, bias)
             self.cross_attn = MultiHeadAttention(dim, n_heads, bias=bias, dropout=dropout, cross=True,
-                                                 context_dim=context_dim)
+                                                 context_dim=context_dim, inner_dim=attn_inner_dim,
+                                                 scale=attn_scale)
         else:
             self.cross_attn = None
         self.ln_2 = make_norm(norm, dim, norm_eps, bias)
@@ -91,7 +97,8 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x, attn_mask=None, causal=False, kv_cache=None, layer_idx=0, positions=None,
                 context=None, context_mask=None):
-        """x: (B, T, dim) -> (B, T, dim)."""
+        """x: (B, T, dim) -> (B, T, dim). context: the encoder output (B, S, d) or the cross-attention's
+        `project_context` of it; context_mask: boolean or additive mask over its S positions."""
         x = self._residual(x, self.ln_1, self.attn, attn_mask=attn_mask, causal=causal,
                            kv_cache=kv_cache, layer_idx=layer_idx, positions=positions)
         if self.cross_attn is not None:
