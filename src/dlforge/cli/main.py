@@ -3,6 +3,7 @@
 Every command is a thin layer over a library function (the same code Python users call):
   train gpt  -> dlforge.training.lm.train_language_model
   train bert -> dlforge.training.mlm.train_masked_lm (cli/train_bert.py)
+  train seq2seq -> dlforge.training.seq2seq.train_seq2seq (cli/train_seq2seq.py)
   finetune   -> dlforge.transfer.finetune (cli/finetune.py)
   generate   -> dlforge.text.generation.generate_text
   info       -> dlforge.hub.load_pretrained + the run's metrics
@@ -275,8 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     gpt.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     gpt.set_defaults(func=cmd_train)
     from .train_bert import add_parser as add_train_bert
+    from .train_seq2seq import add_parser as add_train_seq2seq
 
     add_train_bert(families)
+    add_train_seq2seq(families)
 
     gen = sub.add_parser("generate", help="continue a prompt with a trained GPT or a Hugging Face GPT-2",
                          description="Generate text from a dlforge run/model folder or a Hugging Face GPT-2 folder.")

@@ -1,0 +1,218 @@
+"""Sequence-to-sequence training recipe: parallel text -> BPE tokenizer -> Transformer -> Trainer.
+
+This is what `dlforge train seq2seq` runs, and what Python users call as `train_seq2seq(...)`.
+Sources and targets are line-aligned files (plain or gzip). One byte-level BPE tokenizer is trained on
+both sides (a joint vocabulary, whose embedding table the encoder, decoder and output layer share,
+as Vaswani et al. did for En–De). Without validation files, the last `val_fraction` of the pairs is
+held out. Sources are encoded as `<s> x </s>`; the decoder starts from `<s>` and learns to emit `y </s>`.
+
+At every evaluation, besides the validation loss, `eval_samples` validation sources are decoded
+(greedy, or beam search with `eval_beams`) and scored with BLEU and chrF (and ROUGE for
+`task=summarization`); the scores go to metrics.csv and a few sample outputs are printed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.parallel import ParallelBatches, read_parallel
+from ..errors import DlforgeError
+from ..io import atomic_write_json
+from ..metrics.generation import bleu_chrf, rouge
+from ..models.seq2seq import Seq2Seq, Seq2SeqConfig
+from ..text.seq2seq_generation import generate_text2text
+from ..text.tokenizers import BPETokenizer, load_tokenizer
+from .distributed import init_distributed
+from .lm import parse_overrides
+from .trainer import TrainConfig, Trainer, open_run, resolve_device
+
+SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}  # ids 0–3 in this order
+TASKS = ("translation", "summarization")
+
+
+@dataclass
+class Seq2SeqDataConfig:
+    task: str = "translation"  # translation | summarization (adds ROUGE to the evaluation)
+    max_source_length: int = 128  # tokens, special tokens included; longer sources are cut
+    max_target_length: int = 128
+    max_tokens: int = 4096  # padded source + target tokens per batch
+    val_fraction: float = 0.02  # held out when no validation files are given
+    eval_samples: int = 200  # validation sources decoded at each evaluation (0 = loss only)
+    eval_beams: int = 1  # beam size for those decodes
+    eval_max_new_tokens: int = 64
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise DlforgeError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if min(self.max_source_length, self.max_target_length) < 3:
+            raise DlforgeError("max_source_length and max_target_length must be >= 3")
+        if self.max_tokens < 2 * 3:
+            raise DlforgeError(f"max_tokens must be at least a few tokens, got {self.max_tokens}")
+
+
+# Each preset: model shape + data + training fields + the tokenizer's vocab_size.
+# `multi30k` is the recipe measured in benchmarks/RESULTS.md (German→English in 45 CPU minutes);
+# `base` is the paper's Transformer-base; `tiny` is for smoke tests.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(d_model=64, n_encoder_layers=2, n_decoder_layers=2, n_head=2, d_ff=128, max_position=128,
+                 dropout=0.0, vocab_size=600, max_tokens=1024, lr=2e-3, max_steps=200, warmup_steps=20,
+                 eval_interval=100, log_interval=10, eval_samples=20),
+    "multi30k": dict(d_model=256, n_encoder_layers=3, n_decoder_layers=3, n_head=4, d_ff=1024, dropout=0.1,
+                     max_position=128, vocab_size=8000, max_tokens=6000, lr=1e-3, min_lr=5e-5, max_steps=6000,
+                     warmup_steps=400, beta2=0.98, weight_decay=0.01, eval_interval=500, eval_samples=300),
+    "base": dict(d_model=512, n_encoder_layers=6, n_decoder_layers=6, n_head=8, d_ff=2048, dropout=0.1,
+                 max_position=256, vocab_size=32000, max_tokens=25000, lr=7e-4, max_steps=100000,
+                 warmup_steps=4000, beta2=0.98, weight_decay=0.0, eval_interval=2000),
+}
+# set by the tokenizer, not by --set
+_NOT_SETTABLE = {"vocab_size", "source_vocab_size", "pad_token_id", "bos_token_id", "eos_token_id",
+                 "decoder_start_token_id", "forced_bos_token_id", "forced_eos_token_id"}
+
+
+def field_types() -> dict[str, str]:
+    """Every key `--set` accepts for `train seq2seq`, with its type annotation."""
+    types_ = {f.name: f.type for f in fields(Seq2SeqConfig) if f.name not in _NOT_SETTABLE}
+    types_.update({f.name: f.type for f in fields(Seq2SeqDataConfig)})
+    types_.update({f.name: f.type for f in fields(TrainConfig)})
+    return types_
+
+
+def parse_seq2seq_overrides(pairs: list[str]) -> dict:
+    return parse_overrides(pairs, field_types())
+
+
+def resolve_settings(preset: str, overrides: dict) -> tuple[dict, dict, dict, int]:
+    """Preset + overrides -> (Seq2SeqConfig kwargs, Seq2SeqDataConfig kwargs, TrainConfig kwargs, vocab_size)."""
+    if preset not in PRESETS:
+        raise DlforgeError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    settings = {**PRESETS[preset], **overrides}
+    vocab_size = settings.pop("vocab_size")
+    model_keys, data_keys = {f.name for f in fields(Seq2SeqConfig)}, {f.name for f in fields(Seq2SeqDataConfig)}
+    model = {k: v for k, v in settings.items() if k in model_keys}
+    data = {k: v for k, v in settings.items() if k in data_keys}
+    train = {k: v for k, v in settings.items() if k not in model_keys | data_keys}
+    return model, data, train, vocab_size
+
+
+def encode_pairs(tokenizer, sources: list[str], targets: list[str], data: Seq2SeqDataConfig):
+    """Source ids `<s> x </s>` and label ids `y </s>`, cut to the configured lengths (EOS kept last)."""
+    src = tokenizer.encode_batch(sources, padding=False, truncation=True, max_length=data.max_source_length,
+                                 add_special_tokens=True, return_tensors=None)["input_ids"]
+    tgt = tokenizer.encode_batch(targets, padding=False, return_tensors=None)["input_ids"]
+    eos = tokenizer.eos_token_id
+    tgt = [t[:data.max_target_length - 1] + [eos] for t in tgt]
+    return src, tgt
+
+
+class TranslationEvaluator:
+    """The `on_eval` hook: decode some validation sources, score them, log the scores, print samples."""
+
+    def __init__(self, sources: list[str], references: list[str], data: Seq2SeqDataConfig, progress: bool):
+        self.sources, self.references, self.data, self.progress = sources, references, data, progress
+        self.history: list[dict] = []
+
+    def __call__(self, trainer: Trainer, metrics: dict) -> None:
+        if not self.sources:
+            return
+        model = trainer.model
+        start = time.perf_counter()
+        outputs = generate_text2text(model, trainer.tokenizer, self.sources, num_beams=self.data.eval_beams,
+                                     max_new_tokens=self.data.eval_max_new_tokens,
+                                     max_source_length=self.data.max_source_length)
+        scores = bleu_chrf(outputs, self.references)
+        if self.data.task == "summarization":
+            scores.update(rouge(outputs, self.references))
+        scores = {k: round(v, 2) for k, v in scores.items()}
+        row = {"step": metrics["step"], "elapsed_s": round(trainer.elapsed, 1), **scores,
+               "decode_s": round(time.perf_counter() - start, 1)}
+        self.history.append(row)
+        atomic_write_json(trainer.run_dir / "eval_scores.json", self.history)
+        if self.progress:
+            shown = ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
+            lines = [f"step {metrics['step']}: val loss {metrics['val_loss']:.3f}, {shown}"]
+            for source, output, reference in list(zip(self.sources, outputs, self.references))[:3]:
+                lines += [f"  source: {source}", f"  output: {output}", f"  reference: {reference}"]
+            tqdm.write("\n".join(lines))
+
+
+def train_seq2seq(source: str | Path | None, target: str | Path | None, out: str | Path,
+                  valid_source: str | Path | None = None, valid_target: str | Path | None = None,
+                  preset: str = "multi30k", overrides: dict | None = None, vocab_size: int | None = None,
+                  resume: bool = False, seed: int | None = None, on_eval: Callable | None = None,
+                  progress: bool = True) -> dict:
+    """Train (or resume) an encoder–decoder Transformer on line-aligned parallel text; returns the Trainer's
+    final metrics plus the last evaluation's scores (`scores`)."""
+    out = Path(out)
+    run_file = out / "run.json"
+    run = open_run(out, resume)
+    if run is not None:
+        run["train"].update({k: v for k, v in (overrides or {}).items() if k in ("max_steps", "max_minutes")})
+    else:
+        if source is None or target is None:
+            raise DlforgeError("--source and --target are required: two line-aligned UTF-8 files (plain or .gz)")
+        if (valid_source is None) != (valid_target is None):
+            raise DlforgeError("give both --valid-source and --valid-target, or neither (then part of the "
+                               "training pairs is held out)")
+        model_kwargs, data_kwargs, train_kwargs, preset_vocab = resolve_settings(preset, overrides or {})
+        if seed is not None:
+            train_kwargs["seed"] = seed
+        TrainConfig(**train_kwargs)  # validate before the slow setup
+        data_config = Seq2SeqDataConfig(**data_kwargs)
+        shape = Seq2SeqConfig(**model_kwargs)
+        longest = max(data_config.max_source_length, data_config.max_target_length)
+        if shape.positional != "relative" and longest > shape.max_position:
+            raise DlforgeError(f"max_source_length/max_target_length ({longest}) exceed the model's max_position "
+                               f"({shape.max_position}): lower them or raise max_position with --set")
+        files = [source, target] + ([valid_source, valid_target] if valid_source else [])
+        run = {"kind": "seq2seq", "files": [str(Path(f).resolve()) for f in files], "preset": preset,
+               "vocab_size": vocab_size or preset_vocab, "model": model_kwargs,
+               "data_config": asdict(data_config), "train": train_kwargs}
+    train_config = TrainConfig(**run["train"])
+    data_config = Seq2SeqDataConfig(**run["data_config"])
+    dist = init_distributed(resolve_device(train_config.device).type)
+    dist.barrier()
+    sources, targets = read_parallel(*run["files"][:2])
+    if len(run["files"]) == 4:
+        val_sources, val_targets = read_parallel(*run["files"][2:])
+    else:
+        n_val = max(1, round(len(sources) * data_config.val_fraction))
+        if len(sources) - n_val < 1:
+            raise DlforgeError(f"only {len(sources)} pair(s): give more, or validation files")
+        sources, val_sources = sources[:-n_val], sources[-n_val:]
+        targets, val_targets = targets[:-n_val], targets[-n_val:]
+    if dist.is_main and not resume:  # run.json is written last: a failed setup leaves no half-made run behind
+        tok = BPETokenizer.train(sources + targets, vocab_size=run["vocab_size"], special_tokens=SPECIAL_TOKENS)
+        tok.save(out)
+        ids = {name: tok.token_to_id(token) for name, token in SPECIAL_TOKENS.items()}
+        run["model"] = asdict(Seq2SeqConfig(
+            vocab_size=tok.vocab_size, pad_token_id=ids["pad"], bos_token_id=ids["bos"], eos_token_id=ids["eos"],
+            decoder_start_token_id=ids["bos"], **run["model"]))
+        atomic_write_json(run_file, run)
+    dist.barrier()
+    run = json.loads(run_file.read_text(encoding="utf-8"))
+    tok = load_tokenizer(out)
+    model_config = Seq2SeqConfig.from_dict(run["model"])
+    src_ids, tgt_ids = encode_pairs(tok, sources, targets, data_config)
+    val_src_ids, val_tgt_ids = encode_pairs(tok, val_sources, val_targets, data_config)
+    batches = ParallelBatches(src_ids, tgt_ids, val_src_ids, val_tgt_ids, model_config.pad_token_id,
+                              data_config.max_tokens, seed=train_config.seed, grad_accum=train_config.grad_accum)
+    torch.manual_seed(train_config.seed)
+    model = Seq2Seq(model_config)
+    n_eval = min(data_config.eval_samples, len(val_sources))
+    evaluator = TranslationEvaluator(val_sources[:n_eval], val_targets[:n_eval], data_config, progress)
+
+    def after_eval(trainer, metrics):
+        evaluator(trainer, metrics)
+        if on_eval is not None:
+            on_eval(trainer, metrics)
+
+    trainer = Trainer(model, train_config, batches, out, tokenizer=tok, on_eval=after_eval, progress=progress)
+    result = trainer.fit(resume=resume)
+    return {**result, "scores": evaluator.history[-1] if evaluator.history else None}
