@@ -84,7 +84,8 @@ def main():
                                           "decode_s": round(seconds, 1)}
         if beams == 4:
             (out / "test_beam4.en").write_text("\n".join(outputs) + "\n", encoding="utf-8")
-    print(f"\ntrained {figures['train_minutes']} min, {result['step']} steps; best val loss {result['best_val_loss']:.4f}")
+    print(f"\ntrained {figures['train_minutes']} min, {result['step']} steps; "
+          f"best val loss {result['best_val_loss']:.4f}")
     print("val BLEU curve (greedy, 300 sentences): " +
           ", ".join(f"{h['elapsed_s'] / 60:.0f} min {h['bleu']:.1f}" for h in history))
     print_table(rows, ["decoding", "test BLEU", "chrF", "decode s"])

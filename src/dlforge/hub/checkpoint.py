@@ -6,7 +6,8 @@ A dlforge model directory holds:
   tokenizer files    whatever the tokenizer saves (tokenizer.json, tokenizer_config.json)
 
 `load_pretrained(path)` accepts such a directory, a training run folder (it picks the best, else
-the latest checkpoint), or a Hugging Face checkpoint directory of a supported architecture.
+the latest checkpoint), or a Hugging Face checkpoint directory of a supported architecture
+(GPT-2, BERT, RoBERTa, DistilBERT, T5, BART).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def load_pretrained(path: str | Path, expected_kind: str | None = None, task: st
     """
     from ..models import MODEL_CLASSES
     from ..text.tokenizers import load_tokenizer
-    from . import bert, gpt2
+    from . import bart, bert, gpt2, t5
 
     directory = resolve_model_dir(path)
     raw = read_config(directory)
@@ -133,10 +134,16 @@ def load_pretrained(path: str | Path, expected_kind: str | None = None, task: st
         if expected_kind and expected_kind != "gpt":
             raise DlforgeError(f"{directory} holds a GPT-2 model, but this command needs a {expected_kind} model")
         model = gpt2.load_hf_gpt2(directory, raw)
+    elif raw.get("model_type") in ("t5", "bart"):
+        if expected_kind and expected_kind != "seq2seq":
+            raise DlforgeError(f"{directory} holds a {raw['model_type'].upper()} model, but this command needs a "
+                               f"{expected_kind} model")
+        loader = t5.load_hf_t5 if raw["model_type"] == "t5" else bart.load_hf_bart
+        model = loader(directory, raw)
     else:
         found = raw.get("model_type", "no 'model_type'")
         raise DlforgeError(f"{directory} is not a model dlforge can load ({found}); supported: dlforge models, "
-                           "Hugging Face gpt2, bert, roberta, distilbert")
+                           "Hugging Face gpt2, bert, roberta, distilbert, t5, bart")
     has_tokenizer = any((directory / f).is_file() for f in ("tokenizer.json", "vocab.json", "vocab.txt"))
     tokenizer = load_tokenizer(directory) if has_tokenizer else None
     model.eval()

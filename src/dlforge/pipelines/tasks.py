@@ -186,18 +186,21 @@ class TextGeneration(Pipeline):
 
 # these build on the classes above
 from .question_answering import QuestionAnswering  # noqa: E402
+from .text2text import TRANSLATION_TASK, Summarization, Text2TextGeneration, Translation  # noqa: E402
 from .token_classification import TokenClassification  # noqa: E402
 from .zero_shot import ZeroShotClassification  # noqa: E402
 
 PIPELINES = {p.task_name: p for p in (TextClassification, FeatureExtraction, SentenceSimilarity, FillMask,
                                       TextGeneration, ZeroShotClassification, TokenClassification,
-                                      QuestionAnswering)}
+                                      QuestionAnswering, Text2TextGeneration, Translation, Summarization)}
 ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 
 
 def pipeline(task: str, model, tokenizer=None, **kwargs) -> Pipeline:
     """Build the pipeline for `task` from a model folder (or a (model, tokenizer) pair via `tokenizer=`)."""
     name = ALIASES.get(task, task)
+    if TRANSLATION_TASK.match(name):  # translation_en_to_de: the language pair picks a T5 task prefix
+        return Translation(model, tokenizer, task=name, **kwargs)
     if name not in PIPELINES:
         raise DlforgeError(f"unknown task {task!r}: choose one of {', '.join(sorted([*PIPELINES, *ALIASES]))}")
     return PIPELINES[name](model, tokenizer, **kwargs)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DlforgeError
-from .generation import choose_next_token, GenerationConfig
+from .generation import GenerationConfig, choose_next_token
 
 FAR = -1.0e9  # the score of an empty slot: below any real summed log-probability
 
@@ -215,13 +215,13 @@ def beam_search(model, input_ids, attention_mask, config: Seq2SeqGenerationConfi
         origin, tokens = top_index // V, top_index % V  # which beam each extends, with which token
         candidates = running.gather(1, origin[:, :, None].expand(B, 2 * K, running.size(2))).clone()
         candidates[:, :, length] = tokens
-        ends = tokens == config.eos_token_id if config.eos_token_id is not None else torch.zeros_like(tokens, dtype=torch.bool)
+        ends = tokens == (config.eos_token_id if config.eos_token_id is not None else -1)
         if step == max_new - 1:
             ends = torch.ones_like(ends)  # the length limit finishes every candidate
         # 1. candidates that end here, ranked in the top K, become hypotheses of sources still open
         full = finished_real.all(dim=1) & (config.early_stopping is True)
         accepted = ends & rank_in_top_k & (can_improve & ~full)[:, None]
-        new_scores = torch.where(accepted, top_scores / (length ** lp), torch.full_like(top_scores, FAR))
+        new_scores = torch.where(accepted, top_scores / (length ** lp), torch.full_like(top_scores, 2 * FAR))
         merged_scores = torch.cat([finished_scores, new_scores], dim=1)  # (B, 3K)
         keep = merged_scores.topk(K, dim=1).indices  # (B, K)
         finished_scores = merged_scores.gather(1, keep)
