@@ -6,6 +6,7 @@ Every command is a thin layer over a library function (the same code Python user
   train seq2seq -> dlforge.training.seq2seq.train_seq2seq (cli/train_seq2seq.py)
   finetune   -> dlforge.transfer.finetune (cli/finetune.py)
   generate   -> dlforge.text.generation.generate_text
+  attention  -> dlforge.text.attention_map (cross-attention heatmap of a translation)
   info       -> dlforge.hub.load_pretrained + the run's metrics
   demo       -> train_language_model on the bundled tiny Shakespeare, with samples as it goes
 
@@ -161,6 +162,12 @@ TASK_FLAGS = {
     "hypothesis_template": ("--hypothesis-template", ("zero-shot-classification",), "hypothesis_template"),
     "multi_label": ("--multi-label", ("zero-shot-classification",), "multi_label"),
 }
+SEQ2SEQ_TASKS = ("translation", "summarization", "text2text-generation")
+# generation flags of the encoder-decoder pipelines, under Hugging Face's keyword names
+for _name in ("min_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "length_penalty",
+              "no_repeat_ngram_size", "early_stopping", "num_return_sequences", "repetition_penalty", "prefix"):
+    TASK_FLAGS[_name] = ("--" + _name.replace("_", "-"), SEQ2SEQ_TASKS, _name)
+TASK_FLAGS["top_k"] = ("--top-k", TASK_FLAGS["top_k"][1] + SEQ2SEQ_TASKS, "top_k")
 
 
 def cmd_pipeline(args) -> int:
@@ -199,14 +206,37 @@ def cmd_pipeline(args) -> int:
         options["targets"] = [t for group in options["targets"] for t in group.split(",") if t]
     if args.task != "question-answering" and any(isinstance(t, dict) for t in texts):
         raise DlforgeError(f"the records of {args.file} have no 'text' field: choose the field to use with --column")
+    seq2seq = task in SEQ2SEQ_TASKS or task.startswith("translation_")
+    prefix = options.pop("prefix", None)
     runner = pipeline(args.task, args.model, batch_size=args.batch_size, device=args.device,
-                      **({"max_length": args.max_length} if args.max_length else {}))
+                      **({"max_length": args.max_length} if args.max_length else {}),
+                      **({"prefix": prefix} if prefix is not None else {}))
     if zero_shot:
         options["candidate_labels"] = [label for group in args.candidate_labels or [] for label in group.split(",")]
     if task == "text-generation":
-        options.update(max_new_tokens=args.max_new_tokens, seed=args.seed)
+        options.update(max_new_tokens=args.max_new_tokens or 50, seed=args.seed)
+    if seq2seq:
+        options.update(seed=args.seed, **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}))
+        if options.get("early_stopping") in ("true", "false"):
+            options["early_stopping"] = options["early_stopping"] == "true"
     for text, result in zip(texts, runner(texts, **options)):
         print(json.dumps({"input": text, "output": result}, ensure_ascii=False))
+    return 0
+
+
+# -------------------------------------------------------------------------------------- attention
+def cmd_attention(args) -> int:
+    from ..hub import load_pretrained
+    from ..text.attention_map import cross_attention, plot_cross_attention
+
+    model, tokenizer = load_pretrained(args.model, expected_kind="seq2seq")
+    if tokenizer is None:
+        raise DlforgeError(f"{args.model} has no tokenizer files (tokenizer.json)")
+    result = cross_attention(model, tokenizer, args.source, num_beams=args.num_beams,
+                             max_new_tokens=args.max_new_tokens)
+    path = plot_cross_attention(result, args.out, layer=args.layer, head=args.head)
+    print(f"output: {result.translation}")
+    print(f"heatmap: {path}")
     return 0
 
 
@@ -345,12 +375,42 @@ def build_parser() -> argparse.ArgumentParser:
                       help="question-answering: allow the empty answer when the context holds none")
     pipe.add_argument("--max-length", type=_positive_int,
                       help="tokens per input; longer inputs are truncated (default: the model's limit, at most 512)")
-    pipe.add_argument("--max-new-tokens", type=_positive_int, default=50, help="text-generation length")
-    pipe.add_argument("--seed", type=int, help="text-generation random seed")
+    pipe.add_argument("--max-new-tokens", type=_positive_int,
+                      help="generated tokens at most (text-generation: default 50; translation, summarization, "
+                           "text2text-generation: default 128)")
+    pipe.add_argument("--seed", type=int, help="random seed for sampling (text-generation, --do-sample)")
+    gen = pipe.add_argument_group("translation, summarization, text2text-generation (Hugging Face generate() names)")
+    gen.add_argument("--num-beams", type=_positive_int, help="beam search with this many beams (default 1: greedy)")
+    gen.add_argument("--min-new-tokens", type=int, help="no end-of-sequence before this many tokens")
+    gen.add_argument("--do-sample", action="store_true", help="sample instead of greedy/beam search")
+    gen.add_argument("--temperature", type=_positive_float, help="sampling temperature")
+    gen.add_argument("--top-p", type=_positive_float, help="nucleus sampling: smallest token set with this mass")
+    gen.add_argument("--repetition-penalty", type=_positive_float, help="divide seen tokens' logits (1 = off)")
+    gen.add_argument("--length-penalty", type=float, help="beam score = log-prob / length**this (default 1)")
+    gen.add_argument("--no-repeat-ngram-size", type=int, help="never repeat an n-gram of this size")
+    gen.add_argument("--early-stopping", choices=("true", "false", "never"),
+                     help="beam search: stop at num_beams finished hypotheses (true), by the heuristic (false, "
+                          "default) or never")
+    gen.add_argument("--num-return-sequences", type=_positive_int, help="outputs per input (<= --num-beams)")
+    gen.add_argument("--prefix", help="text put before every input (default: the T5 checkpoint's task prefix)")
     pipe.add_argument("--batch-size", type=_positive_int, default=32, help="inputs per forward pass")
     pipe.add_argument("--device", help="where the model runs: cpu (default), cuda, cuda:N or auto")
     pipe.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     pipe.set_defaults(func=cmd_pipeline)
+
+    attn = sub.add_parser("attention", help="heatmap of a translation's cross-attention weights (PNG)",
+                          description="Translate --source with an encoder-decoder model and draw which source "
+                                      "tokens each output token attended to (cross-attention), for one layer and "
+                                      "head, one layer averaged over heads, or all layers averaged (default).")
+    attn.add_argument("model", help="a `dlforge train seq2seq` run or model folder, or a T5/BART folder")
+    attn.add_argument("--source", required=True, help="the text to translate")
+    attn.add_argument("--out", default="attention.png", help="PNG to write (default attention.png)")
+    attn.add_argument("--layer", type=int, help="decoder layer (default: average of all layers)")
+    attn.add_argument("--head", type=int, help="head within --layer (default: average of the heads)")
+    attn.add_argument("--num-beams", type=_positive_int, default=1, help="beam search for the translation")
+    attn.add_argument("--max-new-tokens", type=_positive_int, default=64, help="longest translation in tokens")
+    attn.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    attn.set_defaults(func=cmd_attention)
 
     from .finetune import add_parser as add_finetune
 
