@@ -28,3 +28,18 @@ def test_transfer_text_example_runs_every_stage(tmp_path, shared_data, minilm_di
     for run in ("sst2-full", "sst2-lora", "sst2-student", "wnut17", "squad"):
         assert (out / run / "model" / "model.safetensors").is_file()
         assert json.loads((out / run / "report.json").read_text())["eval_examples"] > 0
+
+
+@pytest.mark.slow
+def test_translate_example_trains_translates_and_draws(tmp_path, shared_data, subprocess_env):
+    pytest.importorskip("sacrebleu", reason="the example scores BLEU: pip install 'dlforge[seq2seq]'")
+    if not (shared_data / "multi30k" / "train.de.gz").is_file():
+        pytest.skip(f"multi30k not found in {shared_data}")
+    out = tmp_path / "translate"
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "translate.py"), "--steps", "5",
+                           "--out", str(out)], env={**subprocess_env, "DLFORGE_DATA": str(shared_data)},
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for line in ("trained 5 steps", "test BLEU on 100 sentences (beam 4)", "attention map:"):
+        assert line in done.stdout, done.stdout
+    assert (out / "attention.png").is_file() and (out / "run" / "checkpoints" / "best").is_dir()

@@ -17,6 +17,8 @@ def cmd_train_seq2seq(args) -> int:
         overrides["max_steps"] = args.max_steps
     if args.minutes is not None:
         overrides["max_minutes"] = args.minutes
+    if args.separate_vocab:
+        overrides["joint_vocabulary"] = False
     result = train_seq2seq(args.source, args.target, args.out, valid_source=args.valid_source,
                            valid_target=args.valid_target, preset=args.preset, overrides=overrides,
                            vocab_size=args.vocab_size, resume=args.resume, seed=args.seed, progress=not args.quiet)
@@ -47,7 +49,9 @@ def add_parser(families) -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a model, data or training field, e.g. --set d_model=512 --set "
                              "max_tokens=8000 --set task=summarization --set eval_beams=4 (repeatable)")
-    parser.add_argument("--vocab-size", type=_positive_int, help="joint BPE vocabulary size (default: the preset's)")
+    parser.add_argument("--vocab-size", type=_positive_int, help="BPE vocabulary size (default: the preset's)")
+    parser.add_argument("--separate-vocab", action="store_true",
+                        help="one BPE vocabulary per side instead of a joint one (e.g. for unrelated scripts)")
     parser.add_argument("--max-steps", type=_positive_int, help="optimizer steps (the LR schedule ends here)")
     parser.add_argument("--minutes", type=_positive_float, help="wall-clock budget; the schedule is fitted to it")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

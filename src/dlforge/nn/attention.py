@@ -102,8 +102,9 @@ class KVCache:
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep row rows[i] of every buffer as row i (beam search: each beam continues some earlier beam)."""
-        self.keys = [k.index_select(0, rows) for k in self.keys]
-        self.values = [v.index_select(0, rows) for v in self.values]
+        filled = slice(0, self.length)  # only the stored positions: the rest of the buffer is never read
+        for buffer in (*self.keys, *self.values):
+            buffer[:, :, filled] = buffer[:, :, filled].index_select(0, rows)
 
 
 class MultiHeadAttention(nn.Module):

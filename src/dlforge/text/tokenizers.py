@@ -728,6 +728,32 @@ def _load_vocab_txt(directory: Path) -> Tokenizer:
     return HFTokenizer(tokenizer, specials)
 
 
+class SourceTargetTokenizer:
+    """The two vocabularies of a sequence-to-sequence model trained with separate ones: inputs are encoded with
+    `source`, outputs decoded with `target` (everything not about encoding, e.g. `decode`, `eos_token_id`,
+    `vocab_size`, is the target's). Saved as the target's files plus a `source_tokenizer/` folder."""
+
+    SOURCE_DIR = "source_tokenizer"
+
+    def __init__(self, source: Tokenizer, target: Tokenizer):
+        self.source, self.target = source, target
+
+    def __getattr__(self, name: str):
+        return getattr(self.target, name)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self.source.encode(text, add_special_tokens)
+
+    def encode_batch(self, texts: list[str], **options) -> dict:
+        return self.source.encode_batch(texts, **options)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        self.target.save(directory)
+        (directory / self.SOURCE_DIR).mkdir(parents=True, exist_ok=True)
+        self.source.save(directory / self.SOURCE_DIR)
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load a tokenizer from a directory or a tokenizer.json file.
 
@@ -741,6 +767,12 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         raise DlforgeError(f"tokenizer path {path} does not exist; check the path")
     if path.is_file():
         return _load_tokenizer_json(path)
+    if (path / SourceTargetTokenizer.SOURCE_DIR).is_dir():  # a seq2seq model with separate vocabularies
+        target = load_tokenizer(path / "tokenizer.json") if (path / "tokenizer.json").is_file() else None
+        if target is None:
+            raise DlforgeError(f"{path} has a {SourceTargetTokenizer.SOURCE_DIR}/ but no tokenizer.json for the "
+                               "target side: the model folder is incomplete")
+        return SourceTargetTokenizer(load_tokenizer(path / SourceTargetTokenizer.SOURCE_DIR), target)
     if (path / "tokenizer.json").is_file():
         return _load_tokenizer_json(path / "tokenizer.json")
     if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():

@@ -3,12 +3,14 @@
 This is what `dlforge train seq2seq` runs, and what Python users call as `train_seq2seq(...)`.
 Sources and targets are line-aligned files (plain or gzip). One byte-level BPE tokenizer is trained on
 both sides (a joint vocabulary, whose embedding table the encoder, decoder and output layer share,
-as Vaswani et al. did for En–De). Without validation files, the last `val_fraction` of the pairs is
-held out. Sources are encoded as `<s> x </s>`; the decoder starts from `<s>` and learns to emit `y </s>`.
+as Vaswani et al. did for En–De), or with `joint_vocabulary=False` one per side (the encoder gets its
+own embedding table; the decoder's stays tied to the output layer). Without validation files, the last
+`val_fraction` of the pairs is held out. Sources are encoded as `<s> x </s>`; the decoder starts from
+`<s>` and learns to emit `y </s>`.
 
 At every evaluation, besides the validation loss, `eval_samples` validation sources are decoded
 (greedy, or beam search with `eval_beams`) and scored with BLEU and chrF (and ROUGE for
-`task=summarization`); the scores go to metrics.csv and a few sample outputs are printed.
+`task=summarization`); the scores go to eval_scores.json and a few sample outputs are printed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ..io import atomic_write_json
 from ..metrics.generation import bleu_chrf, rouge
 from ..models.seq2seq import Seq2Seq, Seq2SeqConfig
 from ..text.seq2seq_generation import generate_text2text
-from ..text.tokenizers import BPETokenizer, load_tokenizer
+from ..text.tokenizers import BPETokenizer, SourceTargetTokenizer, load_tokenizer
 from .distributed import init_distributed
 from .lm import parse_overrides
 from .trainer import TrainConfig, Trainer, open_run, resolve_device
@@ -40,6 +42,7 @@ TASKS = ("translation", "summarization")
 @dataclass
 class Seq2SeqDataConfig:
     task: str = "translation"  # translation | summarization (adds ROUGE to the evaluation)
+    joint_vocabulary: bool = True  # one BPE for both sides (shared embeddings); False: one per side
     max_source_length: int = 128  # tokens, special tokens included; longer sources are cut
     max_target_length: int = 128
     max_tokens: int = 4096  # padded source + target tokens per batch
@@ -105,8 +108,9 @@ def encode_pairs(tokenizer, sources: list[str], targets: list[str], data: Seq2Se
     """Source ids `<s> x </s>` and label ids `y </s>`, cut to the configured lengths (EOS kept last)."""
     src = tokenizer.encode_batch(sources, padding=False, truncation=True, max_length=data.max_source_length,
                                  add_special_tokens=True, return_tensors=None)["input_ids"]
-    tgt = tokenizer.encode_batch(targets, padding=False, return_tensors=None)["input_ids"]
-    eos = tokenizer.eos_token_id
+    target_side = getattr(tokenizer, "target", tokenizer)  # separate vocabularies: the target's
+    tgt = target_side.encode_batch(targets, padding=False, return_tensors=None)["input_ids"]
+    eos = target_side.eos_token_id
     tgt = [t[:data.max_target_length - 1] + [eos] for t in tgt]
     return src, tgt
 
@@ -188,12 +192,19 @@ def train_seq2seq(source: str | Path | None, target: str | Path | None, out: str
         sources, val_sources = sources[:-n_val], sources[-n_val:]
         targets, val_targets = targets[:-n_val], targets[-n_val:]
     if dist.is_main and not resume:  # run.json is written last: a failed setup leaves no half-made run behind
-        tok = BPETokenizer.train(sources + targets, vocab_size=run["vocab_size"], special_tokens=SPECIAL_TOKENS)
+        source_vocab = None
+        if data_config.joint_vocabulary:
+            tok = BPETokenizer.train(sources + targets, vocab_size=run["vocab_size"], special_tokens=SPECIAL_TOKENS)
+        else:
+            tok = SourceTargetTokenizer(
+                BPETokenizer.train(sources, vocab_size=run["vocab_size"], special_tokens=SPECIAL_TOKENS),
+                BPETokenizer.train(targets, vocab_size=run["vocab_size"], special_tokens=SPECIAL_TOKENS))
+            source_vocab = tok.source.vocab_size
         tok.save(out)
         ids = {name: tok.token_to_id(token) for name, token in SPECIAL_TOKENS.items()}
         run["model"] = asdict(Seq2SeqConfig(
-            vocab_size=tok.vocab_size, pad_token_id=ids["pad"], bos_token_id=ids["bos"], eos_token_id=ids["eos"],
-            decoder_start_token_id=ids["bos"], **run["model"]))
+            vocab_size=tok.vocab_size, source_vocab_size=source_vocab, pad_token_id=ids["pad"],
+            bos_token_id=ids["bos"], eos_token_id=ids["eos"], decoder_start_token_id=ids["bos"], **run["model"]))
         atomic_write_json(run_file, run)
     dist.barrier()
     run = json.loads(run_file.read_text(encoding="utf-8"))
