@@ -62,9 +62,9 @@ def test_a_small_transformer_learns_the_task_and_reports_bleu(trained):
 def test_the_cross_attention_of_a_reversal_runs_against_the_diagonal(trained):
     run, _ = trained
     model, tok = load_pretrained(run)
-    result = cross_attention(model, tok, "the king speaks to my lord")
-    assert result.translation == "LORD MY TO SPEAK KING THE"
-    grid = result.weights.mean(dim=(0, 1))  # (T_out, S); source tokens: <s> the king speak s to my lord </s>
+    result = cross_attention(model, tok, "the king is not my lord", num_beams=4)
+    assert result.translation == "LORD MY NOT IS KING THE"
+    grid = result.weights.mean(dim=(0, 1))  # (T_out, S); source tokens: <s> the king is not my lord </s>
     assert torch.allclose(result.weights.sum(-1), torch.ones(result.weights.shape[:-1]), atol=1e-4)
     first_out, last_word = result.output_tokens.index("LORD"), result.source_tokens.index("lord")
     assert grid[first_out].argmax().item() == last_word  # the first output word looks at the last source word
@@ -111,9 +111,9 @@ def test_cli_trains_translates_and_draws(tmp_path, parallel_files, trained, caps
     assert main(["pipeline", "translation", "--model", str(tmp_path / "run"), "the king"]) == 0
     assert "translation_text" in capsys.readouterr().out
     run, _ = trained
-    assert main(["pipeline", "translation", "--model", str(run), "the king", "--num-beams", "3"]) == 0
+    assert main(["pipeline", "translation", "--model", str(run), "love and war", "--num-beams", "4"]) == 0
     line = json.loads(capsys.readouterr().out.strip())
-    assert line == {"input": "the king", "output": {"translation_text": "KING THE"}}
+    assert line == {"input": "love and war", "output": {"translation_text": "WAR AND LOVE"}}
     assert main(["attention", str(run), "--source", "the king", "--out", str(tmp_path / "map.png"),
                  "--layer", "1", "--head", "0"]) == 0
     assert (tmp_path / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -264,11 +264,16 @@ class Trainer:
                 elif timed_steps == 25:
                     self._fit_schedule_to_budget(bar, *budget_mark)
                     # 20 steps under-represent variable-length batches and kernels built for new shapes (a
-                    # 30-minute SST-2 run stopped after 20): refine from the next tenth of the steps
+                    # 30-minute SST-2 run stopped after 20): refine from the next tenth of the steps, and again
                     refine_at = self.step + max(1, (self.total_steps - self.step) // 10)
                     budget_mark = (self.elapsed, self.step)
                 elif self.step == refine_at:
                     self._fit_schedule_to_budget(bar, *budget_mark)
+                    budget_mark = (self.elapsed, self.step)
+                    # keep following the pace (other jobs on the machine come and go) until the last third,
+                    # where a new length would bend the learning-rate decay too late
+                    refine_at = (self.step + max(1, (self.total_steps - self.step) // 4)
+                                 if self.step < 2 * self.total_steps // 3 else None)
             out_of_time = self.dist.any(bool(c.max_minutes) and self.elapsed > 60 * c.max_minutes, self.device)
             evaluate_now = self.step % c.eval_interval == 0 or self.step == self.total_steps or out_of_time
             if self.step % c.log_interval == 0 or evaluate_now:
