@@ -36,7 +36,7 @@ def read_split(path: Path) -> list[dict]:
 
 
 def abstract(paper: dict) -> str:
-    return " ".join(s.strip() for s in paper["source"])
+    return " ".join(" ".join(paper["source"]).split())  # one line: sentences may hold newlines
 
 
 def write_pairs(papers: list[dict], folder: Path, name: str) -> tuple[Path, Path]:
@@ -77,7 +77,7 @@ def main():
     outputs = generate_text2text(model, tokenizer, [abstract(p) for p in test], num_beams=4, max_new_tokens=60,
                                  no_repeat_ngram_size=3, max_source_length=320, batch_size=32)
     (out / "test_summaries.txt").write_text("\n".join(outputs) + "\n", encoding="utf-8")
-    lead = [p["source"][0].strip() for p in test]
+    lead = [" ".join(p["source"][0].split()) for p in test]
     rows, figures = [], {"train_minutes": round(result["elapsed_s"] / 60, 1), "steps": result["step"]}
     for name, predictions in (("dlforge Transformer (beam 4)", outputs), ("lead sentence", lead)):
         scores = rouge(predictions, references)

@@ -163,3 +163,21 @@ def test_pipelines_on_cuda_match_cpu(tmp_path, task, head, call):
 
     assert rest(gpu) == rest(cpu)
     assert numbers(gpu) == pytest.approx(numbers(cpu), abs=1e-3)
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "relative"])
+def test_seq2seq_beam_search_on_cuda_matches_cpu(positional):
+    from dlforge.models import Seq2Seq, Seq2SeqConfig
+
+    torch.manual_seed(0)
+    model = Seq2Seq(Seq2SeqConfig(vocab_size=40, d_model=32, n_encoder_layers=2, n_decoder_layers=2, n_head=4,
+                                  d_ff=64, dropout=0.0, positional=positional, tie_embeddings=False)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(4.0)  # peaked distributions: no near-ties for the two devices to break apart
+    ids = torch.randint(3, 40, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[2, 6:] = 0
+    options = dict(num_beams=3, max_new_tokens=12, no_repeat_ngram_size=2)
+    cpu = model.generate(ids, mask, **options)
+    gpu = model.cuda().generate(ids.cuda(), mask.cuda(), **options).cpu()
+    assert torch.equal(gpu, cpu)

@@ -127,7 +127,8 @@ def cmd_info(args) -> int:
             with open(run_dir / "metrics.csv", newline="") as f:
                 rows = list(csv.DictReader(f))
         vals = [float(r["val_loss"]) for r in rows if r.get("val_loss")]
-        info["run"] = {"data": run.get("data"), "preset": run.get("preset"),
+        data = run.get("data") or " + ".join(run.get("files", [])[:2]) or None  # seq2seq: source + target files
+        info["run"] = {"data": data, "preset": run.get("preset"),
                        "steps": int(rows[-1]["step"]) if rows else 0,
                        "best_val_loss": min(vals) if vals else None, "train": run.get("train")}
     if args.json:
