@@ -106,8 +106,8 @@ def _parser_for(path: tuple[str, ...]) -> argparse.ArgumentParser:
 
 
 def test_every_command_is_covered():
-    assert _commands() == [(), ("demo",), ("finetune",), ("generate",), ("info",), ("pipeline",), ("train",),
-                           ("train", "bert"), ("train", "gpt")]
+    assert _commands() == [(), ("attention",), ("demo",), ("finetune",), ("generate",), ("info",), ("pipeline",),
+                           ("train",), ("train", "bert"), ("train", "gpt"), ("train", "seq2seq")]
 
 
 @pytest.mark.parametrize("path", _commands(), ids=lambda p: " ".join(p) or "dlforge")
