@@ -130,3 +130,22 @@ def test_bad_input_gets_a_one_line_error(tmp_path, parallel_files, capsys):
     assert main(["train", "seq2seq", "--source", str(src), "--target", str(tgt), "--out", str(tmp_path / "z"),
                  "--set", "max_source_length=500", "--preset", "tiny"]) == 2
     assert "max_position" in capsys.readouterr().err
+
+
+def test_init_fine_tunes_a_pretrained_model_with_its_own_tokenizer(tmp_path, parallel_files, trained):
+    run, _ = trained
+    src, tgt = parallel_files
+    # a few small steps on the task it learnt: a model that started from the pretrained weights stays good
+    result = train_seq2seq(src, tgt, tmp_path / "ft", init=run, overrides=dict(max_steps=20, eval_interval=20,
+                           lr=1e-4, warmup_steps=2, eval_samples=40), seed=0, progress=False)
+    assert result["scores"]["bleu"] > 60, result["scores"]
+    assert json.loads((tmp_path / "ft" / "run.json").read_text())["init"] == str(run)
+    before, tok = load_pretrained(run)
+    after, tok_after = load_pretrained(tmp_path / "ft")
+    assert tok_after.vocab_size == tok.vocab_size and after.config == before.config
+    changed = [k for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])]
+    assert changed  # trained further from the pretrained weights
+    assert dlforge.pipeline("translation", model=tmp_path / "ft")("love and war", num_beams=4) == \
+        [{"translation_text": "WAR AND LOVE"}]
+    with pytest.raises(DlforgeError, match="shape is the checkpoint's"):
+        train_seq2seq(src, tgt, tmp_path / "bad", init=run, overrides={"d_model": 128}, progress=False)

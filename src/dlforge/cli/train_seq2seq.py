@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import DlforgeError
 from .main import _positive_float, _positive_int, _print_result
 
 
@@ -19,9 +20,13 @@ def cmd_train_seq2seq(args) -> int:
         overrides["max_minutes"] = args.minutes
     if args.separate_vocab:
         overrides["joint_vocabulary"] = False
+    if args.init is not None and (args.preset or args.vocab_size or args.separate_vocab):
+        raise DlforgeError("--init fine-tunes a pretrained model with its own shape and tokenizer: leave out --preset, "
+                           "--vocab-size and --separate-vocab")
     result = train_seq2seq(args.source, args.target, args.out, valid_source=args.valid_source,
-                           valid_target=args.valid_target, preset=args.preset, overrides=overrides,
-                           vocab_size=args.vocab_size, resume=args.resume, seed=args.seed, progress=not args.quiet)
+                           valid_target=args.valid_target, preset=args.preset or "multi30k", overrides=overrides,
+                           vocab_size=args.vocab_size, init=args.init, resume=args.resume, seed=args.seed,
+                           progress=not args.quiet)
     _print_result(result, args.out)
     if result["scores"]:
         print("last evaluation: " + ", ".join(f"{k} {v}" for k, v in result["scores"].items()))
@@ -44,8 +49,12 @@ def add_parser(families) -> argparse.ArgumentParser:
     parser.add_argument("--valid-target", help="validation targets, line-aligned with --valid-source")
     parser.add_argument("--out", required=True, help="run folder for checkpoints, metrics.csv, loss.png, "
                                                      "eval_scores.json")
-    parser.add_argument("--preset", default="multi30k", choices=list(PRESETS),
-                        help="model size + hyperparameters (default: multi30k, a 3+3-layer d=256 Transformer)")
+    parser.add_argument("--preset", choices=list(PRESETS),
+                        help="model size + hyperparameters for training from scratch (default: multi30k, a 3+3-layer "
+                             "d=256 Transformer)")
+    parser.add_argument("--init", metavar="MODEL",
+                        help="fine-tune this pretrained encoder-decoder instead (a dlforge seq2seq run or model, or a "
+                             "Hugging Face T5 / BART folder or hub id), with its tokenizer; default lr 1e-4")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a model, data or training field, e.g. --set d_model=512 --set "
                              "max_tokens=8000 --set task=summarization --set eval_beams=4 (repeatable)")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..data.parallel import ParallelBatches, read_parallel
 from ..errors import DlforgeError
+from ..hub.checkpoint import load_pretrained
 from ..io import atomic_write_json
 from ..metrics.generation import bleu_chrf, rouge
 from ..models.seq2seq import Seq2Seq, Seq2SeqConfig
@@ -74,6 +75,9 @@ PRESETS: dict[str, dict] = {
                  max_position=256, vocab_size=32000, max_tokens=25000, lr=7e-4, max_steps=100000,
                  warmup_steps=4000, beta2=0.98, weight_decay=0.0, eval_interval=2000),
 }
+# fine-tuning a pretrained model (--init): a small learning rate and a short schedule, as for T5/BART fine-tuning
+FINETUNE_SETTINGS = dict(label_smoothing=0.1, max_tokens=4096, lr=1e-4, min_lr=1e-5, max_steps=2000,
+                         warmup_steps=100, weight_decay=0.01, eval_interval=200, vocab_size=None)
 # set by the tokenizer, not by --set
 _NOT_SETTABLE = {"vocab_size", "source_vocab_size", "pad_token_id", "bos_token_id", "eos_token_id",
                  "decoder_start_token_id", "forced_bos_token_id", "forced_eos_token_id"}
@@ -91,11 +95,12 @@ def parse_seq2seq_overrides(pairs: list[str]) -> dict:
     return parse_overrides(pairs, field_types())
 
 
-def resolve_settings(preset: str, overrides: dict) -> tuple[dict, dict, dict, int]:
-    """Preset + overrides -> (Seq2SeqConfig kwargs, Seq2SeqDataConfig kwargs, TrainConfig kwargs, vocab_size)."""
-    if preset not in PRESETS:
+def resolve_settings(preset: str | None, overrides: dict) -> tuple[dict, dict, dict, int]:
+    """Preset (None: FINETUNE_SETTINGS) + overrides -> (Seq2SeqConfig kwargs, Seq2SeqDataConfig kwargs,
+    TrainConfig kwargs, vocab_size)."""
+    if preset is not None and preset not in PRESETS:
         raise DlforgeError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
-    settings = {**PRESETS[preset], **overrides}
+    settings = {**(PRESETS[preset] if preset is not None else FINETUNE_SETTINGS), **overrides}
     vocab_size = settings.pop("vocab_size")
     model_keys, data_keys = {f.name for f in fields(Seq2SeqConfig)}, {f.name for f in fields(Seq2SeqDataConfig)}
     model = {k: v for k, v in settings.items() if k in model_keys}
@@ -146,13 +151,34 @@ class TranslationEvaluator:
             tqdm.write("\n".join(lines))
 
 
+def check_lengths(config: Seq2SeqConfig, data: Seq2SeqDataConfig) -> None:
+    longest = max(data.max_source_length, data.max_target_length)
+    if config.positional != "relative" and longest > config.max_position:
+        raise DlforgeError(f"max_source_length/max_target_length ({longest}) exceed the model's max_position "
+                           f"({config.max_position}): lower them (--set max_source_length=N) or raise max_position")
+
+
+def load_init_model(init: str | Path, data: Seq2SeqDataConfig):
+    """The pretrained encoder–decoder to fine-tune and its tokenizer, checked against the data settings."""
+    model, tokenizer = load_pretrained(init, expected_kind="seq2seq")
+    if tokenizer is None:
+        raise DlforgeError(f"{init} has no tokenizer files (tokenizer.json): fine-tuning uses the model's own")
+    check_lengths(model.config, data)
+    return model, tokenizer
+
+
 def train_seq2seq(source: str | Path | None, target: str | Path | None, out: str | Path,
                   valid_source: str | Path | None = None, valid_target: str | Path | None = None,
                   preset: str = "multi30k", overrides: dict | None = None, vocab_size: int | None = None,
-                  resume: bool = False, seed: int | None = None, on_eval: Callable | None = None,
-                  progress: bool = True) -> dict:
+                  init: str | Path | None = None, resume: bool = False, seed: int | None = None,
+                  on_eval: Callable | None = None, progress: bool = True) -> dict:
     """Train (or resume) an encoder–decoder Transformer on line-aligned parallel text; returns the Trainer's
-    final metrics plus the last evaluation's scores (`scores`)."""
+    final metrics plus the last evaluation's scores (`scores`).
+
+    With `init` (a dlforge seq2seq run or model, or a Hugging Face T5/BART folder) the pretrained model and its
+    tokenizer are fine-tuned instead: `preset` is not used, `FINETUNE_SETTINGS` are the defaults, and only
+    dropout and label_smoothing of the model may be changed.
+    """
     out = Path(out)
     run_file = out / "run.json"
     run = open_run(out, resume)
@@ -164,18 +190,23 @@ def train_seq2seq(source: str | Path | None, target: str | Path | None, out: str
         if (valid_source is None) != (valid_target is None):
             raise DlforgeError("give both --valid-source and --valid-target, or neither (then part of the "
                                "training pairs is held out)")
+        if init is not None:
+            fixed = sorted(k for k in overrides or {} if k in {f.name for f in fields(Seq2SeqConfig)}
+                           and k not in ("dropout", "label_smoothing"))
+            if fixed:
+                raise DlforgeError(f"--set {fixed[0]}: with --init the model's shape is the checkpoint's; only "
+                                   "dropout, label_smoothing and training settings can be changed")
+            preset, vocab_size = None, None
         model_kwargs, data_kwargs, train_kwargs, preset_vocab = resolve_settings(preset, overrides or {})
         if seed is not None:
             train_kwargs["seed"] = seed
         TrainConfig(**train_kwargs)  # validate before the slow setup
         data_config = Seq2SeqDataConfig(**data_kwargs)
-        shape = Seq2SeqConfig(**model_kwargs)
-        longest = max(data_config.max_source_length, data_config.max_target_length)
-        if shape.positional != "relative" and longest > shape.max_position:
-            raise DlforgeError(f"max_source_length/max_target_length ({longest}) exceed the model's max_position "
-                               f"({shape.max_position}): lower them or raise max_position with --set")
+        if init is None:
+            check_lengths(Seq2SeqConfig(**model_kwargs), data_config)
         files = [source, target] + ([valid_source, valid_target] if valid_source else [])
         run = {"kind": "seq2seq", "files": [str(Path(f).resolve()) for f in files], "preset": preset,
+               "init": None if init is None else str(init),
                "vocab_size": vocab_size or preset_vocab, "model": model_kwargs,
                "data_config": asdict(data_config), "train": train_kwargs}
     train_config = TrainConfig(**run["train"])
@@ -191,9 +222,12 @@ def train_seq2seq(source: str | Path | None, target: str | Path | None, out: str
             raise DlforgeError(f"only {len(sources)} pair(s): give more, or validation files")
         sources, val_sources = sources[:-n_val], sources[-n_val:]
         targets, val_targets = targets[:-n_val], targets[-n_val:]
+    pretrained = None
     if dist.is_main and not resume:  # run.json is written last: a failed setup leaves no half-made run behind
         source_vocab = None
-        if data_config.joint_vocabulary:
+        if run.get("init"):
+            pretrained, tok = load_init_model(run["init"], data_config)
+        elif data_config.joint_vocabulary:
             tok = BPETokenizer.train(sources + targets, vocab_size=run["vocab_size"], special_tokens=SPECIAL_TOKENS)
         else:
             tok = SourceTargetTokenizer(
@@ -201,10 +235,13 @@ def train_seq2seq(source: str | Path | None, target: str | Path | None, out: str
                 BPETokenizer.train(targets, vocab_size=run["vocab_size"], special_tokens=SPECIAL_TOKENS))
             source_vocab = tok.source.vocab_size
         tok.save(out)
-        ids = {name: tok.token_to_id(token) for name, token in SPECIAL_TOKENS.items()}
-        run["model"] = asdict(Seq2SeqConfig(
-            vocab_size=tok.vocab_size, source_vocab_size=source_vocab, pad_token_id=ids["pad"],
-            bos_token_id=ids["bos"], eos_token_id=ids["eos"], decoder_start_token_id=ids["bos"], **run["model"]))
+        if pretrained is not None:
+            run["model"] = asdict(replace(pretrained.config, **run["model"]))  # dropout / label_smoothing
+        else:
+            ids = {name: tok.token_to_id(token) for name, token in SPECIAL_TOKENS.items()}
+            run["model"] = asdict(Seq2SeqConfig(
+                vocab_size=tok.vocab_size, source_vocab_size=source_vocab, pad_token_id=ids["pad"],
+                bos_token_id=ids["bos"], eos_token_id=ids["eos"], decoder_start_token_id=ids["bos"], **run["model"]))
         atomic_write_json(run_file, run)
     dist.barrier()
     run = json.loads(run_file.read_text(encoding="utf-8"))
@@ -216,6 +253,10 @@ def train_seq2seq(source: str | Path | None, target: str | Path | None, out: str
                               data_config.max_tokens, seed=train_config.seed, grad_accum=train_config.grad_accum)
     torch.manual_seed(train_config.seed)
     model = Seq2Seq(model_config)
+    if run.get("init") and not resume:  # start from the pretrained weights (resuming: the checkpoint's replace them)
+        if pretrained is None:  # the other processes load it too
+            pretrained, _ = load_init_model(run["init"], data_config)
+        model.load_state_dict(pretrained.state_dict())
     n_eval = min(data_config.eval_samples, len(val_sources))
     evaluator = TranslationEvaluator(val_sources[:n_eval], val_targets[:n_eval], data_config, progress)
 
