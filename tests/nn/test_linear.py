@@ -60,7 +60,7 @@ def test_fusion_only_for_cpu_inference_of_plain_layers():
 
 @needs_onednn
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_linear_at_inference_matches_f_linear(dtype):  # bf16 adds the bias inside the oneDNN kernel
+def test_linear_at_inference_matches_f_linear(dtype):  # one oneDNN call at inference
     torch.manual_seed(0)
     layer = Linear(40, 97).to(dtype)
     x = torch.randn(6, 9, 40, dtype=dtype)

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..errors import DlforgeError
 from ..nn import KVCache, Linear, SinusoidalPositionalEncoding, TransformerBlock, build_attention_mask, make_norm
+from ..nn.linear import linear_plus_bias
 from .config import ModelConfig
 from .outputs import ModelOutput
 
@@ -256,10 +257,11 @@ class Seq2Seq(nn.Module):
                          context_mask=encoder_mask, kv_cache=kv_cache, cross_kv=cross_kv)
         if last_only:
             x = x[:, -1:]
-        logits = self.lm_head(x * self.config.output_scale if self.config.output_scale != 1.0 else x)
+        if self.config.output_scale != 1.0:
+            x = x * self.config.output_scale
         if self.config.final_logits_bias:
-            logits = logits + self.final_logits_bias.to(logits.dtype)
-        return logits
+            return linear_plus_bias(x, self.lm_head, self.final_logits_bias)
+        return self.lm_head(x)
 
     def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: decoder inputs are the labels delayed one step behind the start token."""

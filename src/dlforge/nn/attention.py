@@ -117,7 +117,9 @@ class MultiHeadAttention(nn.Module):
     scores (default 1/√head_dim; T5 uses 1).
 
     Cross-attention's keys and values depend only on the encoder output: `project_context` computes
-    them once per source, and `forward(context=(k, v))` reuses them at every decoding step.
+    them once per source, and `forward(context=(k, v))` reuses them at every decoding step. When x has
+    c rows per source (beams), k and v may be given once per source: the c rows' queries then attend
+    together (no copies of the keys, one larger attention call instead of c small ones).
     With `record_weights = True` the layer computes attention written out and keeps the last
     weights (B, H, Tq, Tk) in `last_weights`, for plots.
     """
@@ -175,6 +177,9 @@ class MultiHeadAttention(nn.Module):
             attn_mask = build_attention_mask(T, k.size(2), causal=True, device=x.device)
         is_causal = causal and attn_mask is None and T > 1
         dropout_p = self.dropout if self.training else 0.0
+        copies = B // k.size(0)
+        if copies > 1:  # beams of one source share its keys: all their queries attend in one row, (B/c, H, c·T, D)
+            q = q.view(-1, copies, self.n_heads, T, self.head_dim).transpose(1, 2).flatten(2, 3)
         if self.record_weights:
             self.last_weights = attention_weights(q, k, attn_mask, is_causal, self.scale)
             y = self.last_weights @ v
@@ -182,5 +187,7 @@ class MultiHeadAttention(nn.Module):
             attend = F.scaled_dot_product_attention if self.use_sdpa else attention_reference
             y = attend(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p,
                        scale=self.scale)  # (B, H, T, D)
+        if copies > 1:
+            y = y.view(-1, self.n_heads, copies, T, self.head_dim).transpose(1, 2).flatten(0, 1)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, self.inner)
         return self.resid_dropout(self.c_proj(y))

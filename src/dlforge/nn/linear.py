@@ -14,8 +14,9 @@ autograd it is one oneDNN call that adds the bias and applies the activation whi
 instead of three passes over a (B, T, 4·d) tensor: all-MiniLM-L6-v2's forward is about 17 % faster in
 both bf16 and fp32 (benchmarks/RESULTS.md §4). Training, GPUs and builds without oneDNN take F.linear
 and F.gelu; tests/nn/test_linear.py compares both paths. For the same reason `Linear` itself, under the
-same conditions and in bf16, adds its bias inside the oneDNN kernel instead of letting F.linear copy the
-broadcast bias into the output first (about 7 % of the bf16 forward; in fp32 it made no difference).
+same conditions, runs as one oneDNN call: the bias is added inside the kernel instead of F.linear copying the
+broadcast bias into the output first (about 7 % of the bf16 encoder forward), and at the few rows of beam-search
+decoding (32 × 512 → 32,128) oneDNN's fp32 kernel is about 15 % faster than F.linear's.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ class Linear(nn.Linear):
                 and self.weight.dtype == torch.float32 and x.numel() == self.in_features * GEMV_MAX_ROWS
                 and self.out_features >= 4 * GEMV_SPLITS):
             return split_gemv(x, self.weight, self.bias)
-        if self.bias is not None and x.dtype == torch.bfloat16 and onednn_fusion_applies(x, self):
-            # F.linear on CPU first copies the broadcast bias into the (rows, N) output, an extra pass over
-            # memory; oneDNN adds it in the kernel. Measured faster in bf16 only (fp32: no difference)
+        if onednn_fusion_applies(x, self):
+            # oneDNN adds the bias inside the kernel, where F.linear on CPU first copies the broadcast bias into
+            # the output (an extra pass over memory), and its fp32 kernels are faster at decoding's few rows
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
@@ -80,3 +81,10 @@ def linear_activation(x: torch.Tensor, layer: nn.Module, activation: str) -> tor
         name, algorithm = ONEDNN_POST_OPS[activation]
         return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, name, [], algorithm)
     return ACTIVATION_FUNCTIONS[activation](layer(x))
+
+
+def linear_plus_bias(x: torch.Tensor, layer: nn.Module, bias: torch.Tensor) -> torch.Tensor:
+    """layer(x) + bias for a layer without its own bias (BART's logits bias), added in the kernel where it can be."""
+    if layer.bias is None and onednn_fusion_applies(x, layer) and bias.dtype == x.dtype:
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, bias, "none", [], "")
+    return layer(x) + bias.to(x.dtype)

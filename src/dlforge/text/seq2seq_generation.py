@@ -131,13 +131,14 @@ class _Decoder:
         self.model, self.use_cache = model, config.use_cache
         encoder_out = model.encode(input_ids, attention_mask)  # (B, S, d), once
         mask = model.cross_attention_mask(attention_mask)  # (B, 1, 1, S) or None
-        # every source is decoded `copies` times (beams or samples): repeat after the encoder, not before
-        self.encoder_mask = None if mask is None else mask.repeat_interleave(copies, dim=0)
+        # every source is decoded `copies` times (beams or samples); with the cache its cross-attention keys stay
+        # one per source (the attention folds the copies' queries together), without it the output is repeated
         if self.use_cache:
-            self.cross_kv = [(k.repeat_interleave(copies, 0), v.repeat_interleave(copies, 0))
-                             for k, v in model.project_context(encoder_out)]
+            self.encoder_mask = mask
+            self.cross_kv = model.project_context(encoder_out)
             self.cache = model.new_kv_cache(input_ids.size(0) * copies, config.max_new_tokens + 1)
         else:
+            self.encoder_mask = None if mask is None else mask.repeat_interleave(copies, dim=0)
             self.encoder_out = encoder_out.repeat_interleave(copies, dim=0)
 
     def next_log_probs(self, sequences: torch.Tensor) -> torch.Tensor:
