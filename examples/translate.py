@@ -1,7 +1,7 @@
 """Train a German→English translator on Multi30k, translate with beam search, and look at its attention.
 
     .venv/bin/python examples/translate.py                    # 10 minutes of training on a 2-core CPU
-    .venv/bin/python examples/translate.py --minutes 45       # the benchmarked recipe (about 35 test BLEU)
+    .venv/bin/python examples/translate.py --minutes 45       # the benchmarked recipe (40 test BLEU)
     .venv/bin/python examples/translate.py --steps 20         # a quick look (untrained)
 
 Reads ../shared/data/multi30k (or $DLFORGE_DATA/multi30k). Writes the run folder (checkpoints, metrics.csv,

@@ -14,9 +14,10 @@ autograd it is one oneDNN call that adds the bias and applies the activation whi
 instead of three passes over a (B, T, 4·d) tensor: all-MiniLM-L6-v2's forward is about 17 % faster in
 both bf16 and fp32 (benchmarks/RESULTS.md §4). Training, GPUs and builds without oneDNN take F.linear
 and F.gelu; tests/nn/test_linear.py compares both paths. For the same reason `Linear` itself, under the
-same conditions, runs as one oneDNN call: the bias is added inside the kernel instead of F.linear copying the
-broadcast bias into the output first (about 7 % of the bf16 encoder forward), and at the few rows of beam-search
-decoding (32 × 512 → 32,128) oneDNN's fp32 kernel is about 15 % faster than F.linear's.
+same conditions, runs as one oneDNN call in bf16: the bias is added inside the kernel instead of F.linear copying the
+broadcast bias into the output first (about 7 % of the bf16 encoder forward); in fp32 only for up to
+`ONEDNN_FP32_MAX_ROWS` rows, where oneDNN's kernel is about 15 % faster (beam search: 32 × 512 → 32,128) — at an
+encoder's thousands of rows it is not.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch import nn
 
 GEMV_SPLITS = 8
 GEMV_MAX_ROWS = 1
+ONEDNN_FP32_MAX_ROWS = 256  # fp32 inputs up to this many rows take oneDNN (bf16: any number)
 
 
 def split_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -53,9 +55,10 @@ class Linear(nn.Linear):
                 and self.weight.dtype == torch.float32 and x.numel() == self.in_features * GEMV_MAX_ROWS
                 and self.out_features >= 4 * GEMV_SPLITS):
             return split_gemv(x, self.weight, self.bias)
-        if onednn_fusion_applies(x, self):
+        if onednn_fusion_applies(x, self) and (x.dtype == torch.bfloat16 or x.numel() <= ONEDNN_FP32_MAX_ROWS
+                                                * self.in_features):
             # oneDNN adds the bias inside the kernel, where F.linear on CPU first copies the broadcast bias into
-            # the output (an extra pass over memory), and its fp32 kernels are faster at decoding's few rows
+            # the output (an extra pass over memory); in fp32 only its kernels for few rows (decoding) are faster
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
