@@ -55,11 +55,25 @@ def _convert(value: str, annotation: str, key: str):
         raise DlforgeError(f"--set {key}={value}: expected a value of type {kind}") from None
 
 
+def settable_fields(*config_classes, exclude=()) -> dict[str, str]:
+    """{field: type annotation} of the config dataclasses (model, data, TrainConfig), minus `exclude`: the keys
+    a recipe's `--set` accepts."""
+    return {f.name: f.type for cls in config_classes for f in fields(cls) if f.name not in exclude}
+
+
+def split_settings(settings: dict, *config_classes) -> list[dict]:
+    """Settings -> one kwargs dict per config class, in order, and a last one with the rest (TrainConfig's)."""
+    parts, taken = [], set()
+    for cls in config_classes:
+        names = {f.name for f in fields(cls)}
+        parts.append({k: v for k, v in settings.items() if k in names})
+        taken |= names
+    return parts + [{k: v for k, v in settings.items() if k not in taken}]
+
+
 def field_types() -> dict[str, str]:
-    types_ = {f.name: f.type for f in fields(GPTConfig)}
-    types_.update({f.name: f.type for f in fields(TrainConfig)})
-    types_.pop("vocab_size")  # set by the tokenizer (use --vocab-size for BPE)
-    return types_
+    # vocab_size is set by the tokenizer (use --vocab-size for BPE)
+    return settable_fields(GPTConfig, TrainConfig, exclude={"vocab_size"})
 
 
 def parse_overrides(pairs: list[str], known: dict[str, str] | None = None) -> dict:
@@ -84,10 +98,7 @@ def resolve_settings(preset: str, overrides: dict) -> tuple[dict, dict]:
     """Split preset + overrides into (GPTConfig kwargs without vocab_size, TrainConfig kwargs)."""
     if preset not in PRESETS:
         raise DlforgeError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
-    settings = {**PRESETS[preset], **overrides}
-    model_keys = {f.name for f in fields(GPTConfig)}
-    model = {k: v for k, v in settings.items() if k in model_keys}
-    train = {k: v for k, v in settings.items() if k not in model_keys}
+    model, train = split_settings({**PRESETS[preset], **overrides}, GPTConfig)
     return model, train
 
 
@@ -110,10 +121,8 @@ def train_language_model(data: str | Path, out: str | Path, preset: str = "shake
     """
     out = Path(out)
     run_file = out / "run.json"
-    run = open_run(out, resume)
-    if run is not None:
-        run["train"].update({k: v for k, v in (overrides or {}).items() if k in ("max_steps", "max_minutes")})
-    else:
+    run = open_run(out, resume, overrides=overrides)
+    if run is None:
         model_kwargs, train_kwargs = resolve_settings(preset, overrides or {})
         if seed is not None:
             train_kwargs["seed"] = seed

@@ -40,7 +40,7 @@ from ..text.tokenizers import (
     load_tokenizer,
 )
 from .distributed import init_distributed
-from .lm import parse_overrides
+from .lm import parse_overrides, settable_fields, split_settings
 from .trainer import TrainConfig, Trainer, open_run, resolve_device
 
 
@@ -90,10 +90,7 @@ _DAPT_MODEL_KEYS = {"dropout"}  # the only encoder field that --init leaves free
 
 def field_types() -> dict[str, str]:
     """Every key `--set` accepts for `train bert`, with its type annotation."""
-    types_ = {f.name: f.type for f in fields(BertConfig) if f.name not in _NOT_SETTABLE}
-    types_.update({f.name: f.type for f in fields(MLMDataConfig)})
-    types_.update({f.name: f.type for f in fields(TrainConfig)})
-    return types_
+    return settable_fields(BertConfig, MLMDataConfig, TrainConfig, exclude=_NOT_SETTABLE)
 
 
 def parse_bert_overrides(pairs: list[str]) -> dict:
@@ -119,11 +116,7 @@ def resolve_settings(preset: str | None, overrides: dict, init: str | None) -> t
             raise DlforgeError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
         settings = {**PRESETS[preset], **overrides}
     vocab_size = settings.pop("vocab_size", None)
-    model_keys = {f.name for f in fields(BertConfig)}
-    data_keys = {f.name for f in fields(MLMDataConfig)}
-    model = {k: v for k, v in settings.items() if k in model_keys}
-    data = {k: v for k, v in settings.items() if k in data_keys}
-    train = {k: v for k, v in settings.items() if k not in model_keys | data_keys}
+    model, data, train = split_settings(settings, BertConfig, MLMDataConfig)
     return model, data, train, vocab_size
 
 
@@ -234,10 +227,8 @@ def train_masked_lm(data: str | Path | None, out: str | Path, preset: str | None
     """
     out = Path(out)
     run_file = out / "run.json"
-    run = open_run(out, resume)
-    if run is not None:
-        run["train"].update({k: v for k, v in (overrides or {}).items() if k in ("max_steps", "max_minutes")})
-    else:
+    run = open_run(out, resume, overrides=overrides)
+    if run is None:
         if init is not None and (tokenizer is not None or vocab_size is not None):
             raise DlforgeError("with --init the model's own tokenizer is used: leave out --tokenizer and --vocab-size")
         model_kwargs, data_kwargs, train_kwargs, preset_vocab = resolve_settings(preset, overrides or {}, init)

@@ -33,7 +33,7 @@ from ..models.seq2seq import Seq2Seq, Seq2SeqConfig
 from ..text.seq2seq_generation import generate_text2text
 from ..text.tokenizers import BPETokenizer, SourceTargetTokenizer, load_tokenizer
 from .distributed import init_distributed
-from .lm import parse_overrides
+from .lm import parse_overrides, settable_fields, split_settings
 from .trainer import TrainConfig, Trainer, open_run, resolve_device
 
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}  # ids 0–3 in this order
@@ -85,10 +85,7 @@ _NOT_SETTABLE = {"vocab_size", "source_vocab_size", "pad_token_id", "bos_token_i
 
 def field_types() -> dict[str, str]:
     """Every key `--set` accepts for `train seq2seq`, with its type annotation."""
-    types_ = {f.name: f.type for f in fields(Seq2SeqConfig) if f.name not in _NOT_SETTABLE}
-    types_.update({f.name: f.type for f in fields(Seq2SeqDataConfig)})
-    types_.update({f.name: f.type for f in fields(TrainConfig)})
-    return types_
+    return settable_fields(Seq2SeqConfig, Seq2SeqDataConfig, TrainConfig, exclude=_NOT_SETTABLE)
 
 
 def parse_seq2seq_overrides(pairs: list[str]) -> dict:
@@ -102,10 +99,7 @@ def resolve_settings(preset: str | None, overrides: dict) -> tuple[dict, dict, d
         raise DlforgeError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     settings = {**(PRESETS[preset] if preset is not None else FINETUNE_SETTINGS), **overrides}
     vocab_size = settings.pop("vocab_size")
-    model_keys, data_keys = {f.name for f in fields(Seq2SeqConfig)}, {f.name for f in fields(Seq2SeqDataConfig)}
-    model = {k: v for k, v in settings.items() if k in model_keys}
-    data = {k: v for k, v in settings.items() if k in data_keys}
-    train = {k: v for k, v in settings.items() if k not in model_keys | data_keys}
+    model, data, train = split_settings(settings, Seq2SeqConfig, Seq2SeqDataConfig)
     return model, data, train, vocab_size
 
 
@@ -181,10 +175,8 @@ def train_seq2seq(source: str | Path | None, target: str | Path | None, out: str
     """
     out = Path(out)
     run_file = out / "run.json"
-    run = open_run(out, resume)
-    if run is not None:
-        run["train"].update({k: v for k, v in (overrides or {}).items() if k in ("max_steps", "max_minutes")})
-    else:
+    run = open_run(out, resume, overrides=overrides)
+    if run is None:
         if source is None or target is None:
             raise DlforgeError("--source and --target are required: two line-aligned UTF-8 files (plain or .gz)")
         if (valid_source is None) != (valid_target is None):

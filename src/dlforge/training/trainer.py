@@ -83,17 +83,21 @@ class TrainConfig:
         return {f.name for f in fields(cls)}
 
 
-def open_run(out: Path, resume: bool, what: str = "run") -> dict | None:
+def open_run(out: Path, resume: bool, what: str = "run", overrides: dict | None = None) -> dict | None:
     """The settings saved in OUT/run.json when resuming; None for a new run (after checking `out` holds none).
 
-    Every command that trains (train gpt/bert, finetune) keeps what it was started with in run.json, so
-    `--resume` rebuilds the same run from the folder alone.
+    Every command that trains (train gpt/bert/seq2seq, finetune) keeps what it was started with in run.json, so
+    `--resume` rebuilds the same run from the folder alone. Of `overrides`, a resumed run takes only a new length
+    (max_steps, max_minutes) for its training settings.
     """
     run_file = out / "run.json"
     if resume:
         if not run_file.is_file():
             raise DlforgeError(f"nothing to resume in {out}: it has no run.json (start it without --resume)")
-        return json.loads(run_file.read_text(encoding="utf-8"))
+        run = json.loads(run_file.read_text(encoding="utf-8"))
+        if overrides:  # the recipes' run.json keep the TrainConfig fields under "train"
+            run["train"].update({k: v for k, v in overrides.items() if k in ("max_steps", "max_minutes")})
+        return run
     if run_file.exists() or (out / "checkpoints").exists():
         raise DlforgeError(f"{out} already holds a {what}: pass --resume to continue it, or choose another --out")
     return None
