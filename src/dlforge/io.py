@@ -72,3 +72,15 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def atomic_save_figure(fig, target: str | os.PathLike) -> Path:
+    """Write a matplotlib figure as PNG atomically, then close it (figures are built per plot, not kept)."""
+    import matplotlib.pyplot as plt
+
+    target = Path(target)
+    fig.tight_layout()
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return target

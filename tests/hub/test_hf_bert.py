@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -260,40 +260,27 @@ def bert_dir(tmp_path) -> Path:
     return save_hf(make_hf("bert", "Model"), tmp_path / "bert")
 
 
-def _edit_weights(directory: Path, edit) -> None:
-    path = directory / "model.safetensors"
-    state = load_file(str(path))
-    edit(state)
-    save_file(state, str(path), metadata={"format": "pt"})
 
-
-def _edit_config(directory: Path, edit) -> None:
-    path = directory / "config.json"
-    cfg = json.loads(path.read_text())
-    edit(cfg)
-    path.write_text(json.dumps(cfg))
-
-
-def test_relative_position_embeddings_are_refused(bert_dir):
-    _edit_config(bert_dir, lambda c: c.update(position_embedding_type="relative_key"))
+def test_relative_position_embeddings_are_refused(bert_dir, edit_config):
+    edit_config(bert_dir, lambda c: c.update(position_embedding_type="relative_key"))
     with pytest.raises(DlforgeError, match="relative_key"):
         load_pretrained(bert_dir)
 
 
-def test_missing_weight_is_named(bert_dir):
-    _edit_weights(bert_dir, lambda s: s.pop("encoder.layer.1.output.dense.weight"))
+def test_missing_weight_is_named(bert_dir, edit_weights):
+    edit_weights(bert_dir, lambda s: s.pop("encoder.layer.1.output.dense.weight"))
     with pytest.raises(DlforgeError, match=r"missing 1 weight.*layers\.1\.mlp\.c_proj\.weight"):
         load_pretrained(bert_dir)
 
 
-def test_unexpected_weight_is_named(bert_dir):
-    _edit_weights(bert_dir, lambda s: s.update({"mystery_block.weight": torch.zeros(3, 3)}))
+def test_unexpected_weight_is_named(bert_dir, edit_weights):
+    edit_weights(bert_dir, lambda s: s.update({"mystery_block.weight": torch.zeros(3, 3)}))
     with pytest.raises(DlforgeError, match=r"unexpected 1 weight.*mystery_block\.weight"):
         load_pretrained(bert_dir)
 
 
-def test_wrong_shape_is_named(bert_dir):
-    _edit_weights(bert_dir, lambda s: s.update({"encoder.layer.0.intermediate.dense.weight": torch.zeros(71, 48)}))
+def test_wrong_shape_is_named(bert_dir, edit_weights):
+    edit_weights(bert_dir, lambda s: s.update({"encoder.layer.0.intermediate.dense.weight": torch.zeros(71, 48)}))
     with pytest.raises(DlforgeError) as info:
         load_pretrained(bert_dir)
     msg = str(info.value)
@@ -301,12 +288,12 @@ def test_wrong_shape_is_named(bert_dir):
 
 
 @pytest.mark.parametrize("edit", ("delete", "reshape"))
-def test_damaged_query_weight_is_named(bert_dir, edit):
+def test_damaged_query_weight_is_named(bert_dir, edit, edit_weights):
     key = "encoder.layer.0.attention.self.query.weight"
     if edit == "delete":
-        _edit_weights(bert_dir, lambda s: s.pop(key))
+        edit_weights(bert_dir, lambda s: s.pop(key))
     else:
-        _edit_weights(bert_dir, lambda s: s.update({key: torch.zeros(48, 47)}))
+        edit_weights(bert_dir, lambda s: s.update({key: torch.zeros(48, 47)}))
     with pytest.raises(DlforgeError, match=r"query|c_attn"):
         load_pretrained(bert_dir)
 

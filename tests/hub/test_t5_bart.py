@@ -10,14 +10,12 @@ outputs end at different steps. Damaged checkpoints must fail with a `DlforgeErr
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -137,7 +135,7 @@ def decoder_inputs(config, batch_size: int = 3, length: int = 7, seed: int = 2) 
 
 
 @pytest.fixture(scope="module", params=list(CASES))
-def pair(request, tmp_path_factory):
+def pair(request, tmp_path_factory, edit_config):
     """(HF model, dlforge model loaded from its save_pretrained directory, sources, mask, case name)."""
     case = request.param
     hf = make_hf(case)
@@ -146,7 +144,7 @@ def pair(request, tmp_path_factory):
     directory = tmp_path_factory.mktemp(case)
     hf.save_pretrained(str(directory))
     if case == "t5-v1.1":  # as on the Hub: untied and unscaled said by tie_word_embeddings alone
-        _edit_config(directory, lambda c: (c.pop("scale_decoder_outputs", None), c.update(tie_word_embeddings=False)))
+        edit_config(directory, lambda c: (c.pop("scale_decoder_outputs", None), c.update(tie_word_embeddings=False)))
     model, tokenizer = load_pretrained(directory, expected_kind="seq2seq")
     assert tokenizer is None and not model.training
     return hf, model, ids, mask, case
@@ -321,19 +319,6 @@ def test_text_to_text_matches_transformers(tmp_path):
 # ----------------------------------------------------------------------------- errors
 
 
-def _edit_weights(directory: Path, edit) -> None:
-    path = directory / "model.safetensors"
-    state = load_file(str(path))
-    edit(state)
-    save_file(state, str(path), metadata={"format": "pt"})
-
-
-def _edit_config(directory: Path, edit) -> None:
-    path = directory / "config.json"
-    cfg = json.loads(path.read_text())
-    edit(cfg)
-    path.write_text(json.dumps(cfg))
-
 
 @pytest.fixture
 def t5_dir(tmp_path) -> Path:
@@ -347,40 +332,40 @@ def bart_dir(tmp_path) -> Path:
     return tmp_path / "bart"
 
 
-def test_wrong_shape_is_named(t5_dir):
-    _edit_weights(t5_dir, lambda s: s.update({"encoder.block.1.layer.1.DenseReluDense.wi.weight": torch.zeros(49, 32)}))
+def test_wrong_shape_is_named(t5_dir, edit_weights):
+    edit_weights(t5_dir, lambda s: s.update({"encoder.block.1.layer.1.DenseReluDense.wi.weight": torch.zeros(49, 32)}))
     with pytest.raises(DlforgeError) as info:
         load_pretrained(t5_dir)
     msg = str(info.value)
     assert "encoder.layers.1.mlp.c_fc.weight" in msg and "(49, 32)" in msg and "(48, 32)" in msg
 
 
-def test_unexpected_weight_is_named(t5_dir):
-    _edit_weights(t5_dir, lambda s: s.update({"decoder.block.0.layer.0.SelfAttention.extra.weight": torch.zeros(2)}))
+def test_unexpected_weight_is_named(t5_dir, edit_weights):
+    edit_weights(t5_dir, lambda s: s.update({"decoder.block.0.layer.0.SelfAttention.extra.weight": torch.zeros(2)}))
     with pytest.raises(DlforgeError, match=r"unexpected 1 weight.*decoder\.block\.0\.layer\.0\.SelfAttention\.extra"):
         load_pretrained(t5_dir)
 
 
-def test_missing_part_of_a_fused_matrix_is_named(t5_dir):
-    _edit_weights(t5_dir, lambda s: s.pop("decoder.block.1.layer.1.EncDecAttention.v.weight"))
+def test_missing_part_of_a_fused_matrix_is_named(t5_dir, edit_weights):
+    edit_weights(t5_dir, lambda s: s.pop("decoder.block.1.layer.1.EncDecAttention.v.weight"))
     with pytest.raises(DlforgeError, match=r"decoder\.layers\.1\.cross_attn\.kv_proj\.weight.*missing \['v'\]"):
         load_pretrained(t5_dir)
 
 
-def test_missing_bart_weight_is_named(bart_dir):
-    _edit_weights(bart_dir, lambda s: s.pop("model.decoder.layers.2.fc2.bias"))
+def test_missing_bart_weight_is_named(bart_dir, edit_weights):
+    edit_weights(bart_dir, lambda s: s.pop("model.decoder.layers.2.fc2.bias"))
     with pytest.raises(DlforgeError, match=r"missing 1 weight.*decoder\.layers\.2\.mlp\.c_proj\.bias"):
         load_pretrained(bart_dir)
 
 
-def test_unknown_feed_forward_is_named(t5_dir):
-    _edit_config(t5_dir, lambda c: c.update(feed_forward_proj="gated-relu"))
+def test_unknown_feed_forward_is_named(t5_dir, edit_config):
+    edit_config(t5_dir, lambda c: c.update(feed_forward_proj="gated-relu"))
     with pytest.raises(DlforgeError, match="gated-relu"):
         load_pretrained(t5_dir)
 
 
-def test_bart_with_different_stack_sizes_is_refused(bart_dir):
-    _edit_config(bart_dir, lambda c: c.update(decoder_ffn_dim=64))
+def test_bart_with_different_stack_sizes_is_refused(bart_dir, edit_config):
+    edit_config(bart_dir, lambda c: c.update(decoder_ffn_dim=64))
     with pytest.raises(DlforgeError, match="decoder_ffn_dim"):
         load_pretrained(bart_dir)
 

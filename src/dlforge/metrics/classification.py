@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DlforgeError
-from ..io import atomic_path
+from ..io import atomic_save_figure
 
 
 def _sklearn_metrics():
@@ -73,9 +73,4 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], label_names: Sequence
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return atomic_save_figure(fig, path)

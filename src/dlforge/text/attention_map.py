@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DlforgeError
-from ..io import atomic_path
+from ..io import atomic_save_figure
 from .seq2seq_generation import generate_seq2seq
 
 
@@ -92,9 +92,4 @@ def plot_cross_attention(result: CrossAttention, path: str | Path, layer: int | 
     ax.set_ylabel("output")
     ax.set_title(f"cross-attention ({what})", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return atomic_save_figure(fig, path)

@@ -10,7 +10,7 @@ import csv
 import io
 from pathlib import Path
 
-from ..io import atomic_path, atomic_write_text
+from ..io import atomic_save_figure, atomic_write_text
 
 COLUMNS = ("step", "train_loss", "val_loss", "lr", "throughput", "elapsed_s")
 
@@ -84,7 +84,4 @@ class MetricsLog:
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        with atomic_path(self.run_dir / "loss.png") as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
+        atomic_save_figure(fig, self.run_dir / "loss.png")
