@@ -136,10 +136,14 @@ class EvalMetric:
 class Trainer:
     def __init__(self, model: torch.nn.Module, config: TrainConfig, data, run_dir: str | Path,
                  tokenizer=None, on_eval: Callable[[Trainer, dict], None] | None = None, progress: bool = True,
-                 on_step: Callable[[Trainer], None] | None = None, eval_metric: EvalMetric | None = None):
+                 on_step: Callable[[Trainer], None] | None = None, eval_metric: EvalMetric | None = None,
+                 latest_is_best: bool = False):
         self.config, self.data, self.tokenizer, self.on_eval = config, data, tokenizer, on_eval
         self.on_step = on_step  # called after every optimizer step (e.g. gradual unfreezing)
         self.eval_metric = eval_metric  # None: the lowest val loss is the best checkpoint
+        # GANs and diffusion models: the validation loss does not rank sample quality, so checkpoints/best is
+        # simply the latest evaluated (EMA) weights
+        self.latest_is_best = latest_is_best
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.device)
         self.dist = init_distributed(self.device.type)
@@ -155,8 +159,10 @@ class Trainer:
         self.optimizer = make_adamw(self.model, config.lr, config.weight_decay, (config.beta1, config.beta2),
                                     lr_scales)
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay else None
+        # extra training scalars the model reports in output.logs (a GAN's d_loss, g_loss, D(x), D(G(z)))
+        self.log_names = tuple(getattr(model, "log_names", ()))
         self.log = MetricsLog(self.run_dir, enabled=self.dist.is_main,
-                              extra_columns=(f"val_{eval_metric.name}",) if eval_metric else ())
+                              extra_columns=((f"val_{eval_metric.name}",) if eval_metric else ()) + self.log_names)
         self.progress = progress and self.dist.is_main
         # state that a checkpoint carries
         self.step = 0
@@ -179,22 +185,25 @@ class Trainer:
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
-    def _train_step(self) -> tuple[float, int]:
-        """One optimizer step over grad_accum micro-batches; returns (mean loss, items processed)."""
+    def _train_step(self) -> tuple[float, int, dict[str, float]]:
+        """One optimizer step over grad_accum micro-batches; returns (mean loss, items processed, mean logs)."""
         c, model = self.config, self.ddp or self.model
         lr = learning_rate(self.step, c.lr, c.min_lr if c.min_lr is not None else c.lr / 10, c.warmup_steps,
                            self.total_steps, c.decay)
         self.current_lr = lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        total_loss, items = 0.0, 0
+        total_loss, items, logs = 0.0, 0, dict.fromkeys(self.log_names, 0.0)
         for micro in range(c.grad_accum):
             batch = self._to_device(self.data.train_batch(self.step, micro, self.dist.rank, self.dist.world_size))
             sync = self.ddp is None or micro == c.grad_accum - 1
             with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self._autocast():
-                loss = model(**batch).loss / c.grad_accum
+                output = model(**batch)
+                loss = output.loss / c.grad_accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total_loss += loss.item()
+            for name in self.log_names:
+                logs[name] += float(output.logs[name]) / c.grad_accum
             counts_tokens = "input_ids" in batch
             self.throughput_unit = "tok/s" if counts_tokens else "samples/s"
             first = batch["input_ids"] if counts_tokens else next(iter(batch.values()))
@@ -214,7 +223,8 @@ class Trainer:
         self.step += 1
         if self.on_step is not None:
             self.on_step(self)
-        return self.dist.mean(total_loss, self.device), items * self.dist.world_size
+        logs = {name: self.dist.mean(value, self.device) for name, value in logs.items()}
+        return self.dist.mean(total_loss, self.device), items * self.dist.world_size, logs
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -253,12 +263,15 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, unit="step",
                    dynamic_ncols=True)
         timed_steps, window_loss, window_items, window_start = 0, [], 0, time.perf_counter()
+        window_logs = {name: [] for name in self.log_names}
         refine_at = None  # the step at which the time-budget estimate is refined
         start = time.perf_counter() - self.elapsed
         val_loss = None
         while self.step < self.total_steps:
-            loss, items = self._train_step()
+            loss, items, logs = self._train_step()
             window_loss.append(loss)
+            for name, value in logs.items():
+                window_logs[name].append(value)
             window_items += items
             self.elapsed = time.perf_counter() - start
             timed_steps += 1
@@ -283,10 +296,13 @@ class Trainer:
             if self.step % c.log_interval == 0 or evaluate_now:
                 rate = window_items / max(1e-9, time.perf_counter() - window_start)
                 mean_loss = sum(window_loss) / len(window_loss)
+                means = {name: sum(values) / len(values) for name, values in window_logs.items()}
                 self.log.log(step=self.step, train_loss=mean_loss, lr=self.current_lr,
-                             throughput=rate, elapsed_s=self.elapsed)
-                bar.set_postfix({"loss": f"{mean_loss:.4f}", self.throughput_unit: f"{rate:,.0f}"})
+                             throughput=rate, elapsed_s=self.elapsed, **means)
+                bar.set_postfix({"loss": f"{mean_loss:.4f}", **{k: f"{v:.3f}" for k, v in means.items()},
+                                 self.throughput_unit: f"{rate:,.0f}"})
                 window_loss, window_items, window_start = [], 0, time.perf_counter()
+                window_logs = {name: [] for name in self.log_names}
             bar.update(1)
             if out_of_time:
                 self.stop_reason = f"time budget of {c.max_minutes} min reached"
@@ -321,7 +337,7 @@ class Trainer:
     def _evaluate_and_save(self) -> float:
         val_loss = self.evaluate()
         score = -val_loss if self.eval_metric is None else self.last_metric
-        improved = score > self.best_score
+        improved = score > self.best_score or self.latest_is_best
         self.best_val = min(self.best_val, val_loss)
         if improved:
             self.best_score, self.evals_without_improvement = score, 0
