@@ -144,3 +144,51 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def write_idx(path: Path, array) -> None:
+    """An IDX file (gzipped when the name ends in .gz) of a uint8 numpy array, as MNIST ships them."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    raw = header + np.asarray(array, dtype=np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
+
+
+def pattern_images(n: int, seed: int = 0):
+    """(images (n, 28, 28) uint8, labels (n,)): class 0 horizontal bars, 1 vertical bars, 2 a centred square,
+    each at a random position with pixel noise: three classes any small model tells apart."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    labels = np.arange(n) % 3
+    for i, label in enumerate(labels):
+        at = int(rng.integers(6, 20))
+        if label == 0:
+            images[i, at:at + 4, 4:24] = 255
+        elif label == 1:
+            images[i, 4:24, at:at + 4] = 255
+        else:
+            images[i, 9:19, 9:19] = 255
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def idx_writer():
+    """write_idx(path, array): for tests that build their own IDX files."""
+    return write_idx
+
+
+@pytest.fixture(scope="session")
+def pattern_mnist(tmp_path_factory) -> Path:
+    """An MNIST-format IDX folder of `pattern_images`: 150 training and 60 test images of 3 classes."""
+    folder = tmp_path_factory.mktemp("pattern-mnist")
+    for prefix, n, seed in (("train", 150, 0), ("t10k", 60, 1)):
+        images, labels = pattern_images(n, seed)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder

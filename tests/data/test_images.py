@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import struct
 
 import numpy as np
@@ -10,25 +9,29 @@ import pytest
 import torch
 from PIL import Image
 
-from dlforge.data.images import (ImageBatches, ImageSet, load_image, load_image_set, make_grid, read_idx,
-                                 save_grid, to_signed_unit, to_uint8, write_image)
+from dlforge.data.images import (
+    ImageBatches,
+    ImageSet,
+    load_image,
+    load_image_set,
+    make_grid,
+    read_idx,
+    save_grid,
+    to_signed_unit,
+    to_uint8,
+    write_image,
+)
 from dlforge.errors import DlforgeError
 
 
-def write_idx(path, array: np.ndarray, gz: bool = True) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    raw = header + array.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(raw) if gz else raw)
-
-
 @pytest.fixture
-def tiny_mnist(tmp_path):
+def tiny_mnist(tmp_path, idx_writer):
     rng = np.random.default_rng(0)
     folder = tmp_path / "mnist"
     folder.mkdir()
     for prefix, n in (("train", 40), ("t10k", 10)):
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, gz=False)
+        idx_writer(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        idx_writer(folder / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
     return folder
 
 

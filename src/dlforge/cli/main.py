@@ -4,6 +4,8 @@ Every command is a thin layer over a library function (the same code Python user
   train gpt  -> dlforge.training.lm.train_language_model
   train bert -> dlforge.training.mlm.train_masked_lm (cli/train_bert.py)
   train seq2seq -> dlforge.training.seq2seq.train_seq2seq (cli/train_seq2seq.py)
+  train ae|vae|gan|diffusion|classifier, sample, img2img, inpaint, outpaint, noise-strip, anomaly
+             -> dlforge.training.images, dlforge.diffusion.sampling, ... (cli/images.py)
   finetune   -> dlforge.transfer.finetune (cli/finetune.py)
   generate   -> dlforge.text.generation.generate_text
   attention  -> dlforge.text.attention_map (cross-attention heatmap of a translation)
@@ -306,11 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     gpt.add_argument("--quiet", action="store_true", help="no progress bar")
     gpt.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     gpt.set_defaults(func=cmd_train)
+    from .images import add_parsers as add_image_commands
+    from .images import add_train_parsers as add_train_images
     from .train_bert import add_parser as add_train_bert
     from .train_seq2seq import add_parser as add_train_seq2seq
 
     add_train_bert(families)
     add_train_seq2seq(families)
+    add_train_images(families)
 
     gen = sub.add_parser("generate", help="continue a prompt with a trained GPT or a Hugging Face GPT-2",
                          description="Generate text from a dlforge run/model folder or a Hugging Face GPT-2 folder.")
@@ -412,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     attn.add_argument("--max-new-tokens", type=_positive_int, default=64, help="longest translation in tokens")
     attn.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     attn.set_defaults(func=cmd_attention)
+    add_image_commands(sub)
 
     from .finetune import add_parser as add_finetune
 

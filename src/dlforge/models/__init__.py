@@ -1,11 +1,16 @@
 """Model families. Each file holds one family: a dataclass config and the nn.Module."""
 
+from .autoencoder import VAE, Autoencoder, AutoencoderConfig
 from .bert import Bert, BertConfig
+from .convnet import ImageClassifier, ImageClassifierConfig
+from .gan import GAN, GANConfig
 from .gpt import GPT, GPTConfig
 from .outputs import ModelOutput
 from .seq2seq import Seq2Seq, Seq2SeqConfig
 
 # kind name (stored in checkpoints) -> model class; each class has `config_class` and `kind`
-MODEL_CLASSES = {GPT.kind: GPT, Bert.kind: Bert, Seq2Seq.kind: Seq2Seq}
+MODEL_CLASSES = {GPT.kind: GPT, Bert.kind: Bert, Seq2Seq.kind: Seq2Seq, GAN.kind: GAN,
+                 ImageClassifier.kind: ImageClassifier, Autoencoder.kind: Autoencoder, VAE.kind: VAE}
 
-__all__ = ["Bert", "BertConfig", "GPT", "GPTConfig", "ModelOutput", "MODEL_CLASSES", "Seq2Seq", "Seq2SeqConfig"]
+__all__ = ["MODEL_CLASSES", "VAE", "Autoencoder", "AutoencoderConfig", "Bert", "BertConfig", "GAN", "GANConfig", "GPT",
+           "GPTConfig", "ImageClassifier", "ImageClassifierConfig", "ModelOutput", "Seq2Seq", "Seq2SeqConfig"]

@@ -48,6 +48,9 @@ def _convert(value: str, annotation: str, key: str):
         return None
     kind = kinds[0]
     try:
+        if kind.startswith(("list[", "tuple[")):  # e.g. hidden_sizes=512,256 or channel_mults=1,2,2
+            item = kind[kind.index("[") + 1:].split(",")[0].rstrip("]. ")
+            return [{"int": int, "float": float, "str": str}[item](v) for v in value.split(",") if v.strip()]
         if kind == "bool":
             return {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[value.lower()]
         return {"int": int, "float": float, "str": str}[kind](value)

@@ -1,0 +1,317 @@
+"""Image commands: `dlforge train ae|vae|gan|diffusion|classifier`, `sample`, `img2img`, `inpaint`, `outpaint`,
+`noise-strip` and `anomaly fit|score`. Each is a thin layer over the library functions Python users call:
+  train ...   -> dlforge.training.images.train_image_model
+  sample      -> dlforge.pipelines.image_generation.sample_images (diffusion, GAN or VAE)
+  img2img, inpaint, outpaint, noise-strip -> dlforge.diffusion.sampling
+  anomaly     -> dlforge.training.anomaly (fit_anomaly_detector, score_anomalies)
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import DlforgeError
+from .main import _positive_float, _positive_int, _print_result
+
+FAMILY_HELP = {
+    "ae": "an autoencoder (MLP or convolutional; denoising with --set noise=gaussian|masking)",
+    "vae": "a variational autoencoder (β-VAE, Bernoulli or Gaussian likelihood)",
+    "gan": "a DCGAN (class-conditional when the data has labels)",
+    "diffusion": "a diffusion model (UNet; class-conditional with classifier-free guidance when labelled)",
+    "classifier": "a CNN image classifier (the evaluation classifier for generated digits)",
+}
+
+
+# ------------------------------------------------------------------------------------------ train
+def cmd_train_images(args) -> int:
+    from ..training.images import parse_image_overrides, train_image_model
+
+    overrides = parse_image_overrides(args.family, args.set or [])
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    if args.minutes is not None:
+        overrides["max_minutes"] = args.minutes
+    result = train_image_model(args.family, args.data, args.out, preset=args.preset, overrides=overrides,
+                               resume=args.resume, seed=args.seed, progress=not args.quiet)
+    _print_result(result, args.out)
+    print(f"Samples: {Path(args.out) / 'samples.png'}   loss curve: {Path(args.out) / 'loss.png'}")
+    return 0
+
+
+def add_train_parsers(families) -> None:
+    from ..training.images import FAMILIES, PRESETS
+
+    for family in FAMILIES:
+        parser = families.add_parser(
+            family, help=FAMILY_HELP[family],
+            description=f"Train {FAMILY_HELP[family]} on images: an MNIST IDX folder, a folder of PNG/JPEG images "
+                        "(one sub-folder per class, or unlabelled), or sklearn-digits. A sample grid is written "
+                        "to OUT/samples.png at every evaluation.")
+        parser.add_argument("--data", help="MNIST IDX folder, image folder, or sklearn-digits")
+        parser.add_argument("--out", required=True, help="run folder for checkpoints, samples/, metrics.csv, loss.png")
+        parser.add_argument("--preset", default="mnist", choices=list(PRESETS[family]),
+                            help="model size + hyperparameters (default: mnist)")
+        parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                            help="override a model, data or training field, e.g. --set latent_dim=2 --set "
+                                 "image_size=32 --set lr=3e-4 (repeatable)")
+        parser.add_argument("--max-steps", type=_positive_int, help="optimizer steps (the LR schedule ends here)")
+        parser.add_argument("--minutes", type=_positive_float, help="wall-clock budget; the schedule is fitted to it")
+        parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+        parser.add_argument("--seed", type=int, help="random seed (default 1337)")
+        parser.add_argument("--quiet", action="store_true", help="no progress bar")
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        parser.set_defaults(func=cmd_train_images)
+
+
+# ----------------------------------------------------------------------------------------- sample
+def cmd_sample(args) -> int:
+    from ..data.images import save_grid, write_image
+    from ..pipelines.image_generation import GENERATIVE_KINDS, load_image_model, resolve_labels, sample_images
+
+    model, class_names = load_image_model(args.run, GENERATIVE_KINDS, "dlforge sample")
+    labels = resolve_labels(model, args.label, args.n, class_names)
+    images = sample_images(model, args.n, labels=labels, steps=args.steps, scheduler=args.scheduler,
+                           guidance_scale=args.guidance, eta=args.eta, seed=args.seed)
+    path = save_grid(images, args.out, nrow=args.nrow, scale=args.scale)
+    print(f"{args.n} images: {path}")
+    if args.each:
+        folder = Path(args.each)
+        for i, image in enumerate(images):
+            name = f"{i:04d}" + ("" if labels is None else f"-{_label_name(int(labels[i]), class_names)}")
+            write_image(image, folder / f"{name}.png")
+        print(f"one PNG per image: {folder}")
+    return 0
+
+
+def _label_name(index: int, class_names: list[str] | None) -> str:
+    return class_names[index] if class_names else str(index)
+
+
+# ---------------------------------------------------------------- img2img / inpaint / outpaint / strip
+def _diffusion_inputs(args, command: str):
+    """(model, image at the model's resolution, labels or None) for the diffusion image tasks."""
+    from ..data.images import load_image
+    from ..pipelines.image_generation import load_image_model, resolve_labels
+
+    model, class_names = load_image_model(args.run, ("diffusion",), f"dlforge {command}")
+    image = load_image(args.image, size=model.config.image_size, channels=model.config.channels)
+    labels = resolve_labels(model, args.label, 1, class_names) if args.label is not None else None
+    return model, image, labels
+
+
+def _diffusion_options(args) -> dict:
+    return dict(steps=args.steps, scheduler=args.scheduler, guidance_scale=args.guidance, seed=args.seed)
+
+
+def cmd_img2img(args) -> int:
+    from ..data.images import write_image
+    from ..diffusion.sampling import img2img
+
+    model, image, labels = _diffusion_inputs(args, "img2img")
+    result = img2img(model, image.unsqueeze(0), strength=args.strength, labels=labels, **_diffusion_options(args))
+    print(f"output: {write_image(result[0], args.out)}")
+    return 0
+
+
+def read_mask(path: str | Path, image_path: str | Path, size: int):
+    """A mask image (white = fill) of the same size as the image -> (1, size, size) float in {0, 1}."""
+    from PIL import Image
+
+    from ..data.images import load_image
+
+    with Image.open(image_path) as image:
+        image_size = image.size
+    try:
+        with Image.open(path) as mask:
+            mask_size = mask.size
+    except Exception as e:
+        raise DlforgeError(f"cannot read mask {path} ({type(e).__name__}): give a PNG, white where to fill") from e
+    if mask_size != image_size:
+        raise DlforgeError(f"the mask is {mask_size[0]}x{mask_size[1]} but the image is {image_size[0]}x"
+                           f"{image_size[1]}: draw the mask at the image's size")
+    return (load_image(path, size=size, channels=1) > 0).float()
+
+
+def cmd_inpaint(args) -> int:
+    from ..data.images import write_image
+    from ..diffusion.sampling import inpaint
+
+    model, image, labels = _diffusion_inputs(args, "inpaint")
+    mask = read_mask(args.mask, args.image, model.config.image_size)
+    result = inpaint(model, image.unsqueeze(0), mask.unsqueeze(0), resample=args.resample, labels=labels,
+                     **_diffusion_options(args))
+    print(f"output: {write_image(result[0], args.out)}")
+    return 0
+
+
+def cmd_outpaint(args) -> int:
+    from ..data.images import write_image
+    from ..diffusion.sampling import outpaint
+
+    model, image, labels = _diffusion_inputs(args, "outpaint")
+    result = outpaint(model, image.unsqueeze(0), pad=args.pad, resample=args.resample, labels=labels,
+                      **_diffusion_options(args))
+    print(f"output: {write_image(result[0], args.out)}")
+    return 0
+
+
+def cmd_noise_strip(args) -> int:
+    from ..diffusion.sampling import process_strip
+
+    model, image, labels = _diffusion_inputs(args, "noise-strip")
+    path = process_strip(model, image, args.out, steps=args.steps, scheduler=args.scheduler, labels=labels,
+                         guidance_scale=args.guidance, seed=args.seed)
+    print(f"forward noising (top) and reverse denoising (bottom): {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- anomaly
+def cmd_anomaly_fit(args) -> int:
+    from ..training.anomaly import fit_anomaly_detector, refit_threshold
+    from ..training.images import parse_image_overrides
+
+    if args.refit:
+        detector = refit_threshold(args.out, method=args.threshold, percentile=args.percentile)
+    else:
+        overrides = parse_image_overrides(args.kind, args.set or [])
+        if args.max_steps is not None:
+            overrides["max_steps"] = args.max_steps
+        if args.minutes is not None:
+            overrides["max_minutes"] = args.minutes
+        detector = fit_anomaly_detector(args.data, args.out, normal=args.normal, kind=args.kind, preset=args.preset,
+                                        overrides=overrides, method=args.threshold, percentile=args.percentile,
+                                        seed=args.seed, resume=args.resume, progress=not args.quiet)
+    how = f"{detector.percentile:g}th percentile" if detector.method == "percentile" else "best F1"
+    print(f"threshold {detector.threshold:.6g} ({how} of held-out scores): {Path(args.out) / 'anomaly_detector.json'}")
+    return 0
+
+
+def cmd_anomaly_score(args) -> int:
+    from ..training.anomaly import score_anomalies
+
+    result = score_anomalies(args.run, args.data, args.out, split=args.split, normal=args.normal)
+    if result.get("roc_auc") is not None:
+        print(", ".join(f"{k} {result[k]:.4f}" for k in ("precision", "recall", "f1", "roc_auc", "pr_auc")))
+        print(f"report: {Path(args.out) / 'report.json'}   PR curve: {Path(args.out) / 'pr_curve.png'}")
+    else:
+        print(f"{result['flagged']} of {result['n']} images flagged as anomalies")
+    print(f"scores: {Path(args.out) / 'scores.csv'}")
+    return 0
+
+
+def _add_anomaly_parsers(sub) -> None:
+    from ..training.images import PRESETS
+
+    anomaly = sub.add_parser("anomaly", help="anomaly detection with an autoencoder (fit on normal data, score new)")
+    actions = anomaly.add_subparsers(dest="action", metavar="ACTION")
+    anomaly.set_defaults(func=lambda args: anomaly.print_help() or 2)  # no action given: show the two
+    fit = actions.add_parser("fit", help="train an autoencoder on normal images and pick the threshold",
+                             description="Train an autoencoder on the normal images of --data (the --normal classes "
+                                         "of labelled data, else all images) and set the anomaly threshold on "
+                                         "held-out images.")
+    fit.add_argument("--data", help="MNIST IDX folder, image folder, or sklearn-digits")
+    fit.add_argument("--out", required=True, help="run folder (the model, anomaly_detector.json)")
+    fit.add_argument("--normal", help="the normal class(es), comma-separated names (e.g. 3); default: all images")
+    fit.add_argument("--kind", default="ae", choices=("ae", "vae"), help="model (default ae)")
+    fit.add_argument("--preset", default="mnist", choices=list(PRESETS["ae"]), help="default: mnist")
+    fit.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model/data/training field")
+    fit.add_argument("--threshold", default="percentile", choices=("percentile", "f1"),
+                     help="percentile of held-out normal scores (default), or best F1 against held-out images of "
+                          "the other classes")
+    fit.add_argument("--percentile", type=float, default=95.0, help="for --threshold percentile (default 95)")
+    fit.add_argument("--refit", action="store_true", help="only re-pick the threshold of the trained run in --out")
+    fit.add_argument("--max-steps", type=_positive_int, help="optimizer steps")
+    fit.add_argument("--minutes", type=_positive_float, help="wall-clock budget for training")
+    fit.add_argument("--resume", action="store_true", help="continue training the run in --out")
+    fit.add_argument("--seed", type=int, help="random seed (default 1337)")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    fit.set_defaults(func=cmd_anomaly_fit)
+    score = actions.add_parser("score", help="score images with a fitted detector; report when labels are known",
+                               description="Score every image of --data; write scores.csv, and for labelled data "
+                                           "with known normal classes report.json (precision, recall, F1, ROC-AUC, "
+                                           "PR-AUC), pr_curve.png and scores.png.")
+    score.add_argument("run", help="a `dlforge anomaly fit` run folder")
+    score.add_argument("--data", required=True, help="MNIST IDX folder, image folder, or sklearn-digits")
+    score.add_argument("--split", default="test", choices=("train", "test"), help="which split (default test)")
+    score.add_argument("--normal", help="normal classes for the report (default: those the run was fitted on)")
+    score.add_argument("--out", required=True, help="folder for scores.csv, report.json, pr_curve.png")
+    score.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    score.set_defaults(func=cmd_anomaly_score)
+
+
+def _add_diffusion_flags(parser, default_scheduler: str = "ddim") -> None:
+    parser.add_argument("--steps", type=_positive_int, default=50, help="denoising steps (default 50)")
+    parser.add_argument("--scheduler", default=default_scheduler, choices=("ddim", "ddpm", "dpm++"),
+                        help=f"sampler (default {default_scheduler})")
+    parser.add_argument("--label", help="class (name or index) to condition on (class-conditional models)")
+    parser.add_argument("--guidance", type=float, default=1.0,
+                        help="classifier-free guidance scale; 1 = none (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed, the same image")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def add_parsers(sub) -> None:
+    sample = sub.add_parser("sample", help="generate images with a trained diffusion model, GAN or VAE",
+                            description="Draw N images from a trained generative model and write them as one "
+                                        "PNG grid. Class-conditional models take --label (default: every class in "
+                                        "turn) and, for diffusion, --guidance.")
+    sample.add_argument("run", help="a `dlforge train diffusion|gan|vae` run or model folder")
+    sample.add_argument("--n", type=_positive_int, default=64, help="number of images (default 64)")
+    sample.add_argument("--out", required=True, help="PNG grid to write")
+    sample.add_argument("--nrow", type=_positive_int, help="images per grid row (default: a square)")
+    sample.add_argument("--scale", type=_positive_int, default=1, help="enlarge the grid by this factor")
+    sample.add_argument("--each", metavar="DIR", help="also write one PNG per image into DIR (e.g. to augment a "
+                                                      "classifier's training set; names end in the label)")
+    sample.add_argument("--steps", type=_positive_int, help="diffusion: denoising steps (default 50)")
+    sample.add_argument("--scheduler", choices=("ddim", "ddpm", "dpm++"), help="diffusion: sampler (default ddim)")
+    sample.add_argument("--eta", type=float, help="diffusion, DDIM: 0 = deterministic (default), 1 = DDPM-like")
+    sample.add_argument("--label", help="class (name or index) for every image (conditional models)")
+    sample.add_argument("--guidance", type=float, help="diffusion: classifier-free guidance scale (default 1 = none)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sample.set_defaults(func=cmd_sample)
+
+    img2img = sub.add_parser("img2img", help="re-imagine an image with a diffusion model (SDEdit)",
+                             description="Noise the image part of the way (--strength) and denoise it back with a "
+                                         "trained diffusion model: low strength keeps the layout, 1 ignores it.")
+    img2img.add_argument("run", help="a `dlforge train diffusion` run or model folder")
+    img2img.add_argument("--image", required=True, help="input image (resized to the model's resolution)")
+    img2img.add_argument("--strength", type=float, default=0.6, help="how far to noise it, in [0, 1] (default 0.6)")
+    img2img.add_argument("--out", required=True, help="output PNG")
+    _add_diffusion_flags(img2img)
+    img2img.set_defaults(func=cmd_img2img)
+
+    inpaint = sub.add_parser("inpaint", help="fill the masked part of an image with a diffusion model",
+                             description="Regenerate the white part of --mask; the rest of the image is kept "
+                                         "exactly. --resample > 1 harmonises the fill (RePaint).")
+    inpaint.add_argument("run", help="a `dlforge train diffusion` run or model folder")
+    inpaint.add_argument("--image", required=True, help="input image")
+    inpaint.add_argument("--mask", required=True, help="mask image of the same size: white = fill, black = keep")
+    inpaint.add_argument("--out", required=True, help="output PNG")
+    inpaint.add_argument("--resample", type=_positive_int, default=1,
+                         help="RePaint resamplings per step (default 1 = none; 5-10 blends better, slower)")
+    _add_diffusion_flags(inpaint, default_scheduler="ddpm")
+    inpaint.set_defaults(func=cmd_inpaint)
+
+    outpaint = sub.add_parser("outpaint", help="extend an image beyond its borders with a diffusion model",
+                              description="Shrink the image into the centre of a canvas of the model's size, "
+                                          "leaving --pad pixels on each side, and inpaint the border.")
+    outpaint.add_argument("run", help="a `dlforge train diffusion` run or model folder")
+    outpaint.add_argument("--image", required=True, help="input image")
+    outpaint.add_argument("--pad", type=_positive_int, required=True, help="border to invent, in pixels per side")
+    outpaint.add_argument("--out", required=True, help="output PNG")
+    outpaint.add_argument("--resample", type=_positive_int, default=1, help="RePaint resamplings per step")
+    _add_diffusion_flags(outpaint, default_scheduler="ddpm")
+    outpaint.set_defaults(func=cmd_outpaint)
+
+    strip = sub.add_parser("noise-strip", help="picture of the forward noising and reverse denoising of an image",
+                           description="Write a PNG: the image noised at increasing timesteps (top row) and the "
+                                       "model denoising it back (bottom row).")
+    strip.add_argument("run", help="a `dlforge train diffusion` run or model folder")
+    strip.add_argument("--image", required=True, help="input image")
+    strip.add_argument("--out", required=True, help="output PNG")
+    _add_diffusion_flags(strip)
+    strip.set_defaults(func=cmd_noise_strip)
+    _add_anomaly_parsers(sub)

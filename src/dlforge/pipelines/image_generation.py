@@ -1,0 +1,109 @@
+"""Sampling from any trained generative image model (diffusion, GAN, VAE) with one call.
+
+    gen = dlforge.pipeline("image-generation", model="runs/diffusion")
+    images = gen(16, label="7", guidance_scale=3.0, steps=50, scheduler="ddim", seed=0)  # (16, C, H, W) in [-1, 1]
+    dlforge.data.images.save_grid(images, "sevens.png")
+
+This is what `dlforge sample` runs. Labels are class names (labels.json of the run) or indices; a conditional
+model without a label draws every class in turn. Diffusion options (steps, scheduler, eta, guidance) are refused
+for the other families, which sample in one pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import DlforgeError
+from ..hub.checkpoint import load_pretrained, resolve_model_dir
+
+GENERATIVE_KINDS = ("diffusion", "gan", "vae")
+
+
+def load_image_model(path: str | Path, kinds: tuple[str, ...], command: str = "this command"):
+    """(model in eval mode, class names or None) from a run or model folder whose kind is one of `kinds`."""
+    from ..training.images import read_class_names
+
+    model, _ = load_pretrained(path)
+    if model.kind not in kinds:
+        raise DlforgeError(f"{path} holds a {model.kind} model, but {command} needs a {' or '.join(kinds)} model")
+    return model.eval(), read_class_names(resolve_model_dir(path))
+
+
+def resolve_labels(model, label: str | int | list | None, n: int, class_names: list[str] | None):
+    """`label` (a class name, an index, or a list of them) -> (n,) long tensor, or None for unconditional models.
+
+    No label on a conditional model: classes 0, 1, ..., K-1, 0, 1, ... so a grid shows every class.
+    """
+    num_classes = getattr(model.config, "num_classes", 0)
+    if not num_classes:
+        if label is not None:
+            raise DlforgeError("this model was trained without class labels: leave out --label (train it with "
+                               "labelled data, one sub-folder per class, for class-conditional samples)")
+        return None
+    if label is None:
+        return torch.arange(n) % num_classes
+    wanted = label if isinstance(label, (list, tuple)) else [label] * n
+    if len(wanted) != n:
+        raise DlforgeError(f"got {len(wanted)} labels for {n} images: give one label, or one per image")
+    return torch.tensor([_label_index(item, num_classes, class_names) for item in wanted])
+
+
+def _label_index(label, num_classes: int, class_names: list[str] | None) -> int:
+    if class_names and str(label) in class_names:
+        return class_names.index(str(label))
+    try:
+        index = int(label)
+    except (TypeError, ValueError):
+        known = ", ".join(class_names) if class_names else f"0..{num_classes - 1}"
+        raise DlforgeError(f"unknown label {label!r}: this model knows {known}") from None
+    if not 0 <= index < num_classes:
+        raise DlforgeError(f"label {index} is out of range: this model has classes 0..{num_classes - 1}")
+    return index
+
+
+@torch.no_grad()
+def sample_images(model, n: int, labels: torch.Tensor | None = None, steps: int | None = None,
+                  scheduler: str | None = None, guidance_scale: float | None = None, eta: float | None = None,
+                  seed: int = 0) -> torch.Tensor:
+    """n images (n, C, H, W) in [-1, 1] from a diffusion model, GAN or VAE; the same seed gives the same images."""
+    if n < 1:
+        raise DlforgeError(f"the number of images must be >= 1, got {n}")
+    if model.kind == "diffusion":
+        from ..diffusion.sampling import generate
+
+        return generate(model, n, steps=steps or 50, scheduler=scheduler or "ddim", labels=labels,
+                        guidance_scale=1.0 if guidance_scale is None else guidance_scale, eta=eta or 0.0, seed=seed)
+    given = [name for name, value in (("steps", steps), ("scheduler", scheduler), ("eta", eta)) if value is not None]
+    if given:
+        raise DlforgeError(f"{', '.join(given)}: options of diffusion models only; a {model.kind} samples in one pass")
+    if model.kind == "gan":
+        if guidance_scale not in (None, 1.0):
+            raise DlforgeError("guidance applies to diffusion models only: leave out --guidance for a GAN")
+        return model.generate(n, labels=labels, seed=seed)
+    if model.kind == "vae":
+        if labels is not None or guidance_scale not in (None, 1.0):
+            raise DlforgeError("a VAE samples from its prior without labels or guidance")
+        return model.sample(n, seed=seed)
+    raise DlforgeError(f"a {model.kind} model does not generate images: use a diffusion, gan or vae run")
+
+
+class ImageGeneration:
+    """`pipeline("image-generation", model=RUN)`: `__call__(n, label=None, **options)` -> (n, C, H, W) in [-1, 1]."""
+
+    task_name = "image-generation"
+
+    def __init__(self, model, tokenizer=None, device: str | None = None, **_ignored):
+        class_names = None
+        if isinstance(model, (str, Path)):
+            model, class_names = load_image_model(model, GENERATIVE_KINDS, "image-generation")
+        if device is not None:
+            from ..training.trainer import resolve_device
+
+            model = model.to(resolve_device(str(device)))
+        self.model, self.class_names = model.eval(), class_names
+
+    def __call__(self, n: int = 1, label=None, **options) -> torch.Tensor:
+        labels = resolve_labels(self.model, label, n, self.class_names)
+        return sample_images(self.model, n, labels=labels, **options)

@@ -1,0 +1,272 @@
+"""Image-model training recipe: images -> autoencoder / VAE / GAN / diffusion model / classifier -> Trainer.
+
+This is what `dlforge train ae|vae|gan|diffusion|classifier` runs, and what Python users call as
+`train_image_model(kind, data, out, ...)`. The data is an MNIST IDX folder, a folder of images (one sub-folder per
+class) or `sklearn-digits` (see `dlforge.data.images`). The model's resolution, channels and classes come from the
+data unless `--set image_size=...` asks for another size.
+
+Every family trains on the same Trainer. At every evaluation the model's `preview` (reconstructions, or samples
+from a fixed noise batch, EMA weights when enabled) is written to `samples/step-XXXXXXX.png` and `samples.png`.
+GANs and diffusion models keep their latest weights as `checkpoints/best` (their validation loss does not rank
+sample quality); the others keep the lowest validation loss (the classifier: the highest accuracy).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from ..data.images import ImageBatches, ImageSet, load_image_set, save_grid
+from ..errors import DlforgeError
+from ..io import atomic_write_json, atomic_write_with
+from .distributed import init_distributed
+from .lm import parse_overrides, settable_fields, split_settings
+from .trainer import EvalMetric, TrainConfig, Trainer, open_run, resolve_device
+
+# family -> (module, model class, config class) under dlforge.models, imported when used
+FAMILIES = {
+    "ae": ("autoencoder", "Autoencoder", "AutoencoderConfig"),
+    "vae": ("autoencoder", "VAE", "AutoencoderConfig"),
+    "gan": ("gan", "GAN", "GANConfig"),
+    "diffusion": ("unet", "DiffusionModel", "DiffusionConfig"),
+    "classifier": ("convnet", "ImageClassifier", "ImageClassifierConfig"),
+}
+LATEST_IS_BEST = ("gan", "diffusion")
+CONDITIONAL_FAMILIES = ("gan", "diffusion")  # may take class labels; the classifier always does
+LABELS_FILE = "labels.json"
+
+
+@dataclass
+class ImageDataConfig:
+    image_size: int | None = None  # default: the data's own size (MNIST 28, digits 8), 64 for image folders
+    channels: int | None = None  # default: the data's (1 for grayscale folders, else 3)
+    conditional: bool = True  # GAN/diffusion: condition on the class labels when the data has them
+    flip: bool = False  # random horizontal flips (not for digits)
+    crop_padding: int = 0  # random translations by up to this many pixels
+    val_fraction: float = 0.05  # held out from the training split for validation
+    eval_images: int = 2000  # validation images per evaluation
+    preview_images: int = 64  # images in each sample grid
+    only_classes: str | None = None  # train on these classes only, comma-separated names (e.g. a "normal" digit)
+
+    def __post_init__(self):
+        if self.image_size is not None and self.image_size < 8:
+            raise DlforgeError(f"image_size must be >= 8, got {self.image_size}")
+        if self.channels not in (None, 1, 3):
+            raise DlforgeError(f"channels must be 1 or 3, got {self.channels}")
+        if not 0 < self.val_fraction < 1:
+            raise DlforgeError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+_COMMON = dict(eval_interval=500, log_interval=20)
+# family -> preset -> settings (model, data and training fields). `mnist` presets are the recipes measured in
+# benchmarks/RESULTS.md on the 2-core CPU; `tiny` ones are for smoke tests.
+PRESETS: dict[str, dict[str, dict]] = {
+    "ae": {
+        "tiny": dict(architecture="conv", latent_dim=8, base_channels=8, batch_size=32, lr=2e-3, max_steps=100,
+                     warmup_steps=10, eval_interval=50, log_interval=10, eval_images=256, weight_decay=0.0),
+        "mnist": dict(architecture="conv", latent_dim=32, batch_size=128, lr=1e-3, max_steps=3000, warmup_steps=100,
+                      weight_decay=0.0, **_COMMON),
+    },
+    "vae": {
+        "tiny": dict(architecture="mlp", latent_dim=8, hidden_sizes=[64], likelihood="bernoulli", batch_size=32,
+                     lr=2e-3, max_steps=100, warmup_steps=10, eval_interval=50, log_interval=10, eval_images=256,
+                     weight_decay=0.0),
+        "mnist": dict(architecture="mlp", latent_dim=50, likelihood="bernoulli", binarize="dynamic",
+                      batch_size=128, lr=1e-3, max_steps=30000, warmup_steps=200, weight_decay=0.0,
+                      eval_interval=1000, log_interval=50),
+    },
+    "gan": {
+        "tiny": dict(latent_dim=16, batch_size=32, lr=2e-4, beta1=0.5, beta2=0.999, weight_decay=0.0,
+                     warmup_steps=0, decay="constant", grad_clip=None, max_steps=60, eval_interval=30,
+                     log_interval=10, eval_images=64),
+        "mnist": dict(latent_dim=100, batch_size=128, lr=2e-4, beta1=0.5, beta2=0.999, weight_decay=0.0,
+                      warmup_steps=0, decay="constant", grad_clip=None, max_steps=10000, eval_interval=500,
+                      log_interval=20, eval_images=512),
+    },
+    "diffusion": {
+        "tiny": dict(base_channels=16, batch_size=32, lr=1e-3, max_steps=100, warmup_steps=10, eval_interval=50,
+                     log_interval=10, eval_images=128, preview_images=16, weight_decay=0.0),
+        "mnist": dict(batch_size=128, lr=1e-3, min_lr=1e-4, max_steps=20000, warmup_steps=500, weight_decay=0.0,
+                      ema_decay=0.999, eval_interval=1000, log_interval=20, eval_images=1000),
+    },
+    "classifier": {
+        "tiny": dict(batch_size=32, lr=2e-3, max_steps=100, warmup_steps=10, eval_interval=50, log_interval=10,
+                     eval_images=256),
+        "mnist": dict(batch_size=128, lr=2e-3, min_lr=1e-5, max_steps=2500, warmup_steps=100, weight_decay=0.05,
+                      crop_padding=2, **_COMMON),
+    },
+}
+
+
+def family_classes(kind: str) -> tuple[type, type]:
+    """(model class, config class) of a family name."""
+    if kind not in FAMILIES:
+        raise DlforgeError(f"unknown image model kind {kind!r}: choose one of {', '.join(FAMILIES)}")
+    module_name, model_name, config_name = FAMILIES[kind]
+    module = importlib.import_module(f"dlforge.models.{module_name}")
+    return getattr(module, model_name), getattr(module, config_name)
+
+
+def field_types(kind: str) -> dict[str, str]:
+    """The keys `--set` accepts for a family (its model config, the data settings, the Trainer's)."""
+    _, config_class = family_classes(kind)
+    return settable_fields(config_class, ImageDataConfig, TrainConfig, exclude={"num_classes"})
+
+
+def parse_image_overrides(kind: str, pairs: list[str]) -> dict:
+    return parse_overrides(pairs, field_types(kind))
+
+
+def resolve_settings(kind: str, preset: str, overrides: dict) -> tuple[dict, dict, dict]:
+    """preset + overrides -> (model config kwargs, ImageDataConfig kwargs, TrainConfig kwargs)."""
+    presets = PRESETS[kind]
+    if preset not in presets:
+        raise DlforgeError(f"unknown {kind} preset {preset!r}: choose one of {', '.join(presets)}")
+    _, config_class = family_classes(kind)
+    settings = {**presets[preset], **overrides}
+    data_fields = {f.name for f in fields(ImageDataConfig)}
+    model, train = split_settings({k: v for k, v in settings.items() if k not in data_fields}, config_class)
+    data = {k: v for k, v in settings.items() if k in data_fields}
+    return model, data, train
+
+
+class ClassNames:
+    """The class names of a run, saved beside the weights as labels.json (the Trainer saves it like a
+    tokenizer), so `dlforge sample --label 7` and classifier outputs can use names."""
+
+    def __init__(self, names: list[str] | None):
+        self.names = names
+
+    def save(self, directory: str | Path) -> None:
+        if self.names is not None:
+            atomic_write_json(Path(directory) / LABELS_FILE, self.names)
+
+
+def read_class_names(model_dir: str | Path) -> list[str] | None:
+    path = Path(model_dir) / LABELS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def select_classes(data: ImageSet, names: str | None) -> ImageSet:
+    """The images of the comma-separated classes `names` (all images when None)."""
+    if names is None:
+        return data
+    if data.labels is None:
+        raise DlforgeError(f"only_classes needs labelled images, but {data.source} has no classes")
+    wanted = [name.strip() for name in str(names).split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in data.classes]
+    if unknown:
+        raise DlforgeError(f"unknown class {', '.join(unknown)}: {data.source} has {', '.join(data.classes)}")
+    keep = torch.isin(data.labels, torch.tensor([data.classes.index(name) for name in wanted]))
+    return ImageSet(data.images[keep], data.labels[keep], data.classes, data.source)
+
+
+def load_run_data(run: dict) -> ImageSet:
+    """The training images of a run (all classes), at the run's resolution and channels."""
+    data = ImageDataConfig(**run["data_settings"])
+    return load_image_set(run["data"], "train", data.image_size, data.channels)
+
+
+def run_batches(run: dict, train_set: ImageSet, use_labels: bool) -> ImageBatches:
+    """The run's batch source: its classes, validation split and augmentation, from run.json alone."""
+    data, train = ImageDataConfig(**run["data_settings"]), TrainConfig(**run["train"])
+    train_set = select_classes(train_set, data.only_classes)
+    if not use_labels:
+        train_set = ImageSet(train_set.images, None, None, train_set.source)
+    return ImageBatches(train_set, train.batch_size, seed=train.seed, grad_accum=train.grad_accum,
+                        val_fraction=data.val_fraction, flip=data.flip, crop_padding=data.crop_padding,
+                        eval_images=data.eval_images)
+
+
+def _model_config(kind: str, run: dict, train_set: ImageSet):
+    """The family's config with the data's resolution, channels and (when conditional) number of classes."""
+    _, config_class = family_classes(kind)
+    data = ImageDataConfig(**run["data_settings"])
+    num_classes = train_set.num_classes if (kind == "classifier" or
+                                            (kind in CONDITIONAL_FAMILIES and data.conditional)) else 0
+    if kind == "classifier" and not num_classes:
+        raise DlforgeError(f"{run['data']} has no class labels: a classifier needs one sub-folder per class")
+    return config_class(**run["model"], image_size=train_set.image_size, channels=train_set.channels,
+                        num_classes=num_classes)
+
+
+def _accuracy(output, batch) -> tuple[float, float]:
+    correct = (output.logits.argmax(-1) == batch["labels"]).sum().item()
+    return correct, batch["labels"].numel()
+
+
+def write_preview(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor | None, path: Path, seed: int) -> None:
+    """The model's preview (EMA weights when the run keeps them) as a PNG grid."""
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    if trainer.ema is not None:
+        trainer.ema.swap(model)
+    try:
+        grid = model.preview(images.to(trainer.device), None if labels is None else labels.to(trainer.device), seed)
+    finally:
+        if trainer.ema is not None:
+            trainer.ema.swap(model)
+        model.train(was_training)
+    if grid is not None:
+        nrow = 8 if len(grid) % 8 == 0 else None
+        save_grid(grid, path, nrow=nrow, scale=max(1, 128 // grid.shape[-1]))
+
+
+def train_image_model(kind: str, data: str | Path | None, out: str | Path, preset: str = "mnist",
+                      overrides: dict | None = None, resume: bool = False, seed: int | None = None,
+                      on_eval: Callable | None = None, progress: bool = True) -> dict:
+    """Train (or resume) an image model of family `kind`; returns the Trainer's final metrics."""
+    out = Path(out)
+    model_class, _ = family_classes(kind)
+    run = open_run(out, resume, what=f"{kind} run", overrides=overrides)
+    if run is None:
+        if data is None:
+            raise DlforgeError("--data is required: an MNIST IDX folder, a folder of images, or sklearn-digits")
+        model_kwargs, data_kwargs, train_kwargs = resolve_settings(kind, preset, overrides or {})
+        if seed is not None:
+            train_kwargs["seed"] = seed
+        ImageDataConfig(**data_kwargs)
+        TrainConfig(**train_kwargs)
+        data_path = str(data) if str(data) == "sklearn-digits" else str(Path(data).resolve())
+        run = {"kind": kind, "data": data_path, "preset": preset, "model": model_kwargs,
+               "data_settings": data_kwargs, "train": train_kwargs}
+    elif run.get("kind") != kind:
+        raise DlforgeError(f"{out} holds a {run.get('kind')} run, not a {kind} run: resume it with "
+                           f"`dlforge train {run.get('kind')} --out {out} --resume`")
+    train_config = TrainConfig(**run["train"])
+    data_config = ImageDataConfig(**run["data_settings"])
+    train_set = load_run_data(run)
+    config = _model_config(kind, run, train_set)
+    use_labels = config.num_classes > 0
+    batches = run_batches(run, train_set, use_labels)
+    dist = init_distributed(resolve_device(train_config.device).type)
+    if dist.is_main and not resume:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "run.json", run)
+    torch.manual_seed(train_config.seed)
+    model = model_class(config)
+    n_preview = min(data_config.preview_images, len(batches.validation))
+    preview_images = batches._batch(batches.validation, torch.arange(n_preview))
+    preview_labels = preview_images.get("labels")
+
+    def after_eval(trainer: Trainer, metrics: dict) -> None:
+        path = out / "samples" / f"step-{metrics['step']:07d}.png"
+        write_preview(trainer, preview_images["images"], preview_labels, path, train_config.seed)
+        if path.is_file():
+            atomic_write_with(out / "samples.png", lambda tmp: shutil.copyfile(path, tmp))
+        if on_eval is not None:
+            on_eval(trainer, metrics)
+
+    eval_metric = EvalMetric("accuracy", _accuracy) if kind == "classifier" else None
+    trainer = Trainer(model, train_config, batches, out, tokenizer=ClassNames(train_set.classes if use_labels
+                                                                              else None),
+                      on_eval=after_eval, progress=progress, eval_metric=eval_metric,
+                      latest_is_best=kind in LATEST_IS_BEST)
+    return trainer.fit(resume=resume)
