@@ -7,10 +7,13 @@ from .gan import GAN, GANConfig
 from .gpt import GPT, GPTConfig
 from .outputs import ModelOutput
 from .seq2seq import Seq2Seq, Seq2SeqConfig
+from .unet import DiffusionConfig, DiffusionModel
 
 # kind name (stored in checkpoints) -> model class; each class has `config_class` and `kind`
 MODEL_CLASSES = {GPT.kind: GPT, Bert.kind: Bert, Seq2Seq.kind: Seq2Seq, GAN.kind: GAN,
-                 ImageClassifier.kind: ImageClassifier, Autoencoder.kind: Autoencoder, VAE.kind: VAE}
+                 ImageClassifier.kind: ImageClassifier, Autoencoder.kind: Autoencoder, VAE.kind: VAE,
+                 DiffusionModel.kind: DiffusionModel}
 
-__all__ = ["MODEL_CLASSES", "VAE", "Autoencoder", "AutoencoderConfig", "Bert", "BertConfig", "GAN", "GANConfig", "GPT",
+__all__ = ["MODEL_CLASSES", "VAE", "Autoencoder", "AutoencoderConfig", "Bert", "BertConfig", "DiffusionConfig",
+           "DiffusionModel", "GAN", "GANConfig", "GPT",
            "GPTConfig", "ImageClassifier", "ImageClassifierConfig", "ModelOutput", "Seq2Seq", "Seq2SeqConfig"]

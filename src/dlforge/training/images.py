@@ -215,7 +215,7 @@ def write_preview(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor |
             trainer.ema.swap(model)
         model.train(was_training)
     if grid is not None:
-        nrow = 8 if len(grid) % 8 == 0 else None
+        nrow = getattr(model, "preview_nrow", None) or (8 if len(grid) % 8 == 0 else None)  # GAN: a class per column
         save_grid(grid, path, nrow=nrow, scale=max(1, 128 // grid.shape[-1]))
 
 

@@ -1,0 +1,121 @@
+"""The image commands: train (image families), sample, img2img, inpaint, outpaint, noise-strip, anomaly; and their
+one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dlforge.cli.main import main
+
+QUICK = ["--preset", "tiny", "--max-steps", "4", "--set", "eval_interval=4", "--set", "eval_images=32",
+         "--set", "batch_size=16", "--seed", "3", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def runs(pattern_mnist, tmp_path_factory):
+    """Tiny diffusion, GAN and classifier runs on the pattern digits, trained through the CLI."""
+    root = tmp_path_factory.mktemp("image-runs")
+    extra = {"diffusion": ["--set", "base_channels=8"], "gan": ["--set", "latent_dim=8"],
+             "classifier": ["--set", "width=4"]}
+    for kind, settings in extra.items():
+        assert main(["train", kind, "--data", str(pattern_mnist), "--out", str(root / kind), *QUICK, *settings]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def digit_png(pattern_mnist, tmp_path_factory) -> str:
+    from dlforge.data.images import load_image_set, to_signed_unit, write_image
+
+    path = tmp_path_factory.mktemp("inputs") / "digit.png"
+    write_image(to_signed_unit(load_image_set(pattern_mnist, "test").images[0]), path)
+    return str(path)
+
+
+def _pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def test_sample_grid_is_seeded_and_labelled(runs, tmp_path, cli):
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        code, out, _ = cli("sample", runs / "diffusion", "--n", 6, "--steps", 3, "--label", "2",
+                               "--guidance", 2, "--seed", seed, "--out", tmp_path / f"{name}.png",
+                               "--each", tmp_path / name)
+        assert code == 0 and "6 images" in out
+    assert np.array_equal(_pixels(tmp_path / "a.png"), _pixels(tmp_path / "b.png"))
+    assert not np.array_equal(_pixels(tmp_path / "a.png"), _pixels(tmp_path / "c.png"))
+    assert sorted(p.name for p in (tmp_path / "a").iterdir())[0] == "0000-2.png"
+    code, _, _ = cli("sample", runs / "gan", "--n", 9, "--out", tmp_path / "gan.png")
+    assert code == 0 and Image.open(tmp_path / "gan.png").size == (3 * 30 + 2, 3 * 30 + 2)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "{classifier}", "--n", "2"], "needs a diffusion or gan or vae model"),
+    (["sample", "{gan}", "--steps", "5"], "options of diffusion models only"),
+    (["sample", "{diffusion}", "--label", "cat"], "unknown label 'cat': this model knows 0, 1, 2"),
+    (["img2img", "{gan}", "--image", "{digit}"], "needs a diffusion model"),
+    (["anomaly", "score", "{diffusion}", "--data", "{data}"], "anomaly scoring needs an ae or vae run"),
+])
+def test_wrong_model_or_option_is_one_line(runs, digit_png, pattern_mnist, tmp_path, cli, argv, message):
+    fill = {"classifier": runs / "classifier", "gan": runs / "gan", "diffusion": runs / "diffusion",
+            "digit": digit_png, "data": pattern_mnist}
+    code, _, err = cli(*[a.format(**fill) for a in argv], "--out", tmp_path / "x.png")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_image_tasks_write_model_size_images(runs, digit_png, tmp_path, cli):
+    mask = np.zeros((28, 28), dtype=np.uint8)
+    mask[14:] = 255  # fill the lower half
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    common = ["--steps", "4", "--seed", "0"]
+    assert cli("img2img", runs / "diffusion", "--image", digit_png, "--strength", 0.5,
+                   "--out", tmp_path / "i2i.png", *common)[0] == 0
+    assert cli("inpaint", runs / "diffusion", "--image", digit_png, "--mask", tmp_path / "mask.png",
+                   "--resample", 2, "--label", 1, "--guidance", 2, "--out", tmp_path / "fill.png", *common)[0] == 0
+    assert cli("outpaint", runs / "diffusion", "--image", digit_png, "--pad", 4,
+                   "--out", tmp_path / "wide.png", *common)[0] == 0
+    assert cli("noise-strip", runs / "diffusion", "--image", digit_png,
+                   "--out", tmp_path / "strip.png", *common)[0] == 0
+    for name in ("i2i", "fill", "wide"):
+        assert _pixels(tmp_path / f"{name}.png").shape == (28, 28)
+    original, filled = _pixels(digit_png), _pixels(tmp_path / "fill.png")
+    assert np.array_equal(filled[:14], original[:14])  # the known half is kept exactly
+    assert not np.array_equal(filled[14:], original[14:])
+    strip = Image.open(tmp_path / "strip.png")
+    assert strip.size[0] > 4 * 28 and strip.size[1] >= 2 * 28
+
+
+def test_bad_images_and_masks(runs, digit_png, tmp_path, cli):
+    Image.new("L", (10, 10)).save(tmp_path / "small-mask.png")
+    code, _, err = cli("inpaint", runs / "diffusion", "--image", digit_png, "--mask",
+                           tmp_path / "small-mask.png", "--out", tmp_path / "o.png")
+    assert code == 2 and "the mask is 10x10 but the image is 28x28" in err
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    code, _, err = cli("img2img", runs / "diffusion", "--image", tmp_path / "broken.png",
+                           "--out", tmp_path / "o.png")
+    assert code == 2 and "cannot read image" in err and "broken.png" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = cli("train", "gan", "--data", empty, "--out", tmp_path / "r", "--quiet")
+    assert code == 2 and "holds no images" in err
+    assert not (tmp_path / "r" / "run.json").exists()
+
+
+def test_anomaly_commands(pattern_mnist, tmp_path, cli):
+    run = tmp_path / "normal-1"
+    code, out, _ = cli("anomaly", "fit", "--data", pattern_mnist, "--normal", "1", "--out", run,
+                           "--preset", "tiny", "--max-steps", 30, "--set", "architecture=mlp", "--quiet")
+    assert code == 0 and "95th percentile" in out
+    code, out, _ = cli("anomaly", "score", run, "--data", pattern_mnist, "--out", tmp_path / "rep")
+    assert code == 0 and "roc_auc" in out and (tmp_path / "rep" / "report.json").is_file()
+    code, out, _ = cli("anomaly", "fit", "--out", run, "--refit", "--threshold", "f1")
+    assert code == 0 and "best F1" in out
+
+
+def test_no_traceback_from_a_real_process(dlforge_cmd, subprocess_env, tmp_path):
+    done = subprocess.run(dlforge_cmd("train", "vae", "--data", str(tmp_path / "nowhere"), "--out",
+                                      str(tmp_path / "r")), capture_output=True, text=True, env=subprocess_env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "does not exist" in done.stderr
