@@ -7,9 +7,11 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dlforge.cli.main import main
+from dlforge.errors import DlforgeError
 
 QUICK = ["--preset", "tiny", "--max-steps", "4", "--set", "eval_interval=4", "--set", "eval_images=32",
          "--set", "batch_size=16", "--seed", "3", "--quiet"]
@@ -119,3 +121,19 @@ def test_no_traceback_from_a_real_process(dlforge_cmd, subprocess_env, tmp_path)
     done = subprocess.run(dlforge_cmd("train", "vae", "--data", str(tmp_path / "nowhere"), "--out",
                                       str(tmp_path / "r")), capture_output=True, text=True, env=subprocess_env)
     assert done.returncode == 2 and "Traceback" not in done.stderr and "does not exist" in done.stderr
+
+
+def test_image_generation_pipeline_matches_the_cli(runs, tmp_path, cli):
+    import dlforge
+    from dlforge.data.images import to_uint8
+
+    gen = dlforge.pipeline("image-generation", model=runs / "diffusion")
+    images = gen(3, label="1", steps=3, seed=4)
+    assert images.shape == (3, 1, 28, 28) and torch.equal(images, gen(3, label="1", steps=3, seed=4))
+    exact = gen(3, label="1", steps=3, seed=4, precision="fp32")
+    assert 0 < (exact - images).abs().max() < 0.2  # bf16 autocast (the CPU default) stays close to fp32
+    assert cli("sample", runs / "diffusion", "--n", 3, "--label", 1, "--steps", 3, "--seed", 4, "--nrow", 3,
+               "--out", tmp_path / "g.png", "--each", tmp_path / "each")[0] == 0
+    assert np.array_equal(_pixels(tmp_path / "each" / "0002-1.png"), to_uint8(images[2, 0]).numpy())
+    with pytest.raises(DlforgeError, match="needs a diffusion or gan or vae model"):
+        dlforge.pipeline("image-generation", model=runs / "classifier")

@@ -72,7 +72,7 @@ def cmd_sample(args) -> int:
     model, class_names = load_image_model(args.run, GENERATIVE_KINDS, "dlforge sample")
     labels = resolve_labels(model, args.label, args.n, class_names)
     images = sample_images(model, args.n, labels=labels, steps=args.steps, scheduler=args.scheduler,
-                           guidance_scale=args.guidance, eta=args.eta, seed=args.seed)
+                           guidance_scale=args.guidance, eta=args.eta, seed=args.seed, precision=args.precision)
     path = save_grid(images, args.out, nrow=args.nrow, scale=args.scale)
     print(f"{args.n} images: {path}")
     if args.each:
@@ -104,12 +104,20 @@ def _diffusion_options(args) -> dict:
     return dict(steps=args.steps, scheduler=args.scheduler, guidance_scale=args.guidance, seed=args.seed)
 
 
+def _precision(model, args):
+    from ..pipelines.image_generation import inference_precision
+
+    return inference_precision(model, args.precision)
+
+
 def cmd_img2img(args) -> int:
     from ..data.images import write_image
     from ..diffusion.sampling import img2img
 
     model, image, labels = _diffusion_inputs(args, "img2img")
-    result = img2img(model, image.unsqueeze(0), strength=args.strength, labels=labels, **_diffusion_options(args))
+    with _precision(model, args):
+        result = img2img(model, image.unsqueeze(0), strength=args.strength, labels=labels,
+                         **_diffusion_options(args))
     print(f"output: {write_image(result[0], args.out)}")
     return 0
 
@@ -139,8 +147,9 @@ def cmd_inpaint(args) -> int:
 
     model, image, labels = _diffusion_inputs(args, "inpaint")
     mask = read_mask(args.mask, args.image, model.config.image_size)
-    result = inpaint(model, image.unsqueeze(0), mask.unsqueeze(0), resample=args.resample, labels=labels,
-                     **_diffusion_options(args))
+    with _precision(model, args):
+        result = inpaint(model, image.unsqueeze(0), mask.unsqueeze(0), resample=args.resample, labels=labels,
+                         **_diffusion_options(args))
     print(f"output: {write_image(result[0], args.out)}")
     return 0
 
@@ -150,8 +159,9 @@ def cmd_outpaint(args) -> int:
     from ..diffusion.sampling import outpaint
 
     model, image, labels = _diffusion_inputs(args, "outpaint")
-    result = outpaint(model, image.unsqueeze(0), pad=args.pad, resample=args.resample, labels=labels,
-                      **_diffusion_options(args))
+    with _precision(model, args):
+        result = outpaint(model, image.unsqueeze(0), pad=args.pad, resample=args.resample, labels=labels,
+                          **_diffusion_options(args))
     print(f"output: {write_image(result[0], args.out)}")
     return 0
 
@@ -160,8 +170,10 @@ def cmd_noise_strip(args) -> int:
     from ..diffusion.sampling import process_strip
 
     model, image, labels = _diffusion_inputs(args, "noise-strip")
-    path = process_strip(model, image, args.out, steps=args.steps, scheduler=args.scheduler, labels=labels,
-                         guidance_scale=args.guidance, seed=args.seed)
+    with _precision(model, args):
+        process_strip(model, image, args.out, steps=args.steps, scheduler=args.scheduler, labels=labels,
+                      guidance_scale=args.guidance, seed=args.seed)
+    path = args.out
     print(f"forward noising (top) and reverse denoising (bottom): {path}")
     return 0
 
@@ -249,7 +261,13 @@ def _add_diffusion_flags(parser, default_scheduler: str = "ddim") -> None:
     parser.add_argument("--guidance", type=float, default=1.0,
                         help="classifier-free guidance scale; 1 = none (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed, the same image")
+    _add_precision_flag(parser)
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _add_precision_flag(parser) -> None:
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="auto (default): bf16 autocast on the CPU, about 2.5x faster than fp32; fp32 elsewhere")
 
 
 def add_parsers(sub) -> None:
@@ -270,6 +288,7 @@ def add_parsers(sub) -> None:
     sample.add_argument("--label", help="class (name or index) for every image (conditional models)")
     sample.add_argument("--guidance", type=float, help="diffusion: classifier-free guidance scale (default 1 = none)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_precision_flag(sample)
     sample.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sample.set_defaults(func=cmd_sample)
 

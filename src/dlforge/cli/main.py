@@ -344,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pipe = sub.add_parser("pipeline", help="run a task pipeline on texts (JSON lines out)",
                           description="Run a task pipeline (text-classification, fill-mask, ...) on texts.")
-    pipe.add_argument("task", choices=sorted([*PIPELINES, *ALIASES]), help="the task")
+    text_tasks = sorted(t for t in [*PIPELINES, *ALIASES] if t != "image-generation")  # that one: `dlforge sample`
+    pipe.add_argument("task", choices=text_tasks, help="the task")
     pipe.add_argument("texts", nargs="*", help="input texts (or --file)")
     pipe.add_argument("--model", required=True, help="dlforge or Hugging Face model folder, or a hub id (org/name)")
     pipe.add_argument("--file", help="inputs: .txt (one per line), .csv/.tsv (a column) or .jsonl (a field)")

@@ -185,6 +185,7 @@ class TextGeneration(Pipeline):
 
 
 # these build on the classes above
+from .image_generation import ImageGeneration  # noqa: E402
 from .question_answering import QuestionAnswering  # noqa: E402
 from .text2text import TRANSLATION_TASK, Summarization, Text2TextGeneration, Translation  # noqa: E402
 from .token_classification import TokenClassification  # noqa: E402
@@ -192,7 +193,8 @@ from .zero_shot import ZeroShotClassification  # noqa: E402
 
 PIPELINES = {p.task_name: p for p in (TextClassification, FeatureExtraction, SentenceSimilarity, FillMask,
                                       TextGeneration, ZeroShotClassification, TokenClassification,
-                                      QuestionAnswering, Text2TextGeneration, Translation, Summarization)}
+                                      QuestionAnswering, Text2TextGeneration, Translation, Summarization,
+                                      ImageGeneration)}
 ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 
 
