@@ -92,8 +92,11 @@ PRESETS: dict[str, dict[str, dict]] = {
     "diffusion": {
         "tiny": dict(base_channels=16, batch_size=32, lr=1e-3, max_steps=100, warmup_steps=10, eval_interval=50,
                      log_interval=10, eval_images=128, preview_images=16, weight_decay=0.0),
-        "mnist": dict(batch_size=128, lr=1e-3, min_lr=1e-4, max_steps=20000, warmup_steps=500, weight_decay=0.0,
-                      ema_decay=0.999, eval_interval=1000, log_interval=20, eval_images=1000),
+        # widths 32/64/64 (1.7 M parameters): about 1 s per batch of 128 on 2 cores, so ~2,800 steps in 45 minutes;
+        # a short run, hence no dropout and a short EMA (half-life ~140 steps)
+        "mnist": dict(base_channels=32, dropout=0.0, batch_size=128, lr=1e-3, min_lr=1e-4, max_steps=20000,
+                      warmup_steps=200, weight_decay=0.0, ema_decay=0.995, eval_interval=500, log_interval=20,
+                      eval_images=1000),
     },
     "classifier": {
         "tiny": dict(batch_size=32, lr=2e-3, max_steps=100, warmup_steps=10, eval_interval=50, log_interval=10,
