@@ -52,16 +52,17 @@ def draw(model, n: int, chunk: int = 500, **options) -> tuple[torch.Tensor, torc
     return torch.cat(parts), labels, time.perf_counter() - start
 
 
-def diffusion_figures(model, mnist: Path) -> None:
+def diffusion_figures(model, mnist: Path, guidance: float) -> None:
     from dlforge.diffusion.sampling import inpaint, outpaint, process_strip
 
     test = load_image_set(mnist, "test")
-    image = to_signed_unit(test.images[:1])  # a 7
-    process_strip(model, image[0], FIGURES / "diffusion_strip.png", steps=50, scheduler="ddim", seed=0)
+    image, label = to_signed_unit(test.images[:1]), test.labels[:1]  # a 7
+    options = dict(labels=label, guidance_scale=guidance, seed=0)
+    process_strip(model, image[0], FIGURES / "diffusion_strip.png", steps=50, scheduler="ddim", scale=3, **options)
     mask = torch.zeros(1, 1, 28, 28)
     mask[..., 14:, :] = 1.0  # regenerate the lower half
-    filled = inpaint(model, image, mask, steps=50, scheduler="ddpm", resample=5, seed=0)
-    extended = outpaint(model, image, pad=5, steps=50, scheduler="ddpm", resample=5, seed=0)
+    filled = inpaint(model, image, mask, steps=50, scheduler="ddpm", resample=5, **options)
+    extended = outpaint(model, image, pad=5, steps=50, scheduler="ddpm", resample=5, **options)
     masked = torch.where(mask.bool(), torch.zeros_like(image), image)
     save_grid(torch.cat([image, masked, filled, extended]), FIGURES / "diffusion_inpaint_outpaint.png", nrow=4,
               scale=4)
@@ -79,6 +80,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--skip-training", action="store_true", help="score the existing run in --out")
+    parser.add_argument("--figures-only", action="store_true", help="diffusion: only redraw the figures of --out")
     args = parser.parse_args()
     data = shared_data_dir()
     if data is None or not (data / "mnist").is_dir():
@@ -89,6 +91,10 @@ def main() -> int:
               file=sys.stderr)
         return 1
     mnist = data / "mnist"
+    if args.figures_only:
+        model, _ = load_pretrained(args.out or Path("runs/bench/diffusion"))
+        diffusion_figures(model, mnist, float(args.guidance.split(",")[-1]))
+        return 0
     minutes = args.minutes or (45.0 if args.kind == "diffusion" else 30.0)
     out = args.out or Path(f"runs/bench/{args.kind}")
     steps, train_minutes = None, None
@@ -125,7 +131,7 @@ def main() -> int:
         figures[name] = {"accuracy": round(scores["accuracy"], 4), "frechet": round(scores["frechet"], 4),
                          "sampling_s": round(seconds, 1), **options}
         grid_options = dict(steps=50, scheduler="ddim", guidance_scale=best)
-        diffusion_figures(model, mnist)
+        diffusion_figures(model, mnist, best)
     else:
         grid_options = {}
     grid = sample_images(model, 100, labels=torch.arange(100) // 10, seed=0, **grid_options)

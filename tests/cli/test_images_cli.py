@@ -19,10 +19,10 @@ QUICK = ["--preset", "tiny", "--max-steps", "4", "--set", "eval_interval=4", "--
 
 @pytest.fixture(scope="module")
 def runs(pattern_mnist, tmp_path_factory):
-    """Tiny diffusion, GAN and classifier runs on the pattern digits, trained through the CLI."""
+    """Tiny diffusion, GAN, classifier and VAE runs on the pattern digits, trained through the CLI."""
     root = tmp_path_factory.mktemp("image-runs")
     extra = {"diffusion": ["--set", "base_channels=8"], "gan": ["--set", "latent_dim=8"],
-             "classifier": ["--set", "width=4"]}
+             "classifier": ["--set", "width=4"], "vae": ["--set", "latent_dim=3"]}
     for kind, settings in extra.items():
         assert main(["train", kind, "--data", str(pattern_mnist), "--out", str(root / kind), *QUICK, *settings]) == 0
     return root
@@ -137,3 +137,17 @@ def test_image_generation_pipeline_matches_the_cli(runs, tmp_path, cli):
     assert np.array_equal(_pixels(tmp_path / "each" / "0002-1.png"), to_uint8(images[2, 0]).numpy())
     with pytest.raises(DlforgeError, match="needs a diffusion or gan or vae model"):
         dlforge.pipeline("image-generation", model=runs / "classifier")
+
+
+def test_autoencoder_tools(runs, digit_png, pattern_mnist, tmp_path, cli):
+    code, out, _ = cli("latent-plot", runs / "vae", "--data", pattern_mnist, "--n", 40, "--out", tmp_path / "z.png")
+    assert code == 0 and "40 images" in out and Image.open(tmp_path / "z.png").size[0] > 300
+    code, _, _ = cli("interpolate", runs / "vae", "--image", digit_png, "--image", digit_png, "--steps", 5,
+                     "--scale", 1, "--out", tmp_path / "walk.png")
+    walk = _pixels(tmp_path / "walk.png")
+    assert code == 0 and walk.shape == (28 + 4, 5 * 30 + 2)
+    assert np.array_equal(walk[2:30, 2:30], walk[2:30, 122:150])  # same image at both ends: same decode
+    code, _, err = cli("interpolate", runs / "vae", "--image", digit_png, "--out", tmp_path / "w.png")
+    assert code == 2 and "exactly twice" in err
+    code, _, err = cli("latent-plot", runs / "diffusion", "--data", pattern_mnist, "--out", tmp_path / "x.png")
+    assert code == 2 and "needs a ae or vae model" in err

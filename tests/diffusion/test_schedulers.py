@@ -175,3 +175,14 @@ def test_errors():
     with pytest.raises(DlforgeError, match="does not take"):
         make_scheduler("ddpm", eta=1.0)
     assert isinstance(make_scheduler("DPM-Solver++", beta_schedule="cosine"), DPMSolverMultistepScheduler)
+
+
+def test_ddim_for_a_model_does_not_clip_but_the_class_default_does():
+    from types import SimpleNamespace
+
+    from dlforge.diffusion.schedulers import DDIMScheduler, make_scheduler
+
+    config = SimpleNamespace(num_train_timesteps=1000, beta_schedule="cosine", prediction_type="v_prediction")
+    assert make_scheduler("ddim", config).clip_sample is False  # clipping x̂_0 breaks guided DDIM sampling
+    assert make_scheduler("ddim", config, clip_sample=True).clip_sample is True
+    assert DDIMScheduler().clip_sample is True and make_scheduler("ddpm", config).clip_sample is True

@@ -86,18 +86,22 @@ def test_run_errors(pattern_mnist, tmp_path):
         train_image_model("classifier", folder, tmp_path / "clf", preset="tiny", progress=False)
 
 
-def test_image_folder_at_another_resolution(tmp_path):
+@pytest.mark.parametrize("kind", ["ae", "vae", "gan", "classifier", "diffusion"])
+def test_every_family_trains_on_an_image_folder_at_another_resolution(kind, tmp_path):
     folder = tmp_path / "pictures"
     for name, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
         (folder / name).mkdir(parents=True)
         for i in range(6):
             Image.new("RGB", (40 + i, 30), colour).save(folder / name / f"{i}.jpg")
     run = tmp_path / "run"
-    train_image_model("gan", folder, run, preset="tiny", overrides={**QUICK, "latent_dim": 8, "image_size": 32,
-                                                                     "val_fraction": 0.2}, progress=False)
+    train_image_model(kind, folder, run, preset="tiny", overrides={**QUICK, **SMALL_MODELS[kind], "image_size": 32,
+                                                                    "val_fraction": 0.2}, progress=False)
     model, _ = load_pretrained(run)
-    assert (model.config.image_size, model.config.channels, model.config.num_classes) == (32, 3, 2)
-    assert model.generate(2, labels=torch.tensor([0, 1]), seed=0).shape == (2, 3, 32, 32)
+    conditional = kind in ("gan", "diffusion", "classifier")
+    assert (model.config.image_size, model.config.channels, model.config.num_classes) == (32, 3, 2 * conditional)
+    assert Image.open(run / "samples.png").mode == "RGB"
+    if kind == "gan":
+        assert model.generate(2, labels=torch.tensor([0, 1]), seed=0).shape == (2, 3, 32, 32)
 
 
 def test_anomaly_fit_and_score(pattern_mnist, tmp_path):

@@ -1,15 +1,19 @@
 """Image commands: `dlforge train ae|vae|gan|diffusion|classifier`, `sample`, `img2img`, `inpaint`, `outpaint`,
-`noise-strip` and `anomaly fit|score`. Each is a thin layer over the library functions Python users call:
+`noise-strip`, `anomaly fit|score`, `latent-plot` and `interpolate`. Each is a thin layer over the library
+functions Python users call:
   train ...   -> dlforge.training.images.train_image_model
   sample      -> dlforge.pipelines.image_generation.sample_images (diffusion, GAN or VAE)
   img2img, inpaint, outpaint, noise-strip -> dlforge.diffusion.sampling
   anomaly     -> dlforge.training.anomaly (fit_anomaly_detector, score_anomalies)
+  latent-plot, interpolate -> dlforge.models.autoencoder_tools (latent_scatter, interpolate)
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+import torch
 
 from ..errors import DlforgeError
 from .main import _positive_float, _positive_int, _print_result
@@ -178,6 +182,59 @@ def cmd_noise_strip(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ autoencoder tools
+def cmd_latent_plot(args) -> int:
+    from ..data.images import load_image_set
+    from ..models.autoencoder_tools import latent_scatter
+    from ..pipelines.image_generation import load_image_model
+
+    model, class_names = load_image_model(args.run, ("ae", "vae"), "dlforge latent-plot")
+    data = load_image_set(args.data, args.split, model.config.image_size, model.config.channels)
+    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:args.n]
+    path = latent_scatter(model, data.images[pick], None if data.labels is None else data.labels[pick], args.out,
+                          class_names=data.classes or class_names)
+    print(f"latent codes of {len(pick)} images: {path}")
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    from ..data.images import load_image, save_grid
+    from ..models.autoencoder_tools import interpolate
+    from ..pipelines.image_generation import load_image_model
+
+    model, _ = load_image_model(args.run, ("ae", "vae"), "dlforge interpolate")
+    if len(args.image) != 2:
+        raise DlforgeError(f"give --image exactly twice (the first and the last picture), got {len(args.image)}")
+    a, b = (load_image(path, model.config.image_size, model.config.channels) for path in args.image)
+    path = save_grid(interpolate(model, a, b, steps=args.steps), args.out, nrow=args.steps, scale=args.scale)
+    print(f"{args.steps} images from the first to the second: {path}")
+    return 0
+
+
+def _add_autoencoder_parsers(sub) -> None:
+    plot = sub.add_parser("latent-plot", help="2-D scatter of an autoencoder's latent codes, coloured by class",
+                          description="Encode N images with a trained ae/vae and plot their codes in 2-D (the first "
+                                      "two principal components when the latent has more dimensions).")
+    plot.add_argument("run", help="a `dlforge train ae|vae` run or model folder")
+    plot.add_argument("--data", required=True, help="MNIST IDX folder, image folder, or sklearn-digits")
+    plot.add_argument("--split", default="test", choices=("train", "test"), help="which split (default test)")
+    plot.add_argument("--n", type=_positive_int, default=5000, help="images to plot (default 5000)")
+    plot.add_argument("--out", required=True, help="PNG to write")
+    plot.add_argument("--seed", type=int, default=0, help="which images are drawn (default 0)")
+    plot.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    plot.set_defaults(func=cmd_latent_plot)
+    walk = sub.add_parser("interpolate", help="decode a straight line between two images' latent codes",
+                          description="Encode two images with a trained ae/vae and decode evenly spaced points "
+                                      "between their codes: one PNG row from the first image to the second.")
+    walk.add_argument("run", help="a `dlforge train ae|vae` run or model folder")
+    walk.add_argument("--image", required=True, action="append", help="an image; give it twice (first, last)")
+    walk.add_argument("--steps", type=_positive_int, default=8, help="images in the row, ends included (default 8)")
+    walk.add_argument("--scale", type=_positive_int, default=2, help="enlarge the row by this factor (default 2)")
+    walk.add_argument("--out", required=True, help="PNG to write")
+    walk.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    walk.set_defaults(func=cmd_interpolate)
+
+
 # ---------------------------------------------------------------------------------------- anomaly
 def cmd_anomaly_fit(args) -> int:
     from ..training.anomaly import fit_anomaly_detector, refit_threshold
@@ -334,3 +391,4 @@ def add_parsers(sub) -> None:
     _add_diffusion_flags(strip)
     strip.set_defaults(func=cmd_noise_strip)
     _add_anomaly_parsers(sub)
+    _add_autoencoder_parsers(sub)

@@ -266,11 +266,11 @@ def outpaint(model, images, pad, steps: int = 50, scheduler="ddpm", resample: in
 
 
 def process_strip(model, image, path: str | Path, steps: int = 50, scheduler="ddim", frames: int = 8,
-                  labels=None, guidance_scale: float = 1.0, eta: float = 0.0, seed=0) -> torch.Tensor:
-    """A PNG of diffusion at work: the top row noises `image` from clean to the first sampling timestep
-    (frames − 1 noise levels of the schedule), the bottom row starts from that noisiest picture and denoises it
-    back, shown at the same levels in reverse and ending at the result. Both rows read left to right.
-    Returns the (2·frames, C, H, W) pictures (clamped to [-1, 1]) written to `path`."""
+                  labels=None, guidance_scale: float = 1.0, eta: float = 0.0, seed=0, scale: int = 2) -> torch.Tensor:
+    """A PNG of diffusion at work (pictures enlarged `scale` times): the top row noises `image` from clean to
+    the first sampling timestep (frames − 1 noise levels of the schedule), the bottom row starts from that noisiest
+    picture and denoises it back, shown at the same levels in reverse and ending at the result. Both rows read
+    left to right. Returns the (2·frames, C, H, W) pictures (clamped to [-1, 1]) written to `path`."""
     from ..data.images import save_grid
 
     if frames < 2:
@@ -287,5 +287,5 @@ def process_strip(model, image, path: str | Path, steps: int = 50, scheduler="dd
         x0 = _denoise(model, sched, forward[-1], sched.timesteps, labels, guidance_scale, gen,
                       on_step=lambda i, x: reverse.append(x) if i in shown else None)
     pictures = torch.cat(forward + reverse + [x0]).clamp(-1, 1)
-    save_grid(pictures, path, nrow=len(forward))
+    save_grid(pictures, path, nrow=len(forward), scale=scale)
     return pictures

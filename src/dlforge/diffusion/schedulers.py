@@ -278,6 +278,12 @@ def make_scheduler(name: str, config=None, **kwargs) -> NoiseScheduler:
 
     `config` is anything with `num_train_timesteps`, `beta_schedule` and `prediction_type` (a DiffusionConfig);
     `kwargs` are passed to the scheduler (eta, clip_sample, timestep_spacing, ...).
+
+    DDIM built for a model does not clip x̂_0 (pass clip_sample=True for diffusers' default): DDIM keeps the
+    model's ε̂ while clipping x̂_0, and under classifier-free guidance the extrapolated prediction leaves [-1, 1]
+    at high noise, so the two disagree and deterministic sampling drifts off the data (on the MNIST benchmark
+    model: 61 % conditional accuracy at guidance 2 with clipping, 100 % without; DPM-Solver++ never clips and
+    DDPM's fresh noise hides the mismatch).
     """
     key = SCHEDULER_ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name
     if key not in SCHEDULERS:
@@ -285,6 +291,8 @@ def make_scheduler(name: str, config=None, **kwargs) -> NoiseScheduler:
     if config is not None:
         for field in ("num_train_timesteps", "beta_schedule", "prediction_type"):
             kwargs.setdefault(field, getattr(config, field))
+        if key == "ddim":
+            kwargs.setdefault("clip_sample", False)
     try:
         return SCHEDULERS[key](**kwargs)
     except TypeError as e:

@@ -25,6 +25,7 @@ import torch
 from ..data.images import ImageBatches, ImageSet, load_image_set, save_grid
 from ..errors import DlforgeError
 from ..io import atomic_write_json, atomic_write_with
+from ..models.gan import DCGAN_TRAIN_SETTINGS
 from .distributed import init_distributed
 from .lm import parse_overrides, settable_fields, split_settings
 from .trainer import EvalMetric, TrainConfig, Trainer, open_run, resolve_device
@@ -81,13 +82,10 @@ PRESETS: dict[str, dict[str, dict]] = {
                       batch_size=128, lr=1e-3, max_steps=30000, warmup_steps=200, weight_decay=0.0,
                       eval_interval=1000, log_interval=50),
     },
-    "gan": {
-        "tiny": dict(latent_dim=16, batch_size=32, lr=2e-4, beta1=0.5, beta2=0.999, weight_decay=0.0,
-                     warmup_steps=0, decay="constant", grad_clip=None, max_steps=60, eval_interval=30,
+    "gan": {  # the published DCGAN optimiser settings (Adam 2e-4, β1 0.5, constant LR, batch 128)
+        "tiny": dict(DCGAN_TRAIN_SETTINGS, latent_dim=16, batch_size=32, max_steps=60, eval_interval=30,
                      log_interval=10, eval_images=64),
-        "mnist": dict(latent_dim=100, batch_size=128, lr=2e-4, beta1=0.5, beta2=0.999, weight_decay=0.0,
-                      warmup_steps=0, decay="constant", grad_clip=None, max_steps=10000, eval_interval=500,
-                      log_interval=20, eval_images=512),
+        "mnist": dict(DCGAN_TRAIN_SETTINGS, max_steps=20000, eval_interval=500, log_interval=20, eval_images=512),
     },
     "diffusion": {
         "tiny": dict(base_channels=16, batch_size=32, lr=1e-3, max_steps=100, warmup_steps=10, eval_interval=50,
