@@ -112,7 +112,8 @@ def main() -> int:
     settings = ([(f"DDIM 50, guidance {g}", dict(steps=50, scheduler="ddim", guidance_scale=float(g)))
                  for g in args.guidance.split(",")] if args.kind == "diffusion" else [("DCGAN", {})])
     rows, figures = [], {}
-    for name, options in settings:
+
+    def score(name: str, options: dict) -> None:
         images, labels, seconds = draw(model, args.samples, **options)
         scores = evaluate_samples(classifier, images, labels, test_features)
         rows.append({"sampler": name, "accuracy": f"{100 * scores['accuracy']:.2f} %",
@@ -120,16 +121,12 @@ def main() -> int:
         figures[name] = {"accuracy": round(scores["accuracy"], 4), "frechet": round(scores["frechet"], 4),
                          "sampling_s": round(seconds, 1), **options}
         print(rows[-1], flush=True)
+
+    for name, options in settings:
+        score(name, options)
     if args.kind == "diffusion":  # DPM-Solver++ at the guidance scale with the best DDIM accuracy
         best = max(settings, key=lambda s: figures[s[0]]["accuracy"])[1]["guidance_scale"]
-        name, options = f"DPM-Solver++ 2M 20, guidance {best:g}", dict(steps=20, scheduler="dpm++",
-                                                                        guidance_scale=best)
-        images, labels, seconds = draw(model, args.samples, **options)
-        scores = evaluate_samples(classifier, images, labels, test_features)
-        rows.append({"sampler": name, "accuracy": f"{100 * scores['accuracy']:.2f} %",
-                     "Fréchet": f"{scores['frechet']:.3f}", "sampling s": f"{seconds:.0f}"})
-        figures[name] = {"accuracy": round(scores["accuracy"], 4), "frechet": round(scores["frechet"], 4),
-                         "sampling_s": round(seconds, 1), **options}
+        score(f"DPM-Solver++ 2M 20, guidance {best:g}", dict(steps=20, scheduler="dpm++", guidance_scale=best))
         grid_options = dict(steps=50, scheduler="ddim", guidance_scale=best)
         diffusion_figures(model, mnist, best)
     else:

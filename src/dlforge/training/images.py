@@ -6,7 +6,7 @@ class) or `sklearn-digits` (see `dlforge.data.images`). The model's resolution, 
 data unless `--set image_size=...` asks for another size.
 
 Every family trains on the same Trainer. At every evaluation the model's `preview` (reconstructions, or samples
-from a fixed noise batch, EMA weights when enabled) is written to `samples/step-XXXXXXX.png` and `samples.png`.
+from a fixed noise batch, EMA weights when enabled) is written to `samples/step-<step>.png` and `samples.png`.
 GANs and diffusion models keep their latest weights as `checkpoints/best` (their validation loss does not rank
 sample quality); the others keep the lowest validation loss (the classifier: the highest accuracy).
 """
