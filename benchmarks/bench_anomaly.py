@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import time
 from pathlib import Path
 
-from common import emit_json, machine, print_table, shared_data_dir
+from common import emit_json, machine, mnist_dir, print_table
 
 from dlforge.training.anomaly import fit_anomaly_detector, score_anomalies
 from dlforge.training.images import parse_image_overrides
@@ -35,20 +34,17 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    data = shared_data_dir()
-    if data is None or not (data / "mnist").is_dir():
-        print("MNIST not found: set DLFORGE_DATA or place shared/data beside the checkout", file=sys.stderr)
+    mnist = mnist_dir(fresh=args.out)
+    if mnist is None:
         return 1
-    if args.out.exists():
-        shutil.rmtree(args.out)
     overrides = {"max_steps": args.steps, **parse_image_overrides("ae", args.set)}
     rows, aucs = [], []
     for digit in args.digits.split(","):
         run = args.out / f"normal-{digit}"
         start = time.perf_counter()
-        fit_anomaly_detector(data / "mnist", run, normal=digit, overrides=overrides, seed=args.seed, progress=False)
+        fit_anomaly_detector(mnist, run, normal=digit, overrides=overrides, seed=args.seed, progress=False)
         minutes = (time.perf_counter() - start) / 60
-        report = score_anomalies(run, data / "mnist", run / "test", split="test")
+        report = score_anomalies(run, mnist, run / "test", split="test")
         aucs.append(report["roc_auc"])
         rows.append({"normal digit": digit, "train min": f"{minutes:.2f}", "ROC-AUC": f"{report['roc_auc']:.4f}",
                      "PR-AUC": f"{report['pr_auc']:.4f}", "precision": f"{report['precision']:.3f}",

@@ -14,13 +14,11 @@ Target: test accuracy >= 99 %. The other image benchmarks load the classifier fr
 from __future__ import annotations
 
 import argparse
-import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
-from common import emit_json, machine, print_table, shared_data_dir
+from common import emit_json, machine, mnist_dir, print_table
 
 from dlforge.data.images import load_image_set, to_signed_unit
 from dlforge.hub import load_pretrained
@@ -46,13 +44,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=1337)
     args = parser.parse_args()
-    data = shared_data_dir()
-    if data is None or not (data / "mnist").is_dir():
-        print("MNIST not found: set DLFORGE_DATA or place shared/data beside the checkout", file=sys.stderr)
+    mnist = mnist_dir(fresh=args.out)
+    if mnist is None:
         return 1
-    mnist = data / "mnist"
-    if args.out.exists():
-        shutil.rmtree(args.out)
     start = time.perf_counter()
     result = train_image_model("classifier", mnist, args.out, preset="mnist", seed=args.seed,
                                overrides={"max_minutes": args.minutes})

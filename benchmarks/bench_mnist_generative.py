@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from bench_mnist_classifier import DEFAULT_OUT as CLASSIFIER_RUN
 from bench_mnist_classifier import real_feature_floor
-from common import emit_json, machine, print_table, shared_data_dir
+from common import emit_json, machine, mnist_dir, print_table
 
 from dlforge.data.images import load_image_set, save_grid, to_signed_unit, write_image
 from dlforge.hub import load_pretrained
@@ -82,15 +82,13 @@ def main() -> int:
     parser.add_argument("--skip-training", action="store_true", help="score the existing run in --out")
     parser.add_argument("--figures-only", action="store_true", help="diffusion: only redraw the figures of --out")
     args = parser.parse_args()
-    data = shared_data_dir()
-    if data is None or not (data / "mnist").is_dir():
-        print("MNIST not found: set DLFORGE_DATA or place shared/data beside the checkout", file=sys.stderr)
+    mnist = mnist_dir()
+    if mnist is None:
         return 1
     if not (args.classifier / "run.json").is_file():
         print(f"no evaluation classifier in {args.classifier}: run benchmarks/bench_mnist_classifier.py first",
               file=sys.stderr)
         return 1
-    mnist = data / "mnist"
     if args.figures_only:
         model, _ = load_pretrained(args.out or Path("runs/bench/diffusion"))
         diffusion_figures(model, mnist, float(args.guidance.split(",")[-1]))

@@ -15,12 +15,10 @@ Target: test negative ELBO <= 100 nats within 15 minutes.
 from __future__ import annotations
 
 import argparse
-import shutil
-import sys
 import time
 from pathlib import Path
 
-from common import emit_json, machine, print_table, shared_data_dir
+from common import emit_json, machine, mnist_dir, print_table
 
 from dlforge.data.images import load_image_set, save_grid, to_signed_unit
 from dlforge.hub import load_pretrained
@@ -37,20 +35,17 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    data = shared_data_dir()
-    if data is None or not (data / "mnist").is_dir():
-        print("MNIST not found: set DLFORGE_DATA or place shared/data beside the checkout", file=sys.stderr)
+    mnist = mnist_dir(fresh=args.out)
+    if mnist is None:
         return 1
     from dlforge.training.images import parse_image_overrides
 
     overrides = {"max_minutes": args.minutes, **parse_image_overrides("vae", args.set)}
-    if args.out.exists():
-        shutil.rmtree(args.out)
     start = time.perf_counter()
-    result = train_image_model("vae", data / "mnist", args.out, preset="mnist", seed=args.seed, overrides=overrides)
+    result = train_image_model("vae", mnist, args.out, preset="mnist", seed=args.seed, overrides=overrides)
     minutes = (time.perf_counter() - start) / 60
     model, _ = load_pretrained(args.out)
-    test = load_image_set(data / "mnist", "test")
+    test = load_image_set(mnist, "test")
     images = to_signed_unit(test.images)
     elbo = negative_elbo(model, images).mean().item()
     iw = importance_weighted_nll(model, images[:2000], k=100).mean().item()

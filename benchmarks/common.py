@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,18 @@ def shared_data_dir() -> Path | None:
     candidates = [Path(env)] if env else []
     candidates.append(Path(__file__).resolve().parents[1].parent / "shared" / "data")
     return next((p for p in candidates if p.is_dir()), None)
+
+
+def mnist_dir(fresh: Path | None = None) -> Path | None:
+    """The shared MNIST IDX folder, or None after saying on stderr how to provide it. `fresh`: a run folder to
+    empty first (a benchmark always trains from scratch)."""
+    data = shared_data_dir()
+    if data is None or not (data / "mnist").is_dir():
+        print("MNIST not found: set DLFORGE_DATA or place shared/data beside the checkout", file=sys.stderr)
+        return None
+    if fresh is not None and fresh.exists():
+        shutil.rmtree(fresh)
+    return data / "mnist"
 
 
 def minilm_dir() -> str:

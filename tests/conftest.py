@@ -192,3 +192,22 @@ def pattern_mnist(tmp_path_factory) -> Path:
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return folder
+
+
+@pytest.fixture
+def cli(capsys):
+    """For CLI tests: cli(*argv) -> (exit status, stdout, stderr) of `dlforge argv` run in-process; argparse's
+    SystemExit becomes the status."""
+
+    from dlforge.cli.main import main
+
+    def run(*argv) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -101,7 +101,8 @@ def test_every_command_is_covered():
                            ("finetune",), ("generate",), ("img2img",), ("info",), ("inpaint",), ("interpolate",),
                            ("latent-plot",), ("noise-strip",), ("outpaint",), ("pipeline",), ("sample",), ("train",),
                            ("train", "ae"), ("train", "bert"), ("train", "classifier"), ("train", "diffusion"),
-                           ("train", "gan"), ("train", "gpt"), ("train", "seq2seq"), ("train", "vae")]
+                           ("train", "gan"), ("train", "gpt"), ("train", "resnet"), ("train", "seq2seq"),
+                           ("train", "vae"), ("train", "vit")]
 
 
 @pytest.mark.parametrize("path", _commands(), ids=lambda p: " ".join(p) or "dlforge")

@@ -114,8 +114,8 @@ def test_task_flags_reach_the_pipeline(json_cli, head_models, task, model_task, 
     (lambda t: ["zero-shot-classification", "a text", "--candidate-labels", "a,b", "--hypothesis-template", "x"],
      ["has no {}"]),
     (lambda t: ["zero-shot-classification", "a text", "--candidate-labels", "a", "--top-k", "1"],
-     ["--top-k is an option of text-classification, fill-mask, question-answering, translation, summarization, "
-      "text2text-generation only"]),
+     ["--top-k is an option of text-classification, fill-mask, question-answering, image-classification, "
+      "translation, summarization, text2text-generation only"]),
     (lambda t: ["sentiment-analysis", "a text", "--aggregation-strategy", "simple"],
      ["--aggregation-strategy is an option of token-classification only"]),
     (lambda t: ["ner", "a text", "--doc-stride", "16"], ["--doc-stride is an option of question-answering only"]),

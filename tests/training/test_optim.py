@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from dlforge.errors import DlforgeError
 from dlforge.models import GPT, GPTConfig
 from dlforge.training import EMA, learning_rate, make_adamw
 
@@ -169,3 +170,52 @@ def test_ema_swap_twice_restores_tied_weights():
     expected = 0.5 * (raw["transformer.wte.weight"] - 1.0) + 0.5 * raw["transformer.wte.weight"]
     torch.testing.assert_close(model.lm_head.weight.detach(), expected, rtol=0, atol=1e-6)
     ema.swap(model)
+
+
+def test_one_cycle_schedule_and_momentum():
+    """fastai's one-cycle: lr/25 -> lr over the warmup, then down to lr/(25e4); β1 0.95 -> 0.85 -> 0.95."""
+    from dlforge.training.optim import adam_beta1
+
+    lrs = [learning_rate(s, LR, MIN_LR, WARMUP, TOTAL, "one-cycle") for s in range(TOTAL + 1)]
+    betas = [adam_beta1(s, 0.9, WARMUP, TOTAL, "one-cycle") for s in range(TOTAL + 1)]
+    assert lrs[0] == pytest.approx(LR / 25) and lrs[WARMUP] == pytest.approx(LR) and max(lrs) == pytest.approx(LR)
+    assert lrs[TOTAL] == pytest.approx(LR / 25 / 1e4)
+    assert all(a <= b for a, b in zip(lrs[:WARMUP], lrs[1:WARMUP + 1]))  # rises, then falls
+    assert all(a >= b for a, b in zip(lrs[WARMUP:], lrs[WARMUP + 1:]))
+    assert betas[0] == pytest.approx(0.95) and betas[WARMUP] == pytest.approx(0.85)
+    assert betas[TOTAL] == pytest.approx(0.95)
+    # the β1 goes down exactly when the LR goes up
+    assert all((b2 - b1) * (l2 - l1) <= 0 for l1, l2, b1, b2 in zip(lrs, lrs[1:], betas, betas[1:]))
+    assert adam_beta1(10, 0.9, WARMUP, TOTAL, "cosine") == 0.9  # other schedules keep their β1
+
+
+def test_trainer_applies_one_cycle_momentum(tmp_path):
+    from dlforge.training.trainer import TrainConfig, Trainer
+
+    class Data:
+        def train_batch(self, step, micro=0, rank=0, world_size=1):
+            return {"x": torch.ones(4, 2)}
+
+        def eval_batches(self, rank=0, world_size=1):
+            yield {"x": torch.ones(4, 2)}
+
+    class Tiny(torch.nn.Module):
+        kind = "tiny"
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(2, 1)
+
+        def forward(self, x):
+            from dlforge.models.outputs import ModelOutput
+
+            return ModelOutput(loss=self.w(x).pow(2).mean())
+
+    config = TrainConfig(max_steps=3, warmup_steps=2, decay="one-cycle", precision="fp32", eval_interval=100,
+                         log_interval=1)
+    trainer = Trainer(Tiny(), config, Data(), tmp_path, progress=False)
+    trainer._train_step()
+    trainer._train_step()  # step 1 of 2 warmup steps: β1 halfway from 0.95 to 0.85
+    assert trainer.optimizer.param_groups[0]["betas"][0] == pytest.approx(0.90)
+    with pytest.raises(DlforgeError, match="decay must be one of"):
+        TrainConfig(decay="linear")

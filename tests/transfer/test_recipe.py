@@ -278,7 +278,7 @@ def test_task_text_pairs_get_segment_ids(tmp_path):
     types = feature["token_type_ids"].tolist()
     assert types[0] == 0 and types[-1] == 1 and types == sorted(types)
     with pytest.raises(DlforgeError, match="single texts"):
-        task.texts(examples)
+        task.vectors(None, tok, examples, 32, tmp_path, None)
 
 
 @pytest.mark.parametrize("content, message", [

@@ -12,7 +12,7 @@ from .main import _positive_float, _positive_int
 # CLI flag (argparse dest) -> finetune setting of the same name; unset flags keep the method's defaults
 SETTINGS = ("epochs", "max_steps", "minutes", "lr", "batch_size", "max_length", "layer_lr_decay", "top_k_layers",
             "lora_r", "lora_alpha", "lora_dropout", "teacher", "student_layers", "select_by", "precision", "device",
-            "seed")
+            "seed", "decay", "warmup_ratio")
 
 
 def parse_value(text: str):
@@ -101,6 +101,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive_float,
                    help="peak learning rate (default: full 5e-5, top-k 1e-4, lora 2e-4 with the head at 1e-3, "
                         "features 1e-3, distill 1e-4); warmup 6 %%, then cosine decay to 0")
+    p.add_argument("--decay", choices=("cosine", "constant", "one-cycle"),
+                   help="learning-rate schedule after warmup (default cosine to 0); one-cycle: up from lr/25 over "
+                        "the warmup, then down, with Adam's beta1 mirroring it (fastai's fit_one_cycle; use "
+                        "--warmup-ratio 0.25)")
+    p.add_argument("--warmup-ratio", type=float, help="share of the steps spent warming up (default 0.06)")
     p.add_argument("--batch-size", type=_positive_int, help="examples per step (default 32)")
     p.add_argument("--max-length", type=_positive_int, help="tokens per input (default: the task's, e.g. 128)")
     p.add_argument("--layer-lr-decay", type=_positive_float,

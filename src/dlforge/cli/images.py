@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DlforgeError
-from .main import _positive_float, _positive_int, _print_result
+from .main import _positive_int, _print_result, add_run_flags, run_budget
 
 FAMILY_HELP = {
     "ae": "an autoencoder (MLP or convolutional; denoising with --set noise=gaussian|masking)",
@@ -24,6 +24,8 @@ FAMILY_HELP = {
     "gan": "a DCGAN (class-conditional when the data has labels)",
     "diffusion": "a diffusion model (UNet; class-conditional with classifier-free guidance when labelled)",
     "classifier": "a CNN image classifier (the evaluation classifier for generated digits)",
+    "vit": "a Vision Transformer classifier, e.g. a backbone to fine-tune (--set only_classes=0,1,2,3,4)",
+    "resnet": "a ResNet classifier, e.g. a backbone to fine-tune (--set only_classes=0,1,2,3,4)",
 }
 
 
@@ -32,10 +34,7 @@ def cmd_train_images(args) -> int:
     from ..training.images import parse_image_overrides, train_image_model
 
     overrides = parse_image_overrides(args.family, args.set or [])
-    if args.max_steps is not None:
-        overrides["max_steps"] = args.max_steps
-    if args.minutes is not None:
-        overrides["max_minutes"] = args.minutes
+    overrides.update(run_budget(args))
     result = train_image_model(args.family, args.data, args.out, preset=args.preset, overrides=overrides,
                                resume=args.resume, seed=args.seed, progress=not args.quiet)
     _print_result(result, args.out)
@@ -59,12 +58,7 @@ def add_train_parsers(families) -> None:
         parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                             help="override a model, data or training field, e.g. --set latent_dim=2 --set "
                                  "image_size=32 --set lr=3e-4 (repeatable)")
-        parser.add_argument("--max-steps", type=_positive_int, help="optimizer steps (the LR schedule ends here)")
-        parser.add_argument("--minutes", type=_positive_float, help="wall-clock budget; the schedule is fitted to it")
-        parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-        parser.add_argument("--seed", type=int, help="random seed (default 1337)")
-        parser.add_argument("--quiet", action="store_true", help="no progress bar")
-        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        add_run_flags(parser)
         parser.set_defaults(func=cmd_train_images)
 
 
@@ -244,10 +238,7 @@ def cmd_anomaly_fit(args) -> int:
         detector = refit_threshold(args.out, method=args.threshold, percentile=args.percentile)
     else:
         overrides = parse_image_overrides(args.kind, args.set or [])
-        if args.max_steps is not None:
-            overrides["max_steps"] = args.max_steps
-        if args.minutes is not None:
-            overrides["max_minutes"] = args.minutes
+        overrides.update(run_budget(args))
         detector = fit_anomaly_detector(args.data, args.out, normal=args.normal, kind=args.kind, preset=args.preset,
                                         overrides=overrides, method=args.threshold, percentile=args.percentile,
                                         seed=args.seed, resume=args.resume, progress=not args.quiet)
@@ -290,12 +281,7 @@ def _add_anomaly_parsers(sub) -> None:
                           "the other classes")
     fit.add_argument("--percentile", type=float, default=95.0, help="for --threshold percentile (default 95)")
     fit.add_argument("--refit", action="store_true", help="only re-pick the threshold of the trained run in --out")
-    fit.add_argument("--max-steps", type=_positive_int, help="optimizer steps")
-    fit.add_argument("--minutes", type=_positive_float, help="wall-clock budget for training")
-    fit.add_argument("--resume", action="store_true", help="continue training the run in --out")
-    fit.add_argument("--seed", type=int, help="random seed (default 1337)")
-    fit.add_argument("--quiet", action="store_true", help="no progress bar")
-    fit.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    add_run_flags(fit)
     fit.set_defaults(func=cmd_anomaly_fit)
     score = actions.add_parser("score", help="score images with a fitted detector; report when labels are known",
                                description="Score every image of --data; write scores.csv, and for labelled data "

@@ -50,15 +50,29 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every training command shares: the budget (--max-steps, --minutes), --resume, --seed, --quiet
+    and the hidden --debug. `run_budget(args)` turns the budget into Trainer overrides."""
+    parser.add_argument("--max-steps", type=_positive_int, help="optimizer steps (the LR schedule ends here)")
+    parser.add_argument("--minutes", type=_positive_float, help="wall-clock budget; the schedule is fitted to it")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--seed", type=int, help="random seed (default 1337)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def run_budget(args) -> dict:
+    """--max-steps / --minutes as Trainer overrides (only those given)."""
+    budget = {"max_steps": args.max_steps, "max_minutes": args.minutes}
+    return {key: value for key, value in budget.items() if value is not None}
+
+
 # ------------------------------------------------------------------------------------------ train
 def cmd_train(args) -> int:
     from ..training.lm import parse_overrides, train_language_model
 
     overrides = parse_overrides(args.set or [])
-    if args.max_steps is not None:
-        overrides["max_steps"] = args.max_steps
-    if args.minutes is not None:
-        overrides["max_minutes"] = args.minutes
+    overrides.update(run_budget(args))
     if args.data is None and not args.resume:
         raise DlforgeError("--data is required: give a UTF-8 text file or a folder of text files")
     result = train_language_model(args.data, args.out, preset=args.preset, overrides=overrides,
@@ -152,7 +166,8 @@ def cmd_info(args) -> int:
 # Task-specific pipeline flags: argparse dest -> (flag, the tasks that take it, the pipeline keyword).
 # The keywords are the Hugging Face pipelines' call arguments, so the CLI and Python read the same.
 TASK_FLAGS = {
-    "top_k": ("--top-k", ("text-classification", "fill-mask", "question-answering"), "top_k"),
+    "top_k": ("--top-k", ("text-classification", "fill-mask", "question-answering", "image-classification"),
+              "top_k"),
     "function_to_apply": ("--function-to-apply", ("text-classification",), "function_to_apply"),
     "targets": ("--targets", ("fill-mask",), "targets"),
     "aggregation_strategy": ("--aggregation-strategy", ("token-classification",), "aggregation_strategy"),
@@ -166,6 +181,7 @@ TASK_FLAGS = {
     "multi_label": ("--multi-label", ("zero-shot-classification",), "multi_label"),
 }
 SEQ2SEQ_TASKS = ("translation", "summarization", "text2text-generation")
+IMAGE_TASKS = ("image-classification", "image-feature-extraction")
 # generation flags of the encoder-decoder pipelines, under Hugging Face's keyword names
 for _name in ("min_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "length_penalty",
               "no_repeat_ngram_size", "early_stopping", "num_return_sequences", "repetition_penalty", "prefix"):
@@ -196,6 +212,10 @@ def cmd_pipeline(args) -> int:
     if not texts:
         raise DlforgeError("no input: give texts as arguments or --file FILE (.txt, .csv, .tsv or .jsonl)")
     task = ALIASES.get(args.task, args.task)
+    if task in IMAGE_TASKS:  # the inputs are image files or folders of them
+        from ..data.processor import expand_image_paths
+
+        texts = expand_image_paths(texts)
     zero_shot = task == "zero-shot-classification"
     options = {}
     for dest, (flag, tasks, keyword) in TASK_FLAGS.items():
@@ -301,12 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a model or training field, e.g. --set n_layer=6 --set lr=3e-4 (repeatable)")
     gpt.add_argument("--tokenizer", default="char", choices=TOKENIZERS, help="char or byte-level bpe (default: char)")
     gpt.add_argument("--vocab-size", type=_positive_int, help="BPE vocabulary size (default 4096)")
-    gpt.add_argument("--max-steps", type=_positive_int, help="optimizer steps (the LR schedule ends here)")
-    gpt.add_argument("--minutes", type=_positive_float, help="wall-clock budget; the schedule is fitted to it")
-    gpt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    gpt.add_argument("--seed", type=int, help="random seed (default 1337)")
-    gpt.add_argument("--quiet", action="store_true", help="no progress bar")
-    gpt.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    add_run_flags(gpt)
     gpt.set_defaults(func=cmd_train)
     from .images import add_parsers as add_image_commands
     from .images import add_train_parsers as add_train_images
@@ -342,11 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ..pipelines.tasks import ALIASES, PIPELINES
 
-    pipe = sub.add_parser("pipeline", help="run a task pipeline on texts (JSON lines out)",
-                          description="Run a task pipeline (text-classification, fill-mask, ...) on texts.")
+    pipe = sub.add_parser("pipeline", help="run a task pipeline on texts or images (JSON lines out)",
+                          description="Run a task pipeline (text-classification, fill-mask, ...) on texts, or "
+                                      "image-classification / image-feature-extraction on image files and folders.")
     text_tasks = sorted(t for t in [*PIPELINES, *ALIASES] if t != "image-generation")  # that one: `dlforge sample`
     pipe.add_argument("task", choices=text_tasks, help="the task")
-    pipe.add_argument("texts", nargs="*", help="input texts (or --file)")
+    pipe.add_argument("texts", nargs="*", help="input texts (or --file); image tasks: image files or folders")
     pipe.add_argument("--model", required=True, help="dlforge or Hugging Face model folder, or a hub id (org/name)")
     pipe.add_argument("--file", help="inputs: .txt (one per line), .csv/.tsv (a column) or .jsonl (a field)")
     pipe.add_argument("--column", help="--file's column or JSON field (default: 'text', else a .csv's first column "

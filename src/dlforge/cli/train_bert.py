@@ -6,17 +6,14 @@ from __future__ import annotations
 import argparse
 
 from ..errors import DlforgeError
-from .main import _positive_float, _positive_int, _print_result
+from .main import _positive_int, _print_result, add_run_flags, run_budget
 
 
 def cmd_train_bert(args) -> int:
     from ..training.mlm import parse_bert_overrides, train_masked_lm
 
     overrides = parse_bert_overrides(args.set or [])
-    if args.max_steps is not None:
-        overrides["max_steps"] = args.max_steps
-    if args.minutes is not None:
-        overrides["max_minutes"] = args.minutes
+    overrides.update(run_budget(args))
     if args.data is None and not args.resume:
         raise DlforgeError("--data is required: give a UTF-8 text file (one text per line) or a folder of them")
     result = train_masked_lm(args.data, args.out, preset=args.preset, overrides=overrides, tokenizer=args.tokenizer,
@@ -51,11 +48,6 @@ def add_parser(families) -> argparse.ArgumentParser:
                       help="tokenizer trained on --data: wordpiece (BERT, lower-cased) or bpe (RoBERTa-style "
                            "byte-level); default wordpiece")
     bert.add_argument("--vocab-size", type=_positive_int, help="tokenizer vocabulary size (default: the preset's)")
-    bert.add_argument("--max-steps", type=_positive_int, help="optimizer steps (the LR schedule ends here)")
-    bert.add_argument("--minutes", type=_positive_float, help="wall-clock budget; the schedule is fitted to it")
-    bert.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    bert.add_argument("--seed", type=int, help="random seed (default 1337)")
-    bert.add_argument("--quiet", action="store_true", help="no progress bar")
-    bert.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    add_run_flags(bert)
     bert.set_defaults(func=cmd_train_bert)
     return bert

@@ -7,17 +7,14 @@ from __future__ import annotations
 import argparse
 
 from ..errors import DlforgeError
-from .main import _positive_float, _positive_int, _print_result
+from .main import _positive_int, _print_result, add_run_flags, run_budget
 
 
 def cmd_train_seq2seq(args) -> int:
     from ..training.seq2seq import parse_seq2seq_overrides, train_seq2seq
 
     overrides = parse_seq2seq_overrides(args.set or [])
-    if args.max_steps is not None:
-        overrides["max_steps"] = args.max_steps
-    if args.minutes is not None:
-        overrides["max_minutes"] = args.minutes
+    overrides.update(run_budget(args))
     if args.separate_vocab:
         overrides["joint_vocabulary"] = False
     if args.init is not None and (args.preset or args.vocab_size or args.separate_vocab):
@@ -61,11 +58,6 @@ def add_parser(families) -> argparse.ArgumentParser:
     parser.add_argument("--vocab-size", type=_positive_int, help="BPE vocabulary size (default: the preset's)")
     parser.add_argument("--separate-vocab", action="store_true",
                         help="one BPE vocabulary per side instead of a joint one (e.g. for unrelated scripts)")
-    parser.add_argument("--max-steps", type=_positive_int, help="optimizer steps (the LR schedule ends here)")
-    parser.add_argument("--minutes", type=_positive_float, help="wall-clock budget; the schedule is fitted to it")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--seed", type=int, help="random seed (default 1337)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    add_run_flags(parser)
     parser.set_defaults(func=cmd_train_seq2seq)
     return parser

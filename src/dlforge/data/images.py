@@ -200,6 +200,41 @@ def load_image_set(path: str | Path, split: str = "train", image_size: int | Non
     return resize_image_set(data, image_size, channels)
 
 
+def select_classes(data: ImageSet, names: str | None, relabel: bool = False) -> ImageSet:
+    """The images of the comma-separated classes `names` (all images when None). They keep their class ids,
+    or with `relabel` become a set of just those classes (ids 0..k-1 in the order given)."""
+    if names is None:
+        return data
+    if data.labels is None:
+        raise DlforgeError(f"only_classes needs labelled images, but {data.source} has no classes")
+    wanted = [name.strip() for name in str(names).split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in data.classes]
+    if unknown:
+        raise DlforgeError(f"unknown class {', '.join(unknown)}: {data.source} has {', '.join(data.classes)}")
+    ids = torch.tensor([data.classes.index(name) for name in wanted])
+    keep = torch.isin(data.labels, ids)
+    if not relabel:
+        return ImageSet(data.images[keep], data.labels[keep], data.classes, data.source)
+    new_id = torch.full((len(data.classes),), -1, dtype=torch.long)
+    new_id[ids] = torch.arange(len(ids))
+    return ImageSet(data.images[keep], new_id[data.labels[keep]], wanted, data.source)
+
+
+def few_per_class(data: ImageSet, per_class: int, seed: int = 0) -> ImageSet:
+    """At most `per_class` images of each class, drawn with `seed` (few-label experiments); order kept."""
+    if data.labels is None:
+        raise DlforgeError(f"per_class needs labelled images, but {data.source} has no classes")
+    if per_class < 1:
+        raise DlforgeError(f"per_class must be >= 1, got {per_class}")
+    generator = torch.Generator().manual_seed(seed)
+    keep = []
+    for label in data.labels.unique().tolist():
+        members = (data.labels == label).nonzero().flatten()
+        keep.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    index = torch.cat(keep).sort().values
+    return ImageSet(data.images[index], data.labels[index], data.classes, data.source)
+
+
 def resize_image_set(data: ImageSet, image_size: int | None, channels: int | None) -> ImageSet:
     """Match a model's resolution and channels (bilinear with antialiasing; gray <-> RGB)."""
     images = data.images
@@ -285,8 +320,9 @@ class ImageBatches:
 
     def __init__(self, data: ImageSet, batch_size: int, seed: int = 0, grad_accum: int = 1,
                  val_fraction: float = 0.05, validation: ImageSet | None = None, flip: bool = False,
-                 crop_padding: int = 0, eval_images: int = 2000):
+                 crop_padding: int = 0, eval_images: int = 2000, input_name: str = "images"):
         self.batch_size, self.seed, self.grad_accum = batch_size, seed, grad_accum
+        self.input_name = input_name  # the model's forward argument: images, or pixel_values (ViT, ResNet)
         self.flip, self.crop_padding = flip, crop_padding
         if validation is None:
             order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
@@ -326,7 +362,7 @@ class ImageBatches:
         return images
 
     def _batch(self, data: ImageSet, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        batch = {"images": to_signed_unit(data.images[index])}
+        batch = {self.input_name: to_signed_unit(data.images[index])}
         if data.labels is not None:
             batch["labels"] = data.labels[index]
         return batch
@@ -340,7 +376,7 @@ class ImageBatches:
         if self.flip or self.crop_padding:
             seed = ((self.seed * 1_000_003 + step) * 1009 + micro_step) * 64 + rank
             generator = torch.Generator().manual_seed(seed)
-            batch["images"] = self._augment(batch["images"], generator)
+            batch[self.input_name] = self._augment(batch[self.input_name], generator)
         return batch
 
     def eval_batches(self, rank: int = 0, world_size: int = 1):

@@ -127,30 +127,29 @@ def _require_vae(model, what: str) -> None:
         raise DlforgeError(f"{what} needs a VAE (kind 'vae'); this model is kind {getattr(model, 'kind', '?')!r}")
 
 
-def negative_elbo(model: VAE, images: torch.Tensor, k: int = 1, batch_size: int = 256, seed: int = 0) -> torch.Tensor:
-    """−ELBO per image in nats (β = 1 whatever the model trained with), averaged over k posterior samples: (N,)."""
-    _require_vae(model, "the negative ELBO")
+def _per_image_bound(model: VAE, images: torch.Tensor, k: int, batch_size: int, seed: int, what: str,
+                     reduce) -> torch.Tensor:
+    """reduce(nll (k, B), kl (B,), log_w (k, B)) -> (B,) nats, over batches of `images`; every batch draws its k
+    posterior samples from a generator seeded with `seed`, so a figure does not depend on what came before."""
+    _require_vae(model, what)
     if k < 1:
         raise DlforgeError(f"k must be at least 1, got {k}")
     device, out = _device(model), []
     with eval_mode(model):
         for b in _batches(images, batch_size):
             generator = torch.Generator(device=device).manual_seed(seed)
-            nll, kl, _ = model.elbo_terms(as_signed_images(b).to(device), k, generator)
-            out.append((nll.mean(0) + kl).cpu())
+            out.append(reduce(*model.elbo_terms(as_signed_images(b).to(device), k, generator)).cpu())
     return torch.cat(out)
+
+
+def negative_elbo(model: VAE, images: torch.Tensor, k: int = 1, batch_size: int = 256, seed: int = 0) -> torch.Tensor:
+    """−ELBO per image in nats (β = 1 whatever the model trained with), averaged over k posterior samples: (N,)."""
+    return _per_image_bound(model, images, k, batch_size, seed, "the negative ELBO",
+                            lambda nll, kl, log_w: nll.mean(0) + kl)
 
 
 def importance_weighted_nll(model: VAE, images: torch.Tensor, k: int = 100, batch_size: int = 64,
                             seed: int = 0) -> torch.Tensor:
     """Importance-weighted estimate of −log p(x) per image in nats with k samples (IWAE bound): (N,)."""
-    _require_vae(model, "the importance-weighted NLL")
-    if k < 1:
-        raise DlforgeError(f"k must be at least 1, got {k}")
-    device, out = _device(model), []
-    with eval_mode(model):
-        for b in _batches(images, batch_size):
-            generator = torch.Generator(device=device).manual_seed(seed)
-            _, _, log_w = model.elbo_terms(as_signed_images(b).to(device), k, generator)  # (k, B)
-            out.append(-(torch.logsumexp(log_w.double(), dim=0) - math.log(k)).float().cpu())
-    return torch.cat(out)
+    return _per_image_bound(model, images, k, batch_size, seed, "the importance-weighted NLL",
+                            lambda nll, kl, log_w: -(torch.logsumexp(log_w.double(), dim=0) - math.log(k)).float())

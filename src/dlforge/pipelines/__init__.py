@@ -7,8 +7,9 @@ A pipeline loads a model folder (dlforge or Hugging Face format) once, then maps
 
 Tasks: text-classification (alias sentiment-analysis), token-classification (alias ner), fill-mask,
 question-answering (question=/context= or {"question", "context"} records), feature-extraction,
-sentence-similarity, zero-shot-classification, text-generation. Each accepts a string or a list of
-strings (the result is then a list) and processes lists in batches.
+sentence-similarity, zero-shot-classification, text-generation; image-classification and
+image-feature-extraction (images: paths, folders, PIL images; see pipelines/vision.py); image-generation.
+Each accepts one input or a list (the result is then a list) and processes lists in batches.
 `read_inputs(path, column=None)` reads a list of inputs from a .txt, .csv, .tsv or .jsonl file (a string
 passed to a pipeline is always a text).
 """

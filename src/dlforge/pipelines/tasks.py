@@ -189,12 +189,13 @@ from .image_generation import ImageGeneration  # noqa: E402
 from .question_answering import QuestionAnswering  # noqa: E402
 from .text2text import TRANSLATION_TASK, Summarization, Text2TextGeneration, Translation  # noqa: E402
 from .token_classification import TokenClassification  # noqa: E402
+from .vision import ImageClassification, ImageFeatureExtraction  # noqa: E402
 from .zero_shot import ZeroShotClassification  # noqa: E402
 
 PIPELINES = {p.task_name: p for p in (TextClassification, FeatureExtraction, SentenceSimilarity, FillMask,
                                       TextGeneration, ZeroShotClassification, TokenClassification,
                                       QuestionAnswering, Text2TextGeneration, Translation, Summarization,
-                                      ImageGeneration)}
+                                      ImageGeneration, ImageClassification, ImageFeatureExtraction)}
 ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.images import ImageBatches, ImageSet, load_image_set, save_grid
+from ..data.images import ImageBatches, ImageSet, load_image_set, save_grid, select_classes
+from ..data.processor import ImageProcessor
 from ..errors import DlforgeError
 from ..io import atomic_write_json, atomic_write_with
 from ..models.gan import DCGAN_TRAIN_SETTINGS
@@ -37,7 +38,11 @@ FAMILIES = {
     "gan": ("gan", "GAN", "GANConfig"),
     "diffusion": ("unet", "DiffusionModel", "DiffusionConfig"),
     "classifier": ("convnet", "ImageClassifier", "ImageClassifierConfig"),
+    "vit": ("vit", "ViT", "ViTConfig"),
+    "resnet": ("cnn", "ResNet", "ResNetConfig"),
 }
+# backbones for transfer learning: trained as classifiers on pixel_values; `only_classes` makes a smaller label set
+VISION_FAMILIES = ("vit", "resnet")
 LATEST_IS_BEST = ("gan", "diffusion")
 CONDITIONAL_FAMILIES = ("gan", "diffusion")  # may take class labels; the classifier always does
 LABELS_FILE = "labels.json"
@@ -96,6 +101,20 @@ PRESETS: dict[str, dict[str, dict]] = {
                       warmup_steps=200, weight_decay=0.0, ema_decay=0.995, eval_interval=500, log_interval=20,
                       eval_images=1000),
     },
+    # backbones for transfer learning (benchmarks/bench_vision_transfer.py pretrains them on digits 0-4)
+    "resnet": {
+        "tiny": dict(block="basic", depths=[1, 1], widths=[8, 16], stem="small", batch_size=32, lr=2e-3,
+                     max_steps=60, warmup_steps=10, eval_interval=30, log_interval=10, eval_images=128),
+        "mnist": dict(block="basic", depths=[1, 1, 1], widths=[32, 64, 128], stem="small", batch_size=128, lr=2e-3,
+                      min_lr=1e-5, max_steps=2000, warmup_steps=100, weight_decay=0.05, crop_padding=2, **_COMMON),
+    },
+    "vit": {  # 4×4 patches of 28×28 digits: 49 tokens + [CLS]; dropout and translations: a ViT lacks a CNN's prior
+        "tiny": dict(patch_size=7, hidden_size=32, n_layer=2, n_head=2, intermediate_size=64, batch_size=32,
+                     lr=2e-3, max_steps=60, warmup_steps=10, eval_interval=30, log_interval=10, eval_images=128),
+        "mnist": dict(patch_size=4, hidden_size=128, n_layer=6, n_head=4, intermediate_size=256, norm_eps=1e-6,
+                      dropout=0.1, batch_size=128, lr=1e-3, min_lr=1e-5, max_steps=4000, warmup_steps=200,
+                      weight_decay=0.05, crop_padding=2, **_COMMON),
+    },
     "classifier": {
         "tiny": dict(batch_size=32, lr=2e-3, max_steps=100, warmup_steps=10, eval_interval=50, log_interval=10,
                      eval_images=256),
@@ -117,7 +136,8 @@ def family_classes(kind: str) -> tuple[type, type]:
 def field_types(kind: str) -> dict[str, str]:
     """The keys `--set` accepts for a family (its model config, the data settings, the Trainer's)."""
     _, config_class = family_classes(kind)
-    return settable_fields(config_class, ImageDataConfig, TrainConfig, exclude={"num_classes"})
+    return settable_fields(config_class, ImageDataConfig, TrainConfig,
+                           exclude={"num_classes", "num_labels", "labels"})
 
 
 def parse_image_overrides(kind: str, pairs: list[str]) -> dict:
@@ -154,20 +174,6 @@ def read_class_names(model_dir: str | Path) -> list[str] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def select_classes(data: ImageSet, names: str | None) -> ImageSet:
-    """The images of the comma-separated classes `names` (all images when None)."""
-    if names is None:
-        return data
-    if data.labels is None:
-        raise DlforgeError(f"only_classes needs labelled images, but {data.source} has no classes")
-    wanted = [name.strip() for name in str(names).split(",") if name.strip()]
-    unknown = [name for name in wanted if name not in data.classes]
-    if unknown:
-        raise DlforgeError(f"unknown class {', '.join(unknown)}: {data.source} has {', '.join(data.classes)}")
-    keep = torch.isin(data.labels, torch.tensor([data.classes.index(name) for name in wanted]))
-    return ImageSet(data.images[keep], data.labels[keep], data.classes, data.source)
-
-
 def load_run_data(run: dict) -> ImageSet:
     """The training images of a run (all classes), at the run's resolution and channels."""
     data = ImageDataConfig(**run["data_settings"])
@@ -189,10 +195,13 @@ def _model_config(kind: str, run: dict, train_set: ImageSet):
     """The family's config with the data's resolution, channels and (when conditional) number of classes."""
     _, config_class = family_classes(kind)
     data = ImageDataConfig(**run["data_settings"])
-    num_classes = train_set.num_classes if (kind == "classifier" or
-                                            (kind in CONDITIONAL_FAMILIES and data.conditional)) else 0
-    if kind == "classifier" and not num_classes:
+    classifier = kind == "classifier" or kind in VISION_FAMILIES
+    num_classes = train_set.num_classes if (classifier or (kind in CONDITIONAL_FAMILIES and data.conditional)) else 0
+    if classifier and not num_classes:
         raise DlforgeError(f"{run['data']} has no class labels: a classifier needs one sub-folder per class")
+    if kind in VISION_FAMILIES:
+        return config_class(**run["model"], image_size=train_set.image_size, channels=train_set.channels,
+                            num_labels=num_classes, labels=list(train_set.classes))
     return config_class(**run["model"], image_size=train_set.image_size, channels=train_set.channels,
                         num_classes=num_classes)
 
@@ -203,8 +212,10 @@ def _accuracy(output, batch) -> tuple[float, float]:
 
 
 def write_preview(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor | None, path: Path, seed: int) -> None:
-    """The model's preview (EMA weights when the run keeps them) as a PNG grid."""
+    """The model's preview (EMA weights when the run keeps them) as a PNG grid (none for vision backbones)."""
     model = trainer.model
+    if not hasattr(model, "preview"):
+        return
     was_training = model.training
     model.eval()
     if trainer.ema is not None:
@@ -244,9 +255,13 @@ def train_image_model(kind: str, data: str | Path | None, out: str | Path, prese
     train_config = TrainConfig(**run["train"])
     data_config = ImageDataConfig(**run["data_settings"])
     train_set = load_run_data(run)
+    if kind in VISION_FAMILIES:  # a backbone pretrained on some classes knows just those
+        train_set = select_classes(train_set, data_config.only_classes, relabel=True)
     config = _model_config(kind, run, train_set)
-    use_labels = config.num_classes > 0
+    use_labels = kind in VISION_FAMILIES or config.num_classes > 0
     batches = run_batches(run, train_set, use_labels)
+    if kind in VISION_FAMILIES:
+        batches.input_name = "pixel_values"
     dist = init_distributed(resolve_device(train_config.device).type)
     if dist.is_main and not resume:
         out.mkdir(parents=True, exist_ok=True)
@@ -259,15 +274,18 @@ def train_image_model(kind: str, data: str | Path | None, out: str | Path, prese
 
     def after_eval(trainer: Trainer, metrics: dict) -> None:
         path = out / "samples" / f"step-{metrics['step']:07d}.png"
-        write_preview(trainer, preview_images["images"], preview_labels, path, train_config.seed)
+        write_preview(trainer, preview_images[batches.input_name], preview_labels, path, train_config.seed)
         if path.is_file():
             atomic_write_with(out / "samples.png", lambda tmp: shutil.copyfile(path, tmp))
         if on_eval is not None:
             on_eval(trainer, metrics)
 
-    eval_metric = EvalMetric("accuracy", _accuracy) if kind == "classifier" else None
-    trainer = Trainer(model, train_config, batches, out, tokenizer=ClassNames(train_set.classes if use_labels
-                                                                              else None),
+    eval_metric = EvalMetric("accuracy", _accuracy) if kind == "classifier" or kind in VISION_FAMILIES else None
+    # saved beside every checkpoint: a backbone's preprocessor_config.json (its labels are in its config), or
+    # the class names of the other families
+    beside = (ImageProcessor.from_config(config) if kind in VISION_FAMILIES
+              else ClassNames(train_set.classes if use_labels else None))
+    trainer = Trainer(model, train_config, batches, out, tokenizer=beside,
                       on_eval=after_eval, progress=progress, eval_metric=eval_metric,
                       latest_is_best=kind in LATEST_IS_BEST)
     return trainer.fit(resume=resume)

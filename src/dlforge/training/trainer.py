@@ -38,7 +38,7 @@ from ..io import atomic_directory, atomic_write_text
 from ..transfer.finetune import layerwise_lr_scales
 from .distributed import init_distributed
 from .metrics_log import MetricsLog
-from .optim import EMA, learning_rate, make_adamw
+from .optim import DECAYS, EMA, adam_beta1, learning_rate, make_adamw
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -52,7 +52,7 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float | None = None  # default lr / 10
     warmup_steps: int = 100
-    decay: str = "cosine"  # cosine | constant
+    decay: str = "cosine"  # cosine | constant | one-cycle (LR up over the warmup steps, then down; β1 mirrors it)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -70,8 +70,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise DlforgeError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.decay not in ("cosine", "constant"):
-            raise DlforgeError(f"decay must be 'cosine' or 'constant', got {self.decay!r}")
+        if self.decay not in DECAYS:
+            raise DlforgeError(f"decay must be one of {', '.join(DECAYS)}, got {self.decay!r}")
         for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "log_interval"):
             if getattr(self, name) < 1:
                 raise DlforgeError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -191,8 +191,10 @@ class Trainer:
         lr = learning_rate(self.step, c.lr, c.min_lr if c.min_lr is not None else c.lr / 10, c.warmup_steps,
                            self.total_steps, c.decay)
         self.current_lr = lr
+        beta1 = adam_beta1(self.step, c.beta1, c.warmup_steps, self.total_steps, c.decay)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["betas"] = (beta1, c.beta2)
         total_loss, items, logs = 0.0, 0, dict.fromkeys(self.log_names, 0.0)
         for micro in range(c.grad_accum):
             batch = self._to_device(self.data.train_batch(self.step, micro, self.dist.rank, self.dist.world_size))

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DlforgeError
@@ -46,7 +47,6 @@ from ..hub.weights import load_into, load_state_dict
 from ..io import atomic_write_json
 from ..models.outputs import ModelOutput
 from .distill import Distiller
-from .features import extract_features
 from .finetune import freeze_below, num_blocks
 from .lora import apply_lora, save_lora, strip_lora
 from .tasks import FINETUNE_TASKS, ExampleBatches, FinetuneTask
@@ -75,7 +75,7 @@ class FinetuneSettings:
     max_length: int | None = None  # tokens per input; None: the task's default_max_length (else 128)
     warmup_ratio: float = 0.06  # share of the steps with linear warmup
     weight_decay: float = 0.01
-    decay: str = "cosine"  # cosine (to 0) | constant
+    decay: str = "cosine"  # cosine (to 0) | constant | one-cycle
     eval_interval: int | None = None  # None: each epoch, at least 3 times per run, at most every 1000 steps
     load_best: bool = True  # export the best checkpoint on the eval file (when there is one)
     select_by: str = "metric"  # metric: the task's selection metric (accuracy; entity F1 for NER) | loss
@@ -135,6 +135,10 @@ class FinetuneSettings:
             raise DlforgeError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.lora_dropout is not None and not 0 <= self.lora_dropout < 1:
             raise DlforgeError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        from ..training.optim import DECAYS  # the training package imports transfer: import it late
+
+        if self.decay not in DECAYS:
+            raise DlforgeError(f"decay must be one of {', '.join(DECAYS)}, got {self.decay!r}")
         if self.select_by not in ("metric", "loss"):
             raise DlforgeError(f"select_by must be 'metric' or 'loss', got {self.select_by!r}")
         if self.student_pick not in (None, "spread", "first"):
@@ -153,14 +157,6 @@ def make_task(name: str, options: dict) -> FinetuneTask:
     if unknown:
         raise DlforgeError(f"task {name} has no option {unknown[0]!r}; its options: {', '.join(accepted) or 'none'}")
     return cls(**options)
-
-
-def check_file(path, role: str, kind: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise DlforgeError(f"{role} file {path} {what}: give {kind}")
-    return path
 
 
 def shrink_layers(model: nn.Module, n: int, pick: str = "spread") -> list[int]:
@@ -199,8 +195,11 @@ class HeadOnFeatures(nn.Module):
         return self.model.config
 
     def forward(self, features, labels=None) -> ModelOutput:
-        logits = self.model.head(features)  # (B, num_labels): the head as Bert.forward applies it to [CLS]
-        loss = None if labels is None else self.model._classification_loss(logits, labels)
+        logits = self.model.head(features)  # (B, num_labels): the head as the model's forward applies it
+        if labels is None:
+            return ModelOutput(logits=logits)
+        loss_of = getattr(self.model, "_classification_loss", None)  # BERT: regression / multi-label too
+        loss = loss_of(logits, labels) if loss_of else F.cross_entropy(logits.float(), labels)
         return ModelOutput(loss=loss, logits=logits)
 
 
@@ -214,68 +213,58 @@ def _fit_labels(model, labels: list[str]) -> list[str]:
     return list(labels)
 
 
-def _load(model_path, task: FinetuneTask, labels: list[str] | None, seed: int):
-    torch.manual_seed(seed)  # a new head starts from the same weights every time
-    kwargs = {"num_labels": len(labels), "labels": labels} if labels is not None else {}
-    model, tokenizer = load_pretrained(model_path, expected_kind="bert", task=task.model_task, **kwargs)
-    if tokenizer is None:
-        raise DlforgeError(f"{model_path} has no tokenizer files (tokenizer.json or vocab.txt): fine-tuning "
-                           "encodes the data with the model's own tokenizer")
-    return model, tokenizer
+def _absolute(source) -> str:
+    """A path made absolute (run.json must find it from any folder); other names (hub ids, sklearn-digits) as
+    they are."""
+    return str(Path(source).resolve()) if Path(source).exists() else str(source)
 
 
 def _default_eval_interval(steps_per_epoch: int, max_steps: int) -> int:
     return max(1, min(steps_per_epoch, math.ceil(max_steps / 3), 1000))
 
 
-def finetune(model: str | Path | None = None, task: str | None = None, train: str | Path | None = None,
-             eval: str | Path | None = None, out: str | Path | None = None, method: str = "full",
-             resume: bool = False, progress: bool = True, on_eval: Callable | None = None, **settings) -> dict:
-    """Fine-tune `model` (a dlforge/Hugging Face encoder folder or hub id) for `task` on the `train` file.
+@dataclass
+class Prepared:
+    """Everything a fine-tuning run trains with: data, model, what trains, batches and the Trainer's config."""
 
-    `settings` are the fields of `FinetuneSettings` (epochs, lr, batch_size, max_length, lora_r, teacher, ...,
-    and `options`: keyword arguments of the task class). With `resume=True` the run in `out` continues
-    with the settings it was started with (OUT/run.json); the other arguments are not needed. Returns the
-    report (also in OUT/report.json): the task's metrics on `eval`, plus training facts, settings and timing.
-    `on_eval(trainer, {"step", "val_loss"})` is called after each evaluation.
-    """
-    from ..training.optim import make_adamw  # the training package imports transfer: import it late
-    from ..training.trainer import EvalMetric, TrainConfig, Trainer, open_run
+    settings: FinetuneSettings
+    task: str
+    method: str
+    the_task: FinetuneTask
+    train_path: Path | str
+    eval_path: Path | str | None
+    train_examples: list
+    eval_examples: list
+    labels: list[str] | None
+    net: nn.Module
+    tokenizer: object
+    trainable: nn.Module
+    trainable_parameters: int
+    train_features: list
+    eval_features: list | None
+    max_length: int
+    batches: ExampleBatches
+    config: object  # TrainConfig
+    interval: int
 
-    start = time.perf_counter()
-    if out is None:
-        raise DlforgeError("out is required: the folder for the run, OUT/model and OUT/report.json")
-    out = Path(out)
-    run_file = out / "run.json"
-    run = open_run(out, resume, "fine-tuning run")
-    if run is not None:
-        model, task, train, eval, method = run["model"], run["task"], run["train"], run["eval"], run["method"]
-        s = FinetuneSettings(**run["settings"])
-    else:
-        if model is None or task is None or train is None:
-            raise DlforgeError("model, task and train are required (the encoder, the task name and the training "
-                               "file)")
-        if method not in METHODS:
-            raise DlforgeError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-        s = FinetuneSettings.build(method, settings)
-        if s.teacher is not None and Path(s.teacher).exists():  # run.json must find it from any folder
-            s = replace(s, teacher=str(Path(s.teacher).resolve()))
+
+def prepare_finetune(model, task: str, train, eval, method: str, s: FinetuneSettings, out: Path) -> Prepared:
+    """Read the data, load the model with the task's head, set up the method: all of `finetune` but training."""
+    from ..training.trainer import TrainConfig  # the training package imports transfer: import it late
+
     the_task = make_task(task, s.options)
-    if method == "features" and the_task.model_task != "sequence-classification":
-        raise DlforgeError(f"method features trains a classification head on sentence vectors: it does not fit "
-                           f"{task}; use full, top-k or lora")
-    if method == "distill" and the_task.model_task == "question-answering":
-        raise DlforgeError("method distill learns from a teacher's class probabilities: it supports "
-                           "text- and token-classification, not question-answering")
-    train_path = check_file(train, "training", the_task.file_kind)
-    eval_path = check_file(eval, "evaluation", the_task.file_kind) if eval is not None else None
+    if method == "distill" and the_task.model_task not in ("sequence-classification", "token-classification"):
+        raise DlforgeError("method distill learns from a BERT teacher's class probabilities: it supports "
+                           f"text- and token-classification, not {task}")
+    train_path = the_task.check_source(train, "training")
+    eval_path = the_task.check_source(eval, "evaluation") if eval is not None else None
     if eval_path is not None:  # a missing scorer should stop the run now, not after the training
         the_task.check_requirements()
     max_length = s.max_length or getattr(the_task, "default_max_length", 128)
 
     # ---- data and model
-    train_examples = the_task.read(train_path)
-    eval_examples = the_task.read(eval_path) if eval_path else []
+    train_examples = the_task.read_split(train_path, "training")
+    eval_examples = the_task.read_split(eval_path, "evaluation") if eval_path else []
     labels = the_task.label_names(train_examples)
     teacher = None
     if method == "distill":
@@ -299,13 +288,14 @@ def finetune(model: str | Path | None = None, task: str | None = None, train: st
         if unseen:
             raise DlforgeError(f"{eval_path} has label(s) {', '.join(unseen[:5])} that {train_path} never shows: "
                                "the model cannot learn them; add examples of them to the training file")
-    net, tokenizer = _load(model, the_task, labels, s.seed)
+    net, tokenizer = the_task.load_model(model, labels, s.seed)
     if labels is not None:
         labels = _fit_labels(net, labels)
-    if s.max_length is None:  # the task's default, within what the model can take
-        max_length = min(max_length, net.config.max_position)
-    if max_length > net.config.max_position:
-        raise DlforgeError(f"max_length {max_length} exceeds the model's {net.config.max_position} positions: "
+    positions = getattr(net.config, "max_position", None)  # text models: max_length must fit in them
+    if s.max_length is None and positions:  # the task's default, within what the model can take
+        max_length = min(max_length, positions)
+    if positions and max_length > positions:
+        raise DlforgeError(f"max_length {max_length} exceeds the model's {positions} positions: "
                            "lower --max-length")
     if teacher is not None and teacher.config.vocab_size != net.config.vocab_size:
         raise DlforgeError(f"teacher {s.teacher} and student {model} have different vocabularies: the student "
@@ -322,14 +312,10 @@ def finetune(model: str | Path | None = None, task: str | None = None, train: st
         torch.manual_seed(s.seed)
         apply_lora(net, LORA_TARGETS, s.lora_r, s.lora_alpha, s.lora_dropout, trainable=HEAD)
     elif method == "features":
-        if not hasattr(the_task, "texts"):
-            raise DlforgeError(f"task {task} does not give one text per example, which method features embeds")
+        vectors = torch.from_numpy(the_task.vectors(  # (N, hidden), cached in OUT/features
+            net, tokenizer, train_examples + eval_examples, max_length, out / "features",
+            torch.bfloat16 if s.precision == "bf16" else None))
         freeze_below(net, 0)  # the head alone
-        texts = the_task.texts(train_examples + eval_examples)
-        vectors = extract_features(net, tokenizer, texts, max_length=max_length, pooling="cls", normalize=False,
-                                   cache_dir=out / "features",
-                                   dtype=torch.bfloat16 if s.precision == "bf16" else None)  # (N, hidden)
-        vectors = torch.from_numpy(vectors)
         n = len(train_features)
         train_features = [{"features": v, "labels": f["labels"]} for v, f in zip(vectors[:n], train_features)]
         if eval_features:
@@ -341,9 +327,8 @@ def finetune(model: str | Path | None = None, task: str | None = None, train: st
 
     trainable_parameters = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
 
-    # ---- training
     batches = ExampleBatches(train_features, eval_features, s.batch_size, s.grad_accum, s.seed,
-                             tokenizer.pad_token_id or 0)
+                             getattr(tokenizer, "pad_token_id", 0) or 0)
     per_epoch = batches.steps_per_epoch()
     max_steps = s.max_steps or max(1, round(s.epochs * per_epoch))
     interval = s.eval_interval or _default_eval_interval(per_epoch, max_steps)
@@ -352,10 +337,53 @@ def finetune(model: str | Path | None = None, task: str | None = None, train: st
                          weight_decay=s.weight_decay, beta1=0.9, beta2=0.999, grad_clip=1.0, precision=s.precision,
                          eval_interval=interval, log_interval=min(10, interval), keep_last=1,
                          layer_lr_decay=s.layer_lr_decay, seed=s.seed, device=s.device)
+    return Prepared(s, task, method, the_task, train_path, eval_path, train_examples, eval_examples, labels, net,
+                    tokenizer, trainable, trainable_parameters, train_features, eval_features, max_length, batches,
+                    config, interval)
+
+
+def finetune(model: str | Path | None = None, task: str | None = None, train: str | Path | None = None,
+             eval: str | Path | None = None, out: str | Path | None = None, method: str = "full",
+             resume: bool = False, progress: bool = True, on_eval: Callable | None = None, **settings) -> dict:
+    """Fine-tune `model` (a dlforge/Hugging Face encoder folder or hub id) for `task` on the `train` file.
+
+    `settings` are the fields of `FinetuneSettings` (epochs, lr, batch_size, max_length, lora_r, teacher, ...,
+    and `options`: keyword arguments of the task class). With `resume=True` the run in `out` continues
+    with the settings it was started with (OUT/run.json); the other arguments are not needed. Returns the
+    report (also in OUT/report.json): the task's metrics on `eval`, plus training facts, settings and timing.
+    `on_eval(trainer, {"step", "val_loss"})` is called after each evaluation.
+    """
+    from ..training.optim import make_adamw  # the training package imports transfer: import it late
+    from ..training.trainer import EvalMetric, Trainer, open_run
+
+    start = time.perf_counter()
+    if out is None:
+        raise DlforgeError("out is required: the folder for the run, OUT/model and OUT/report.json")
+    out = Path(out)
+    run_file = out / "run.json"
+    run = open_run(out, resume, "fine-tuning run")
+    if run is not None:
+        model, task, train, eval, method = run["model"], run["task"], run["train"], run["eval"], run["method"]
+        s = FinetuneSettings(**run["settings"])
+    else:
+        if model is None or task is None or train is None:
+            raise DlforgeError("model, task and train are required (the encoder, the task name and the training "
+                               "file)")
+        if method not in METHODS:
+            raise DlforgeError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+        s = FinetuneSettings.build(method, settings)
+        if s.teacher is not None and Path(s.teacher).exists():  # run.json must find it from any folder
+            s = replace(s, teacher=str(Path(s.teacher).resolve()))
+    prep = prepare_finetune(model, task, train, eval, method, s, out)
+    the_task, train_path, eval_path, labels = prep.the_task, prep.train_path, prep.eval_path, prep.labels
+    net, tokenizer, trainable, batches = prep.net, prep.tokenizer, prep.trainable, prep.batches
+    config, interval, max_length = prep.config, prep.interval, prep.max_length
+    train_examples, eval_examples = prep.train_examples, prep.eval_examples
+    train_features, eval_features = prep.train_features, prep.eval_features
+    trainable_parameters = prep.trainable_parameters
     if not resume:  # written before training: everything a resume needs to rebuild this run
-        atomic_write_json(run_file, {"model": str(Path(model).resolve()) if Path(model).exists() else str(model),
-                                     "task": task, "train": str(train_path.resolve()),
-                                     "eval": str(eval_path.resolve()) if eval_path else None, "method": method,
+        atomic_write_json(run_file, {"model": _absolute(model), "task": task, "train": _absolute(train_path),
+                                     "eval": _absolute(eval_path) if eval_path else None, "method": method,
                                      "settings": asdict(s)})
     metric = (EvalMetric(the_task.selection_metric, functools.partial(the_task.batch_score, labels=labels))
               if the_task.selection_metric and s.select_by == "metric" else None)

@@ -13,4 +13,4 @@ def register(task_class: type[FinetuneTask]) -> type[FinetuneTask]:
 __all__ = ["ExampleBatches", "FinetuneTask", "FINETUNE_TASKS", "collate", "register"]
 
 # each task module registers its task on import (so after `register` exists)
-from . import question_answering, text_classification, token_classification  # noqa: E402,F401
+from . import image_classification, question_answering, text_classification, token_classification  # noqa: E402,F401

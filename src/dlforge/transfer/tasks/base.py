@@ -75,9 +75,66 @@ class ExampleBatches:
             yield collate(mine[start:start + self.batch_size], self.pad_token_id)
 
 
+def sort_labels(names: set[str]) -> list[str]:
+    """Label names in a stable order: numerically when all are integers (0, 1, 2, ..., 10), else alphabetically."""
+    try:
+        return sorted(names, key=int)
+    except ValueError:
+        return sorted(names)
+
+
+def label_ids(examples: list[dict], labels: list[str] | None) -> list[int]:
+    """The class id of each example's "label" in `labels`; unknown names are refused by name."""
+    index = {name: i for i, name in enumerate(labels or [])}
+    unknown = sorted({e["label"] for e in examples} - set(index))
+    if unknown:
+        raise DlforgeError(f"label(s) {', '.join(unknown[:5])} are not among the model's labels "
+                           f"({', '.join(list(index)[:10])})")
+    return [index[e["label"]] for e in examples]
+
+
+def accuracy_batch_score(output, batch: dict) -> tuple[float, float]:
+    """(correct predictions, items) of one batch of a single-label classifier."""
+    labels = batch["labels"]  # (B,)
+    return (output.logits.argmax(-1) == labels).sum().item(), labels.numel()
+
+
+def classification_report(model, true_names: list[str], predicted: list[int], out_dir: Path) -> dict:
+    """Accuracy, macro-F1, per-class scores and OUT/confusion_matrix.png of predicted class ids against the
+    true label names, in the model's label order."""
+    from ...metrics.classification import classification_metrics, plot_confusion_matrix
+
+    names = model.config.labels or [str(i) for i in range(model.config.num_labels)]
+    index = {name: i for i, name in enumerate(names)}
+    metrics = classification_metrics([index[name] for name in true_names], predicted, names)
+    path = plot_confusion_matrix(metrics["confusion_matrix"], names, Path(out_dir) / "confusion_matrix.png",
+                                 title=f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
+    return {**metrics, "eval_examples": len(true_names), "confusion_matrix_png": str(path)}
+
+
+def check_labels_known(model, names: set[str]) -> None:
+    """Refuse evaluation labels the model has no class for."""
+    known = model.config.labels or [str(i) for i in range(model.config.num_labels)]
+    unknown = sorted(names - set(known))
+    if unknown:
+        raise DlforgeError(f"evaluation label(s) {', '.join(unknown[:5])} are not among the model's labels "
+                           f"({', '.join(known[:10])})")
+
+
+def check_file(path, role: str, kind: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise DlforgeError(f"{role} file {path} {what}: give {kind}")
+    return path
+
+
 class FinetuneTask(ABC):
     """One task of `dlforge finetune`. Subclasses set `name` (the CLI's --task) and `model_task`
-    (the encoder head: sequence-classification | token-classification | question-answering)."""
+    (the head: sequence-classification | token-classification | question-answering | image-classification).
+
+    Text tasks use the defaults below (a BERT-family encoder, one file per split); other tasks override
+    `check_source`, `read_split`, `load_model` and, for method features, `vectors`."""
 
     name: str
     model_task: str
@@ -98,6 +155,33 @@ class FinetuneTask(ABC):
     @abstractmethod
     def read(self, path: str | Path) -> list:
         """Read a training or evaluation file into a list of examples (errors name the file and line)."""
+
+    def check_source(self, path, role: str):
+        """The --train / --eval source checked before anything loads (role: "training" | "evaluation")."""
+        return check_file(path, role, self.file_kind)
+
+    def read_split(self, path, role: str) -> list:
+        """The examples of the --train (role "training") or --eval (role "evaluation") source."""
+        return self.read(path)
+
+    def load_model(self, path, labels: list[str] | None, seed: int):
+        """(model with this task's head, tokenizer) from a model folder or hub id: a BERT-family encoder."""
+        from ...hub.checkpoint import load_pretrained
+
+        torch.manual_seed(seed)  # a new head starts from the same weights every time
+        kwargs = {"num_labels": len(labels), "labels": labels} if labels is not None else {}
+        model, tokenizer = load_pretrained(path, expected_kind="bert", task=self.model_task, **kwargs)
+        if tokenizer is None:
+            raise DlforgeError(f"{path} has no tokenizer files (tokenizer.json or vocab.txt): fine-tuning "
+                               "encodes the data with the model's own tokenizer")
+        return model, tokenizer
+
+    def vectors(self, model, tokenizer, examples: list, max_length: int, cache_dir: Path,
+                dtype: torch.dtype | None):
+        """(N, hidden) float32 numpy array: the frozen model's pooled vector of each example, which method
+        features trains the head on (the head applied to it must equal the model's own forward)."""
+        raise DlforgeError(f"method features trains a classification head on pooled vectors: it does not fit "
+                           f"{self.name}; use full, top-k or lora")
 
     def label_names(self, examples: list) -> list[str] | None:
         """The label set found in the training examples, in a stable order (None: no labels, e.g. QA)."""

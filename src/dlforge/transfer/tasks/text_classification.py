@@ -19,18 +19,11 @@ import torch
 
 from ...data.records import read_records
 from ...errors import DlforgeError
-from ...metrics.classification import classification_metrics, plot_confusion_matrix
+from ..features import extract_features
 from . import register
-from .base import FinetuneTask
+from .base import FinetuneTask, accuracy_batch_score, check_labels_known, classification_report, label_ids, sort_labels
 
 TEXT_COLUMNS = ("text", "sentence", "review")
-
-
-def _sort_labels(names: set[str]) -> list[str]:
-    try:
-        return sorted(names, key=int)
-    except ValueError:
-        return sorted(names)
 
 
 @register
@@ -41,8 +34,7 @@ class TextClassificationTask(FinetuneTask):
     selection_metric = "accuracy"  # as HF's metric_for_best_model: eval loss keeps rising after accuracy peaks
 
     def batch_score(self, output, batch: dict, labels: list[str] | None = None) -> tuple[float, float]:
-        labels = batch["labels"]  # (B,)
-        return (output.logits.argmax(-1) == labels).sum().item(), labels.numel()
+        return accuracy_batch_score(output, batch)
 
     def __init__(self, text_column: str | None = None, label_column: str = "label",
                  text_pair_column: str | None = None):
@@ -93,13 +85,15 @@ class TextClassificationTask(FinetuneTask):
         return examples
 
     def label_names(self, examples: list[dict]) -> list[str]:
-        return _sort_labels({e["label"] for e in examples})
+        return sort_labels({e["label"] for e in examples})
 
-    def texts(self, examples: list[dict]) -> list[str]:
-        """The single texts (method features embeds them); text pairs are refused."""
+    def vectors(self, model, tokenizer, examples: list[dict], max_length: int, cache_dir: Path,
+                dtype: torch.dtype | None):
+        """The frozen encoder's [CLS] vectors of single texts (Bert's classification head reads [CLS])."""
         if any(e["pair"] is not None for e in examples):
             raise DlforgeError("method features embeds single texts; for text pairs use full, top-k or lora")
-        return [e["text"] for e in examples]
+        return extract_features(model, tokenizer, [e["text"] for e in examples], max_length=max_length,
+                                pooling="cls", normalize=False, cache_dir=cache_dir, dtype=dtype)
 
     # ---- model inputs
     def encode(self, examples: list[dict], tokenizer, max_length: int) -> list[dict]:
@@ -120,14 +114,10 @@ class TextClassificationTask(FinetuneTask):
                 for ids, mask in zip(enc["input_ids"], enc["attention_mask"])]
 
     def features(self, examples: list[dict], tokenizer, labels: list[str] | None, max_length: int) -> list[dict]:
-        index = {name: i for i, name in enumerate(labels or [])}
-        unknown = sorted({e["label"] for e in examples} - set(index))
-        if unknown:
-            raise DlforgeError(f"label(s) {', '.join(unknown[:5])} are not among the model's labels "
-                               f"({', '.join(list(index)[:10])})")
+        ids = label_ids(examples, labels)
         features = self.encode(examples, tokenizer, max_length)
-        for f, e in zip(features, examples):
-            f["labels"] = torch.tensor(index[e["label"]], dtype=torch.long)
+        for f, i in zip(features, ids):
+            f["labels"] = torch.tensor(i, dtype=torch.long)
         return features
 
     # ---- evaluation
@@ -155,14 +145,6 @@ class TextClassificationTask(FinetuneTask):
 
     def evaluate(self, model, tokenizer, examples: list[dict], out_dir: Path, batch_size: int = 32,
                  max_length: int = 128) -> dict:
-        names = model.config.labels or [str(i) for i in range(model.config.num_labels)]
-        index = {name: i for i, name in enumerate(names)}
-        unknown = sorted({e["label"] for e in examples} - set(index))
-        if unknown:
-            raise DlforgeError(f"evaluation label(s) {', '.join(unknown[:5])} are not among the model's labels "
-                               f"({', '.join(names[:10])})")
+        check_labels_known(model, {e["label"] for e in examples})
         predicted = self.predict(model, tokenizer, examples, batch_size, max_length).argmax(-1).tolist()
-        metrics = classification_metrics([index[e["label"]] for e in examples], predicted, names)
-        path = plot_confusion_matrix(metrics["confusion_matrix"], names, Path(out_dir) / "confusion_matrix.png",
-                                     title=f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
-        return {**metrics, "eval_examples": len(examples), "confusion_matrix_png": str(path)}
+        return classification_report(model, [e["label"] for e in examples], predicted, out_dir)

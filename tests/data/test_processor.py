@@ -1,0 +1,110 @@
+"""ImageProcessor: every input form gives the same normalised tensor; resizing, channels, files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dlforge.data.processor import ImageProcessor, expand_image_paths
+from dlforge.errors import DlforgeError
+
+
+def gradient_image(h: int = 20, w: int = 30) -> torch.Tensor:
+    """(3, h, w) uint8 with different content per channel and position."""
+    y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.stack([x * 8, y * 12, (x + y) * 4]).clamp(0, 255).to(torch.uint8)
+
+
+def test_all_input_forms_agree(tmp_path):
+    from PIL import Image
+
+    image = gradient_image()
+    array = image.permute(1, 2, 0).numpy()
+    Image.fromarray(array).save(tmp_path / "a.png")
+    processor = ImageProcessor(image_size=16, channels=3)
+    from_tensor = processor(image)
+    for other in (processor(tmp_path / "a.png"), processor(str(tmp_path / "a.png")), processor(Image.fromarray(array)),
+                  processor(array), processor(image[None]), processor([image])):
+        torch.testing.assert_close(other, from_tensor)
+    assert from_tensor.shape == (1, 3, 16, 16) and from_tensor.dtype == torch.float32
+    assert processor([image, image]).shape == (2, 3, 16, 16)
+
+
+def test_centre_crop_keeps_the_middle_and_scales_to_signed_unit():
+    image = torch.zeros(1, 10, 30, dtype=torch.uint8)
+    image[:, :, 10:20] = 255  # a white band in the middle third: exactly the centre square
+    out = ImageProcessor(image_size=10, channels=1)(image)
+    assert out.shape == (1, 1, 10, 10)
+    torch.testing.assert_close(out, torch.ones_like(out))  # 255 -> +1, no black from the sides
+    black = ImageProcessor(image_size=4, channels=1)(torch.zeros(1, 4, 4, dtype=torch.uint8))
+    torch.testing.assert_close(black, -torch.ones_like(black))
+
+
+def test_mean_std_normalisation_and_channel_conversion():
+    gray = torch.full((1, 8, 8), 255, dtype=torch.uint8)
+    processor = ImageProcessor(image_size=8, channels=3, image_mean=[0.5, 0.25, 0.0], image_std=[0.5, 0.25, 2.0])
+    out = processor(gray)  # gray repeated to RGB, then (1 - mean) / std per channel
+    assert out.shape == (1, 3, 8, 8)
+    torch.testing.assert_close(out[0, :, 0, 0], torch.tensor([1.0, 3.0, 0.5]))
+    rgb = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    rgb[1] = 255  # pure green -> luma 0.587
+    luma = ImageProcessor(image_size=8, channels=1)(rgb)
+    assert luma[0, 0, 0, 0].item() == pytest.approx(round(0.587 * 255) / 127.5 - 1, abs=1e-6)
+
+
+def test_save_and_read_preprocessor_config(tmp_path):
+    processor = ImageProcessor(image_size=32, channels=3, image_mean=[0.485, 0.456, 0.406],
+                               image_std=[0.229, 0.224, 0.225])
+    raw = json.loads(processor.save(tmp_path).read_text())
+    assert raw["size"] == {"height": 32, "width": 32} and raw["image_mean"] == [0.485, 0.456, 0.406]
+    assert ImageProcessor.read_preprocessor_config(tmp_path) == {
+        "image_size": 32, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+    # dlforge's own [-1, 1] scaling is written as mean = std = 0.5, which is the same mapping
+    signed = ImageProcessor(image_size=8, channels=1)
+    signed.save(tmp_path)
+    read = ImageProcessor(8, 1, **{k: v for k, v in ImageProcessor.read_preprocessor_config(tmp_path).items()
+                                   if k != "image_size"})
+    image = gradient_image(8, 8)[:1]
+    torch.testing.assert_close(read(image), signed(image))
+    assert ImageProcessor.read_preprocessor_config(tmp_path / "nothing") == {}
+
+
+def test_folders_expand_to_their_images(tmp_path):
+    from PIL import Image
+
+    for name in ("b/2.png", "a/1.jpg", "a/notes.txt"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        if name.endswith("txt"):
+            (tmp_path / name).write_text("x")
+        else:
+            Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(tmp_path / name)
+    assert expand_image_paths(tmp_path) == [str(tmp_path / "a/1.jpg"), str(tmp_path / "b/2.png")]
+    assert expand_image_paths(["x.png", tmp_path / "b"]) == ["x.png", str(tmp_path / "b/2.png")]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DlforgeError, match="holds no images"):
+        expand_image_paths(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.zeros(3, 4, 4), "must be uint8"),
+    (torch.zeros(4, 4, dtype=torch.uint8), r"must be \(C, H, W\)"),
+    (np.zeros((2, 2, 2, 2), dtype=np.uint8), r"must be \(H, W\) or \(H, W, C\)"),
+    (3.5, "cannot read an image from a float"),
+    ("missing.png", "does not exist"),
+    ([], "no images given"),
+])
+def test_bad_inputs(bad, message):
+    with pytest.raises(DlforgeError, match=message):
+        ImageProcessor(image_size=4, channels=1)(bad)
+
+
+def test_bad_settings():
+    with pytest.raises(DlforgeError, match="both image_mean and image_std"):
+        ImageProcessor(4, 3, image_mean=[0.5] * 3)
+    with pytest.raises(DlforgeError, match="3 values for 1-channel"):
+        ImageProcessor(4, 1, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    with pytest.raises(DlforgeError, match="must be > 0"):
+        ImageProcessor(4, 1, image_mean=[0.5], image_std=[0.0])
