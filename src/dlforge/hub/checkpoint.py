@@ -7,7 +7,7 @@ A dlforge model directory holds:
 
 `load_pretrained(path)` accepts such a directory, a training run folder (it picks the best, else
 the latest checkpoint), or a Hugging Face checkpoint directory of a supported architecture
-(GPT-2, BERT, RoBERTa, DistilBERT, T5, BART).
+(GPT-2, BERT, RoBERTa, DistilBERT, T5, BART, ResNet).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def load_pretrained(path: str | Path, expected_kind: str | None = None, task: st
     """
     from ..models import MODEL_CLASSES
     from ..text.tokenizers import load_tokenizer
-    from . import bart, bert, gpt2, t5
+    from . import bart, bert, gpt2, resnet, t5
 
     directory = resolve_model_dir(path)
     raw = read_config(directory)
@@ -140,10 +140,14 @@ def load_pretrained(path: str | Path, expected_kind: str | None = None, task: st
                                f"{expected_kind} model")
         loader = t5.load_hf_t5 if raw["model_type"] == "t5" else bart.load_hf_bart
         model = loader(directory, raw)
+    elif raw.get("model_type") == "resnet":
+        if expected_kind and expected_kind != "resnet":
+            raise DlforgeError(f"{directory} holds a ResNet model, but this command needs a {expected_kind} model")
+        model = resnet.load_hf_resnet(directory, raw, task, num_labels, labels)
     else:
         found = raw.get("model_type", "no 'model_type'")
         raise DlforgeError(f"{directory} is not a model dlforge can load ({found}); supported: dlforge models, "
-                           "Hugging Face gpt2, bert, roberta, distilbert, t5, bart")
+                           "Hugging Face gpt2, bert, roberta, distilbert, t5, bart, resnet")
     has_tokenizer = any((directory / f).is_file() for f in ("tokenizer.json", "vocab.json", "vocab.txt"))
     tokenizer = load_tokenizer(directory) if has_tokenizer else None
     model.eval()

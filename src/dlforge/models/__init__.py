@@ -2,6 +2,7 @@
 
 from .autoencoder import VAE, Autoencoder, AutoencoderConfig
 from .bert import Bert, BertConfig
+from .cnn import RESNET_PRESETS, ResNet, ResNetConfig
 from .convnet import ImageClassifier, ImageClassifierConfig
 from .gan import GAN, GANConfig
 from .gpt import GPT, GPTConfig
@@ -12,8 +13,9 @@ from .unet import DiffusionConfig, DiffusionModel
 # kind name (stored in checkpoints) -> model class; each class has `config_class` and `kind`
 MODEL_CLASSES = {GPT.kind: GPT, Bert.kind: Bert, Seq2Seq.kind: Seq2Seq, GAN.kind: GAN,
                  ImageClassifier.kind: ImageClassifier, Autoencoder.kind: Autoencoder, VAE.kind: VAE,
-                 DiffusionModel.kind: DiffusionModel}
+                 DiffusionModel.kind: DiffusionModel, ResNet.kind: ResNet}
 
-__all__ = ["MODEL_CLASSES", "VAE", "Autoencoder", "AutoencoderConfig", "Bert", "BertConfig", "DiffusionConfig",
+__all__ = ["MODEL_CLASSES", "RESNET_PRESETS", "ResNet", "ResNetConfig", "VAE", "Autoencoder", "AutoencoderConfig",
+           "Bert", "BertConfig", "DiffusionConfig",
            "DiffusionModel", "GAN", "GANConfig", "GPT",
            "GPTConfig", "ImageClassifier", "ImageClassifierConfig", "ModelOutput", "Seq2Seq", "Seq2SeqConfig"]

@@ -431,3 +431,28 @@ def finetune(model: str | Path | None = None, task: str | None = None, train: st
     atomic_write_json(out / "report.json", report)
     return report
 
+
+
+def find_learning_rate(model: str | Path, task: str, train: str | Path, out: str | Path, method: str = "full",
+                       min_lr: float = 1e-7, max_lr: float = 10.0, steps: int = 100, progress: bool = True,
+                       **settings) -> dict:
+    """The learning-rate range test for a fine-tuning run: the same data, head and method as `finetune` with these
+    arguments would train, but the learning rate grows from min_lr to max_lr over `steps` steps
+    (`dlforge.training.lr_find`). Writes OUT/lr_find.png and OUT/lr_find.json; returns the result as a dict with
+    `suggestion` (the steepest descent of the smoothed loss) and `min_loss_lr` (the lowest loss's rate / 10)."""
+    from ..training.lr_find import lr_find, plot_lr_find  # the training package imports transfer: import it late
+
+    if method not in METHODS:
+        raise DlforgeError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    s = FinetuneSettings.build(method, settings)
+    prep = prepare_finetune(model, task, train, None, method, s, out)
+    result = lr_find(prep.trainable, prep.batches, min_lr=min_lr, max_lr=max_lr, steps=steps,
+                     weight_decay=s.weight_decay, betas=(0.9, 0.999), grad_clip=1.0, grad_accum=s.grad_accum,
+                     precision=s.precision, device=s.device, progress=progress)
+    figure = plot_lr_find(result, out / "lr_find.png", title=f"{task}, method {method}: {model}")
+    summary = {**result.to_dict(), "steps_run": len(result.lrs), "plot": str(figure), "task": task,
+               "method": method, "model": str(model)}
+    atomic_write_json(out / "lr_find.json", summary)
+    return summary

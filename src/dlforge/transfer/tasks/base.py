@@ -20,11 +20,12 @@ PAD_VALUES = {"labels": -100, "attention_mask": 0, "token_type_ids": 0}
 
 
 def collate(features: list[dict[str, torch.Tensor]], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """Stack features into a batch, right-padding 1-D sequences to the longest one."""
+    """Stack features into a batch, right-padding 1-D sequences to the longest one (scalars and images, which
+    all have the same shape, are stacked as they are)."""
     batch = {}
     for name in features[0]:
         values = [f[name] for f in features]
-        if values[0].dim() == 0:
+        if values[0].dim() != 1:
             batch[name] = torch.stack(values)
             continue
         width = max(v.size(0) for v in values)

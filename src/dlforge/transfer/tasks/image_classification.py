@@ -27,6 +27,7 @@ from . import register
 from .base import FinetuneTask, accuracy_batch_score, check_labels_known, classification_report, label_ids, sort_labels
 
 VISION_KINDS = ("vit", "resnet")
+WEIGHT_FILES = (".safetensors", ".pth", ".pt", ".bin")  # a bare state-dict file is read as torchvision ResNet weights
 
 
 @register
@@ -91,11 +92,17 @@ class ImageClassificationTask(FinetuneTask):
 
     # ---- model and inputs
     def load_model(self, path, labels: list[str] | None, seed: int):
-        """(ViT or ResNet with a head for `labels`, its ImageProcessor). A head trained for the same label set
-        is kept; otherwise a new one starts from `seed`."""
+        """(ViT or ResNet with a head for `labels`, its ImageProcessor) from a model or run folder, a Hugging Face
+        ViT / ResNet folder, or a torchvision/timm ResNet weight file. A head trained for the same label set is
+        kept; otherwise a new one starts from `seed`."""
         from ...hub.checkpoint import load_pretrained
 
-        model, _ = load_pretrained(path)
+        if Path(path).is_file() and Path(path).suffix in WEIGHT_FILES:  # torchvision / timm ResNet weights
+            from ...hub.resnet import load_torchvision_resnet
+
+            model = load_torchvision_resnet(path)
+        else:
+            model, _ = load_pretrained(path)
         if model.kind not in VISION_KINDS:
             raise DlforgeError(f"{path} holds a {model.kind} model; image classification fine-tunes a ViT or "
                                "ResNet (a dlforge run or model folder, or a Hugging Face ViT/ResNet folder)")
