@@ -7,7 +7,7 @@ A dlforge model directory holds:
 
 `load_pretrained(path)` accepts such a directory, a training run folder (it picks the best, else
 the latest checkpoint), or a Hugging Face checkpoint directory of a supported architecture
-(GPT-2, BERT, RoBERTa, DistilBERT, T5, BART, ResNet).
+(GPT-2, BERT, RoBERTa, DistilBERT, T5, BART, ViT, ResNet).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def load_pretrained(path: str | Path, expected_kind: str | None = None, task: st
     """
     from ..models import MODEL_CLASSES
     from ..text.tokenizers import load_tokenizer
-    from . import bart, bert, gpt2, resnet, t5
+    from . import bart, bert, gpt2, resnet, t5, vit
 
     directory = resolve_model_dir(path)
     raw = read_config(directory)
@@ -121,6 +121,9 @@ def load_pretrained(path: str | Path, expected_kind: str | None = None, task: st
             if config.task != saved_task:  # another task's head (an MLM transform) is no start for this one
                 state = {k: v for k, v in state.items() if not k.startswith("head.")}
             model = bert.load_bert_weights(config, state, directory, new_head)
+        elif kind == "vit" and task is not None:  # a new classification head on a dlforge ViT
+            config, new_head = vit.with_task(config, task, num_labels, labels)
+            model = vit.load_vit_weights(config, load_state_dict(directory), directory, new_head)
         else:
             model = cls(config)
             _, tied = deduplicated_state_dict(model)
@@ -140,6 +143,10 @@ def load_pretrained(path: str | Path, expected_kind: str | None = None, task: st
                                f"{expected_kind} model")
         loader = t5.load_hf_t5 if raw["model_type"] == "t5" else bart.load_hf_bart
         model = loader(directory, raw)
+    elif raw.get("model_type") == "vit":
+        if expected_kind and expected_kind != "vit":
+            raise DlforgeError(f"{directory} holds a ViT model, but this command needs a {expected_kind} model")
+        model = vit.load_hf_vit(directory, raw, task, num_labels, labels)
     elif raw.get("model_type") == "resnet":
         if expected_kind and expected_kind != "resnet":
             raise DlforgeError(f"{directory} holds a ResNet model, but this command needs a {expected_kind} model")
@@ -147,7 +154,7 @@ def load_pretrained(path: str | Path, expected_kind: str | None = None, task: st
     else:
         found = raw.get("model_type", "no 'model_type'")
         raise DlforgeError(f"{directory} is not a model dlforge can load ({found}); supported: dlforge models, "
-                           "Hugging Face gpt2, bert, roberta, distilbert, t5, bart, resnet")
+                           "Hugging Face gpt2, bert, roberta, distilbert, t5, bart, vit, resnet")
     has_tokenizer = any((directory / f).is_file() for f in ("tokenizer.json", "vocab.json", "vocab.txt"))
     tokenizer = load_tokenizer(directory) if has_tokenizer else None
     model.eval()
