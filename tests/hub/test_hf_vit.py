@@ -259,5 +259,5 @@ def test_damaged_checkpoints_name_the_problem(saved_classifier, tmp_path):
     with pytest.raises(DlforgeError, match="not valid JSON"):
         load(target)
     (target / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.4, 0.6], "image_std": [0.5]}))
-    with pytest.raises(DlforgeError, match="one value per channel"):
+    with pytest.raises(DlforgeError, match="give one per channel"):
         load(target)

@@ -139,7 +139,7 @@ def test_input_and_config_errors():
     with pytest.raises(DlforgeError, match="smaller than one"):
         model(images(h=3))
     bad = [dict(hidden_size=30), dict(patch_size=20), dict(activation="tanh"), dict(labels=["a", "b"]),
-           dict(image_mean=[0.5, 0.5, 0.5]), dict(image_mean=[0.5], image_std=[0.5]), dict(num_labels=-1),
+           dict(image_mean=[0.5, 0.5, 0.5]), dict(image_mean=[0.5] * 2, image_std=[0.5] * 2), dict(num_labels=-1),
            dict(dropout=1.0), dict(image_mean=[0.5] * 3, image_std=[0.5, 0.0, 0.5])]
     base = dict(image_size=16, patch_size=4, hidden_size=32, n_layer=1, n_head=4, num_labels=5)
     for overrides in bad:

@@ -42,6 +42,18 @@ def expand_image_paths(inputs) -> list:
     return out
 
 
+def check_normalisation(image_mean, image_std, channels: int) -> None:
+    """What a vision config's or processor's image_mean / image_std must be: both or neither, one value or one
+    per channel, std > 0 (raises a DlforgeError naming the problem)."""
+    if (image_mean is None) != (image_std is None):
+        raise DlforgeError("give both image_mean and image_std, or neither (images then scaled to [-1, 1])")
+    for name, values in (("image_mean", image_mean), ("image_std", image_std)):
+        if values is not None and len(values) not in (1, channels):
+            raise DlforgeError(f"{name} has {len(values)} values for {channels}-channel images: give one per channel")
+    if image_std is not None and min(image_std) <= 0:
+        raise DlforgeError(f"image_std must be > 0, got {image_std}")
+
+
 @dataclass
 class ImageProcessor:
     image_size: int
@@ -50,14 +62,7 @@ class ImageProcessor:
     image_std: list[float] | None = None
 
     def __post_init__(self):
-        if (self.image_mean is None) != (self.image_std is None):
-            raise DlforgeError("give both image_mean and image_std, or neither")
-        for name in ("image_mean", "image_std"):
-            values = getattr(self, name)
-            if values is not None and len(values) not in (1, self.channels):
-                raise DlforgeError(f"{name} has {len(values)} values for {self.channels}-channel images")
-        if self.image_std is not None and min(self.image_std) <= 0:
-            raise DlforgeError(f"image_std must be > 0, got {self.image_std}")
+        check_normalisation(self.image_mean, self.image_std, self.channels)
 
     @classmethod
     def from_config(cls, config) -> ImageProcessor:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.processor import check_normalisation
 from ..errors import DlforgeError
 from .config import ModelConfig
 from .outputs import ModelOutput
@@ -93,14 +94,7 @@ class ResNetConfig(ModelConfig):
         if self.labels is not None and len(self.labels) != self.num_labels:
             raise DlforgeError(f"{len(self.labels)} label names for num_labels={self.num_labels}: "
                                "give one name per class")
-        if (self.image_mean is None) != (self.image_std is None):
-            raise DlforgeError("give both image_mean and image_std, or neither")
-        for name in ("image_mean", "image_std"):
-            values = getattr(self, name)
-            if values is not None and len(values) not in (1, self.channels):
-                raise DlforgeError(f"{name} has {len(values)} values for {self.channels}-channel images")
-        if self.image_std is not None and min(self.image_std) <= 0:
-            raise DlforgeError(f"image_std must be > 0, got {self.image_std}")
+        check_normalisation(self.image_mean, self.image_std, self.channels)
         if not 0.0 <= self.dropout < 1.0:
             raise DlforgeError(f"dropout must be in [0, 1), got {self.dropout}")
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.processor import check_normalisation
 from ..errors import DlforgeError
 from ..nn import Linear, TransformerBlock
 from ..nn.blocks import ACTIVATIONS
@@ -70,14 +71,7 @@ class ViTConfig(ModelConfig):
         if self.labels is not None and len(self.labels) != self.num_labels:
             raise DlforgeError(f"{len(self.labels)} label names for num_labels={self.num_labels}: give one name "
                                "per class, or none")
-        if (self.image_mean is None) != (self.image_std is None):
-            raise DlforgeError("give both image_mean and image_std, or neither (images already in [-1, 1])")
-        if self.image_mean is not None:
-            if len(self.image_mean) != self.channels or len(self.image_std) != self.channels:
-                raise DlforgeError(f"image_mean and image_std need one value per channel ({self.channels}), got "
-                                   f"{len(self.image_mean)} and {len(self.image_std)}")
-            if min(self.image_std) <= 0:
-                raise DlforgeError(f"image_std values must be > 0, got {self.image_std}")
+        check_normalisation(self.image_mean, self.image_std, self.channels)
 
     @property
     def grid_size(self) -> int:
