@@ -97,12 +97,12 @@ def _parser_for(path: tuple[str, ...]) -> argparse.ArgumentParser:
 
 
 def test_every_command_is_covered():
-    assert _commands() == [(), ("anomaly",), ("anomaly", "fit"), ("anomaly", "score"), ("attention",), ("demo",),
-                           ("finetune",), ("generate",), ("img2img",), ("info",), ("inpaint",), ("interpolate",),
-                           ("latent-plot",), ("lr-find",), ("noise-strip",), ("outpaint",), ("pipeline",), ("sample",), ("train",),
-                           ("train", "ae"), ("train", "bert"), ("train", "classifier"), ("train", "diffusion"),
-                           ("train", "gan"), ("train", "gpt"), ("train", "resnet"), ("train", "seq2seq"),
-                           ("train", "vae"), ("train", "vit")]
+    assert _commands() == [(), ("adapt",), ("anomaly",), ("anomaly", "fit"), ("anomaly", "score"), ("attention",),
+                           ("demo",), ("finetune",), ("generate",), ("img2img",), ("info",), ("inpaint",),
+                           ("interpolate",), ("latent-plot",), ("lr-find",), ("noise-strip",), ("outpaint",),
+                           ("pipeline",), ("sample",), ("train",), ("train", "ae"), ("train", "bert"),
+                           ("train", "classifier"), ("train", "diffusion"), ("train", "gan"), ("train", "gpt"),
+                           ("train", "resnet"), ("train", "seq2seq"), ("train", "vae"), ("train", "vit")]
 
 
 @pytest.mark.parametrize("path", _commands(), ids=lambda p: " ".join(p) or "dlforge")

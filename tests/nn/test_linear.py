@@ -74,3 +74,16 @@ def test_linear_at_inference_matches_f_linear(dtype):  # one oneDNN call at infe
     assert fused_error <= 2 * plain_error + (1e-5 if dtype == torch.float32 else 1e-2), (fused_error, plain_error)
     trained = layer.float()(x.float())  # with autograd: the ordinary F.linear, which trains
     assert trained.requires_grad
+
+
+def test_autocast_runs_the_mlp_product_in_bf16():
+    """Under CPU autocast an fp32 layer must multiply in bf16 like F.linear does (the fused oneDNN kernel would
+    keep fp32, about 4x slower): the result comes back in bf16 and matches autocast's F.linear + GELU."""
+    torch.manual_seed(0)
+    layer = Linear(64, 256)
+    x = torch.randn(4, 10, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = linear_activation(x, layer, "gelu")
+        reference = F.gelu(F.linear(x, layer.weight, layer.bias))
+    assert fused.dtype == torch.bfloat16
+    torch.testing.assert_close(fused, reference)

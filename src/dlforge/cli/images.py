@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DlforgeError
-from .main import _positive_int, _print_result, add_run_flags, run_budget
+from .main import _positive_float, _positive_int, _print_result, add_run_flags, run_budget
 
 FAMILY_HELP = {
     "ae": "an autoencoder (MLP or convolutional; denoising with --set noise=gaussian|masking)",
@@ -260,6 +260,58 @@ def cmd_anomaly_score(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ adapt
+def cmd_adapt(args) -> int:
+    from dataclasses import fields
+
+    from ..training.lm import parse_overrides
+    from ..transfer.domain import AdaptSettings, adapt_domain
+
+    known = {f.name: f.type for f in fields(AdaptSettings)
+             if f.name not in ("method", "steps", "minutes", "lr", "batch_size", "seed")}
+    settings = parse_overrides(args.set or [], known)
+    for name in ("steps", "minutes", "lr", "batch_size", "seed"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    if not args.resume and (args.model is None or args.source is None or args.target is None):
+        raise DlforgeError("--model, --source and --target are required (or --resume to continue the run in --out)")
+    report = adapt_domain(args.model, args.source, args.target, args.out, target_eval=args.target_eval,
+                          method=args.method, resume=args.resume, progress=not args.quiet, **settings)
+    target = report.get("target_accuracy")
+    print(f"{report['method']}: source accuracy {report['source_accuracy']:.4f}"
+          + (f", target accuracy {target:.4f}" if target is not None else " (no labelled target images to score)"))
+    print(f"model: {Path(args.out) / 'model'}   report: {Path(args.out) / 'report.json'}")
+    return 0
+
+
+def _add_adapt_parser(sub) -> None:
+    adapt = sub.add_parser(
+        "adapt", help="domain adaptation: train on labelled source images so it also works on unlabelled target ones",
+        description="Train a ViT / ResNet / CNN classifier on labelled --source images with DANN (a domain classifier "
+                    "behind a gradient-reversal layer makes the features domain-invariant) using unlabelled --target "
+                    "images, or --method source-only for the baseline. Writes OUT/model and OUT/report.json (source "
+                    "and target accuracy; the target's test split, or --target-eval, is scored when labelled).")
+    adapt.add_argument("--model", help="classifier to adapt: a dlforge run or model folder (e.g. `dlforge train "
+                                       "resnet`), or a Hugging Face ViT / ResNet folder")
+    adapt.add_argument("--source", help="labelled source images: MNIST IDX folder, image folder or sklearn-digits")
+    adapt.add_argument("--target", help="target images (their labels, if any, are not used for training)")
+    adapt.add_argument("--target-eval", help="labelled target images to report accuracy on (default: the target's "
+                                             "test split when it has one)")
+    adapt.add_argument("--out", required=True, help="run folder (OUT/model, OUT/report.json, checkpoints)")
+    adapt.add_argument("--method", default="dann", choices=("dann", "source-only"), help="default dann")
+    adapt.add_argument("--steps", type=_positive_int, help="optimizer steps (default 1000)")
+    adapt.add_argument("--minutes", type=_positive_float, help="wall-clock budget; the schedule is fitted to it")
+    adapt.add_argument("--lr", type=_positive_float, help="peak learning rate (default 1e-3)")
+    adapt.add_argument("--batch-size", type=_positive_int, help="source images per step, and as many target images")
+    adapt.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="another setting, e.g. --set domain_hidden=512 --set gamma=10 --set crop_padding=2")
+    adapt.add_argument("--seed", type=int, help="random seed (default 0)")
+    adapt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    adapt.add_argument("--quiet", action="store_true", help="no progress bar")
+    adapt.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    adapt.set_defaults(func=cmd_adapt)
+
+
 def _add_anomaly_parsers(sub) -> None:
     from ..training.images import PRESETS
 
@@ -377,4 +429,5 @@ def add_parsers(sub) -> None:
     _add_diffusion_flags(strip)
     strip.set_defaults(func=cmd_noise_strip)
     _add_anomaly_parsers(sub)
+    _add_adapt_parser(sub)
     _add_autoencoder_parsers(sub)

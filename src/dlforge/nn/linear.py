@@ -71,9 +71,11 @@ HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.m
 
 
 def onednn_fusion_applies(x: torch.Tensor, layer: nn.Module) -> bool:
-    """Whether `linear_activation` may use the fused oneDNN kernel: CPU inference, a plain linear layer,
-    weights and input both float32 or both bfloat16, a contiguous input of more than one row."""
+    """Whether `linear_activation` may use the fused oneDNN kernel: CPU inference outside autocast (under it,
+    fp32 weights would make the kernel multiply in fp32, about 4× slower than autocast's bf16 F.linear), a plain
+    linear layer, weights and input both float32 or both bfloat16, a contiguous input of more than one row."""
     return (HAS_ONEDNN_LINEAR and not torch.is_grad_enabled() and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu")  # autocast would run F.linear in bf16; this kernel would not
             and type(layer) in (Linear, nn.Linear) and x.dtype == layer.weight.dtype
             and x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous() and x.numel() > layer.in_features)
 

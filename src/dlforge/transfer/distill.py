@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.outputs import ModelOutput
+from .wrapper import TrainingWrapper
 
 
 def distillation_loss(student_logits, teacher_logits, labels=None, temperature: float = 2.0,
@@ -32,35 +33,23 @@ def distillation_loss(student_logits, teacher_logits, labels=None, temperature: 
     return alpha * soft + (1 - alpha) * hard
 
 
-class Distiller(nn.Module):
+class Distiller(TrainingWrapper):
     """Student + frozen teacher; `state_dict`/checkpoints hold the student only."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, temperature: float = 2.0, alpha: float = 0.5):
-        super().__init__()
-        self.student = student
+        super().__init__(student)
         self.temperature, self.alpha = temperature, alpha
         teacher.eval().requires_grad_(False)
         self._teacher = [teacher]  # a list keeps it out of parameters(), state_dict() and .to()
 
-    # checkpoints hold the student alone, under its own names, so a run folder loads as the student
-    def state_dict(self, *args, **kwargs):
-        return self.student.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        return self.student.load_state_dict(state_dict, strict=strict, assign=assign)
+    @property
+    def student(self) -> nn.Module:
+        return self.model
 
     def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() move the hidden teacher too
         super()._apply(fn, *args, **kwargs)
         self._teacher[0]._apply(fn, *args, **kwargs)
         return self
-
-    @property
-    def kind(self):
-        return self.student.kind
-
-    @property
-    def config(self):
-        return self.student.config
 
     def forward(self, labels=None, **inputs) -> ModelOutput:
         with torch.no_grad():

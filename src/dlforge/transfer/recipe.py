@@ -50,6 +50,7 @@ from .distill import Distiller
 from .finetune import freeze_below, num_blocks
 from .lora import apply_lora, save_lora, strip_lora
 from .tasks import FINETUNE_TASKS, ExampleBatches, FinetuneTask
+from .wrapper import TrainingWrapper
 
 METHODS = ("full", "top-k", "lora", "features", "distill")
 # Learning rates a practitioner expects: small for all weights (BERT's 2e-5..5e-5), larger when few train.
@@ -170,29 +171,11 @@ def shrink_layers(model: nn.Module, n: int, pick: str = "spread") -> list[int]:
     return keep
 
 
-class HeadOnFeatures(nn.Module):
-    """Trains `model.head` on cached [CLS] vectors: forward(features (B, hidden), labels (B,)).
+class HeadOnFeatures(TrainingWrapper):
+    """Trains `model.head` on cached pooled vectors: forward(features (B, hidden), labels (B,)).
 
     Checkpoints hold the whole model (`state_dict` is the model's), so every checkpoint loads as it.
     """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def state_dict(self, *args, **kwargs):
-        return self.model.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
-
-    @property
-    def kind(self):
-        return self.model.kind
-
-    @property
-    def config(self):
-        return self.model.config
 
     def forward(self, features, labels=None) -> ModelOutput:
         logits = self.model.head(features)  # (B, num_labels): the head as the model's forward applies it
