@@ -57,3 +57,16 @@ def test_generate_images_example_writes_every_picture(tmp_path, shared_data, sub
     for name in ("digits", "dpm", "img2img", "inpaint", "outpaint", "strip", "vae", "interpolation"):
         assert (out / f"{name}.png").is_file(), name
     assert (out / "diffusion" / "checkpoints" / "best").is_dir() and (out / "vae" / "samples.png").is_file()
+
+
+@pytest.mark.slow
+def test_vision_transfer_example_runs_every_stage(tmp_path, shared_data, subprocess_env):
+    if not (shared_data / "mnist" / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"mnist not found in {shared_data}")
+    out = tmp_path / "vision"
+    stdout = run_example("vision_transfer.py", out, 5, shared_data, subprocess_env)
+    for line in ("10 labels per class, features: test accuracy", "10 labels per class, full: test accuracy",
+                 "5.png: ", "DANN: MNIST accuracy"):
+        assert line in stdout, stdout
+    assert (out / "lr" / "lr_find.png").is_file() and (out / "few-full" / "confusion_matrix.png").is_file()
+    assert (out / "dann" / "model" / "model.safetensors").is_file()

@@ -108,3 +108,23 @@ def test_bad_settings():
         ImageProcessor(4, 1, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     with pytest.raises(DlforgeError, match="must be > 0"):
         ImageProcessor(4, 1, image_mean=[0.5], image_std=[0.0])
+
+
+def test_augment_images_fills_with_the_background_per_channel():
+    from dlforge.data.images import augment_images
+
+    images = torch.ones(6, 3, 5, 5)
+    fill = torch.tensor([-1.0, -2.0, -3.0]).view(1, 3, 1, 1)
+    out = augment_images(images, torch.Generator().manual_seed(0), crop_padding=2, fill=fill)
+    assert out.shape == images.shape
+    shifted = [i for i in range(6) if not torch.equal(out[i], images[i])]
+    assert shifted  # some images moved; what came in from the border is each channel's background
+    for i in shifted:
+        for c, value in enumerate((-1.0, -2.0, -3.0)):
+            assert set(out[i, c].unique().tolist()) <= {1.0, value}
+    again = augment_images(images, torch.Generator().manual_seed(0), crop_padding=2, fill=fill)
+    assert torch.equal(out, again)  # a seeded generator gives the same batch
+    flipped = augment_images(torch.arange(4.0).view(1, 1, 1, 4).repeat(8, 1, 1, 1), torch.Generator().manual_seed(1),
+                             flip=True)
+    rows = {tuple(r.flatten().tolist()) for r in flipped}
+    assert rows == {(0.0, 1.0, 2.0, 3.0), (3.0, 2.0, 1.0, 0.0)}

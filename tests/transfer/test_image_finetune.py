@@ -197,3 +197,25 @@ def test_cli_adapt_writes_an_ordinary_classifier(cli, backbones, pattern_mnist, 
     code, out, err = cli("adapt", "--model", backbones["resnet"], "--source", pattern_mnist, "--target",
                          pattern_mnist, "--out", tmp_path / "bad", "--set", "gamma=-1")
     assert code != 0 and "gamma must be > 0" in err and "Traceback" not in err
+
+
+def test_augmented_batches_are_seeded_and_keep_the_labels(backbones, pattern_mnist, tmp_path):
+    from dlforge.transfer.recipe import FinetuneSettings, prepare_finetune
+
+    settings = FinetuneSettings.build("full", {"options": {"classes": "2,0", "crop_padding": 3}, "batch_size": 8})
+    prep = prepare_finetune(backbones["resnet"], "image-classification", pattern_mnist, None, "full", settings,
+                            tmp_path)
+    first, again = prep.batches.train_batch(0), prep.batches.train_batch(0)
+    assert torch.equal(first["pixel_values"], again["pixel_values"])  # batch k depends on (seed, k) alone
+    plain = unaugmented_first_batch(prep)
+    assert torch.equal(first["labels"], plain["labels"])
+    assert not torch.equal(first["pixel_values"], plain["pixel_values"])  # translated
+    assert first["pixel_values"].min() >= -1.0 and first["pixel_values"].max() <= 1.0  # black came in, in [-1, 1]
+
+
+def unaugmented_first_batch(prep) -> dict:
+    """Batch 0 of the same run without augmentation."""
+    from dlforge.transfer.tasks import ExampleBatches
+
+    b = prep.batches
+    return ExampleBatches(b.train, b.eval, b.batch_size, b.grad_accum, b.seed).train_batch(0)

@@ -309,6 +309,24 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, p
 
 
 # ------------------------------------------------------------------------------------------- batches
+def augment_images(images: torch.Tensor, generator: torch.Generator, flip: bool = False, crop_padding: int = 0,
+                   fill: float | torch.Tensor = -1.0) -> torch.Tensor:
+    """Random horizontal flips and random translations by up to `crop_padding` pixels of float images (B, C, H, W):
+    pad with `fill` (the background: a number, or one value per channel as (1, C, 1, 1)), crop back at a random
+    offset. Every draw comes from `generator`, so a seeded generator gives the same batch again."""
+    if flip:
+        flipped = torch.rand(images.shape[0], generator=generator) < 0.5
+        images = torch.where(flipped.view(-1, 1, 1, 1), images.flip(-1), images)
+    if crop_padding:
+        p, (b, c, h, w) = crop_padding, images.shape
+        padded = torch.empty(b, c, h + 2 * p, w + 2 * p, dtype=images.dtype)
+        padded[:] = fill  # the border: a number, or per channel
+        padded[:, :, p:p + h, p:p + w] = images
+        shifts = torch.randint(0, 2 * p + 1, (b, 2), generator=generator)
+        images = torch.stack([padded[i, :, dy: dy + h, dx: dx + w] for i, (dy, dx) in enumerate(shifts.tolist())])
+    return images
+
+
 class ImageBatches:
     """The Trainer's batch source over an ImageSet.
 
@@ -351,15 +369,7 @@ class ImageBatches:
         return torch.cat(out)
 
     def _augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.flip:
-            flipped = torch.rand(images.shape[0], generator=generator) < 0.5
-            images = torch.where(flipped.view(-1, 1, 1, 1), images.flip(-1), images)
-        if self.crop_padding:
-            p, (b, _, h, w) = self.crop_padding, images.shape
-            padded = F.pad(images, (p, p, p, p), value=-1.0)  # black background ([-1] = 0 in uint8)
-            shifts = torch.randint(0, 2 * p + 1, (b, 2), generator=generator)
-            images = torch.stack([padded[i, :, dy: dy + h, dx: dx + w] for i, (dy, dx) in enumerate(shifts.tolist())])
-        return images
+        return augment_images(images, generator, self.flip, self.crop_padding, fill=-1.0)  # black: -1 in [-1, 1]
 
     def _batch(self, data: ImageSet, index: torch.Tensor) -> dict[str, torch.Tensor]:
         batch = {self.input_name: to_signed_unit(data.images[index])}

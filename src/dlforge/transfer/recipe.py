@@ -310,8 +310,9 @@ def prepare_finetune(model, task: str, train, eval, method: str, s: FinetuneSett
 
     trainable_parameters = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
 
+    augment = None if method == "features" else the_task.augmenter(tokenizer)  # cached vectors: nothing to alter
     batches = ExampleBatches(train_features, eval_features, s.batch_size, s.grad_accum, s.seed,
-                             getattr(tokenizer, "pad_token_id", 0) or 0)
+                             getattr(tokenizer, "pad_token_id", 0) or 0, augment)
     per_epoch = batches.steps_per_epoch()
     max_steps = s.max_steps or max(1, round(s.epochs * per_epoch))
     interval = s.eval_interval or _default_eval_interval(per_epoch, max_steps)

@@ -9,6 +9,7 @@ report files. `ExampleBatches` turns a list of features into the batch source th
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,10 +46,12 @@ class ExampleBatches:
     """
 
     def __init__(self, train: list[dict], eval: list[dict] | None = None, batch_size: int = 32,
-                 grad_accum: int = 1, seed: int = 0, pad_token_id: int = 0):
+                 grad_accum: int = 1, seed: int = 0, pad_token_id: int = 0,
+                 augment: Callable[[dict, torch.Generator], dict] | None = None):
         if not train:
             raise DlforgeError("the training set is empty: check the file and its columns")
         self.train, self.eval = train, eval or []
+        self.augment = augment  # training batches only, with a generator seeded by (seed, step, micro_step, rank)
         self.batch_size, self.grad_accum, self.seed, self.pad_token_id = batch_size, grad_accum, seed, pad_token_id
         self._orders: dict[int, torch.Tensor] = {}
 
@@ -68,7 +71,11 @@ class ExampleBatches:
         picks = [order[(start + i) % len(order)].item() for i in range(self.batch_size)]
         per_rank = self.batch_size // world_size
         picks = picks[rank * per_rank:(rank + 1) * per_rank]
-        return collate([self.train[i] for i in picks], self.pad_token_id)
+        batch = collate([self.train[i] for i in picks], self.pad_token_id)
+        if self.augment is not None:
+            seed = ((self.seed * 1_000_003 + step) * 1009 + micro_step) * 64 + rank
+            batch = self.augment(batch, torch.Generator().manual_seed(seed))
+        return batch
 
     def eval_batches(self, rank: int = 0, world_size: int = 1):
         mine = self.eval[rank::world_size]
@@ -176,6 +183,11 @@ class FinetuneTask(ABC):
             raise DlforgeError(f"{path} has no tokenizer files (tokenizer.json or vocab.txt): fine-tuning "
                                "encodes the data with the model's own tokenizer")
         return model, tokenizer
+
+    def augmenter(self, tokenizer) -> Callable[[dict, torch.Generator], dict] | None:
+        """What randomly alters each training batch (data augmentation), or None: most tasks train on the data
+        as it is."""
+        return None
 
     def vectors(self, model, tokenizer, examples: list, max_length: int, cache_dir: Path,
                 dtype: torch.dtype | None):

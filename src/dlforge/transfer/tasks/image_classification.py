@@ -6,7 +6,9 @@ that has splits, training reads its train split and evaluation its test split. T
 - `classes`: keep only these classes, comma-separated names (e.g. --option classes=5,6,7,8,9);
 - `per_class`: keep at most this many training images per class, drawn with `sample_seed` (few-label
   experiments; evaluation always uses every image);
-- `load_size`: the side image folders are read at before the model's own resizing (default 256).
+- `load_size`: the side image folders are read at before the model's own resizing (default 256);
+- `crop_padding` / `flip`: augment each training batch with random translations by up to that many pixels (the
+  background fills in) and random horizontal flips (not for digits).
 Images are converted to the model's channels and size and normalised as its weights expect
 (`ImageProcessor.from_config`), once, before training.
 
@@ -20,7 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...data.images import SKLEARN_DIGITS, few_per_class, is_mnist_folder, load_image_set, select_classes
+from ...data.images import (
+    SKLEARN_DIGITS,
+    augment_images,
+    few_per_class,
+    is_mnist_folder,
+    load_image_set,
+    select_classes,
+)
 from ...data.processor import ImageProcessor
 from ...errors import DlforgeError
 from . import register
@@ -38,13 +47,16 @@ class ImageClassificationTask(FinetuneTask):
     selection_metric = "accuracy"
 
     def __init__(self, classes: str | int | None = None, per_class: int | None = None, sample_seed: int = 0,
-                 load_size: int = 256):
+                 load_size: int = 256, crop_padding: int = 0, flip: bool = False):
         self.classes = None if classes is None else str(classes)
         if per_class is not None and (not isinstance(per_class, int) or per_class < 1):
             raise DlforgeError(f"per_class must be a whole number >= 1, got {per_class!r}")
         if not isinstance(load_size, int) or load_size < 8:
             raise DlforgeError(f"load_size must be a whole number >= 8, got {load_size!r}")
+        if not isinstance(crop_padding, int) or crop_padding < 0:
+            raise DlforgeError(f"crop_padding must be a whole number >= 0, got {crop_padding!r}")
         self.per_class, self.sample_seed, self.load_size = per_class, sample_seed, load_size
+        self.crop_padding, self.flip = crop_padding, bool(flip)
         self._paths: dict[str, str] = {}
 
     def batch_score(self, output, batch: dict, labels: list[str] | None = None) -> tuple[float, float]:
@@ -120,6 +132,18 @@ class ImageClassificationTask(FinetuneTask):
         ids = label_ids(examples, labels)
         pixels = self.pixel_values(examples, tokenizer)  # `tokenizer` is the model's ImageProcessor here
         return [{"pixel_values": x, "labels": torch.tensor(i, dtype=torch.long)} for x, i in zip(pixels, ids)]
+
+    def augmenter(self, tokenizer):
+        """Random translations (crop_padding) and horizontal flips (flip) of the training images, or None."""
+        if not (self.crop_padding or self.flip):
+            return None
+        black = tokenizer.normalize(torch.zeros(1, tokenizer.channels, 1, 1, dtype=torch.uint8))  # (1, C, 1, 1)
+
+        def augment(batch: dict, generator: torch.Generator) -> dict:
+            pixels = augment_images(batch["pixel_values"], generator, self.flip, self.crop_padding, fill=black)
+            return {**batch, "pixel_values": pixels}
+
+        return augment
 
     @torch.no_grad()
     def _batched(self, model, processor, examples: list[dict], batch_size: int, fn, dtype=None) -> torch.Tensor:
