@@ -3,9 +3,9 @@
 Both sides hold the same weights: a random-init transformers `ViTModel` (google/vit-base-patch16-224's shape, no
 pooler) and `ResNetModel` (microsoft/resnet-50's shape) are saved with `save_pretrained` and loaded into dlforge
 through `dlforge.hub.load_pretrained`; the outputs are compared before timing (final hidden states for ViT, pooled
-features for ResNet). Timed: one forward of a batch of 8 images at 224×224 under `torch.no_grad()` (best of 5
-after 2 warm-ups), in fp32 and in bf16 autocast, dlforge's `encode` (ViT) / `features` (ResNet) against the
-transformers model's forward.
+features for ResNet). Timed: one forward of a batch of 8 images at 224×224 under `torch.no_grad()` (best of 10
+alternating rounds after 2 warm-ups), in fp32 and in bf16 autocast, dlforge's `encode` (ViT) / `features`
+(ResNet) against the transformers model's forward.
 
     python benchmarks/bench_vision_speed.py [--batch 8] [--repeats 5]
 
@@ -54,7 +54,7 @@ def hf_resnet(folder: str):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, 224, 224)
@@ -68,13 +68,16 @@ def main() -> int:
         with torch.no_grad():
             diff = (forward(x) - reference_forward(x)).abs().max().item()
         for precision in ("fp32", "bf16"):
-            def timed(fn, precision=precision):
+            def timed(fn, precision=precision, repeats=1, warmup=0):
                 def call():
                     with torch.no_grad(), autocast(precision):
                         fn(x)
-                return best_time(call, args.repeats, warmup=2)
+                return best_time(call, repeats, warmup=warmup)
 
-            ours, theirs = timed(forward), timed(reference_forward)
+            timed(forward, warmup=2), timed(reference_forward, warmup=2)
+            # alternate the two, one call each per round, so a drift of the shared machine hits both alike
+            rounds = [(timed(forward), timed(reference_forward)) for _ in range(args.repeats)]
+            ours, theirs = min(r[0] for r in rounds), min(r[1] for r in rounds)
             key = f"{name} {precision}"
             rows.append({"model": name, "precision": precision, "params (M)": f"{params / 1e6:.1f}",
                          "max |diff| fp32": f"{diff:.1e}", "dlforge ms": f"{ours * 1e3:.0f}",

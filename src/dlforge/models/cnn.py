@@ -124,7 +124,7 @@ class Stem(nn.Module):
         self.pool = nn.MaxPool2d(3, stride=2, padding=1) if big else nn.Identity()
 
     def forward(self, x):  # (B, C, H, W) -> (B, width, H/4, W/4) or (B, width, H, W)
-        return self.pool(F.relu(self.bn(self.conv(x))))
+        return self.pool(F.relu(self.bn(self.conv(x)), inplace=True))
 
 
 def projection(c_in: int, c_out: int, stride: int) -> nn.Module | None:
@@ -146,9 +146,10 @@ class BasicBlock(nn.Module):
         return self.bn2
 
     def forward(self, x):  # (B, c_in, H, W) -> (B, width, H/s, W/s)
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
-        return F.relu(out + (x if self.shortcut is None else self.shortcut(x)))
+        out += x if self.shortcut is None else self.shortcut(x)  # in place: no new (B, C, H, W) tensor per block
+        return F.relu(out, inplace=True)
 
 
 class Bottleneck(nn.Module):
@@ -165,10 +166,11 @@ class Bottleneck(nn.Module):
         return self.bn3
 
     def forward(self, x):  # (B, c_in, H, W) -> (B, 4·width, H/s, W/s)
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
         out = self.bn3(self.conv3(out))
-        return F.relu(out + (x if self.shortcut is None else self.shortcut(x)))
+        out += x if self.shortcut is None else self.shortcut(x)
+        return F.relu(out, inplace=True)
 
 
 class ResNet(nn.Module):
