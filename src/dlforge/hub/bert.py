@@ -17,7 +17,7 @@ import torch
 
 from ..errors import DlforgeError
 from ..models.bert import Bert, BertConfig
-from .weights import load_into, load_state_dict
+from .weights import fuse_qkv, load_into, load_state_dict
 
 FAMILIES = ("bert", "roberta", "distilbert")
 TASK_SUFFIXES = {"ForMaskedLM": "masked-lm", "ForSequenceClassification": "sequence-classification",
@@ -132,14 +132,7 @@ def convert_state_dict(hf_state: dict[str, torch.Tensor], family: str, task: str
             qkv.setdefault(f"layers.{match[1]}.attn.c_attn.{match[3]}", {})[match[2][0]] = tensor
             continue
         out[new] = tensor
-    for fused_key, parts in qkv.items():
-        missing = [p for p in "qkv" if p not in parts]
-        if missing or len({t.shape for t in parts.values()}) != 1:
-            found = {p: tuple(t.shape) for p, t in parts.items()}
-            raise DlforgeError(f"checkpoint's query/key/value weights for {fused_key} are damaged: "
-                               f"missing {missing or 'none'}, shapes {found}")
-        out[fused_key] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
-    return out
+    return {**out, **fuse_qkv(qkv)}
 
 
 def _rename(key: str, rules) -> str:

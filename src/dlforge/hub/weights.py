@@ -88,3 +88,19 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: st
     if problems:
         raise DlforgeError(f"weights in {source} do not fit the model: {'; '.join(problems)}")
     model.load_state_dict(state, strict=False)
+
+
+def fuse_qkv(parts_by_key: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """{fused c_attn key: {"q", "k", "v": tensor}} -> {key: cat(q, k, v)}: Hugging Face checkpoints keep the
+    query/key/value projections apart, dlforge's attention holds them as one matrix. A missing or mis-shaped part is
+    reported by name."""
+    fused = {}
+    for key, parts in parts_by_key.items():
+        missing = [p for p in "qkv" if p not in parts]
+        if missing or len({t.shape for t in parts.values()}) != 1:
+            found = {p: tuple(t.shape) for p, t in parts.items()}
+            raise DlforgeError(f"checkpoint's query/key/value weights for {key} are damaged: "
+                               f"missing {missing or 'none'}, shapes {found}")
+        fused[key] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    return fused
+
