@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dlforge.nn import KVCache, MultiHeadAttention, RotaryEmbedding, attention_reference, build_attention_mask
+from dlforge.nn.attention import SCORE_CHUNK_ELEMENTS, attention_batch_chunks, batch_chunks_apply
 
 DIM, HEADS = 32, 4
 HEAD_DIM = DIM // HEADS
@@ -52,6 +53,57 @@ def test_attention_reference_agrees_with_torch_sdpa_on_raw_tensors():
     mask |= torch.eye(6, dtype=torch.bool)  # no fully masked row
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert (attention_reference(q, k, v, attn_mask=mask) - expected).abs().max() <= TOL
+
+
+# ----------------------------------------------------------------------------- bf16 batch chunks
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "padding", "causal", "float"])
+def test_batch_chunks_match_reference_across_chunk_boundaries(mask_kind, monkeypatch):
+    # chunks of 3 sequences over a batch of 7: the last chunk is short, each chunk takes its rows of the mask
+    B, H, T = 7, 4, 16
+    monkeypatch.setattr("dlforge.nn.attention.SCORE_CHUNK_ELEMENTS", 3 * H * T * T)
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(B, H, T, 8).bfloat16() for _ in range(3))
+    mask, causal = None, mask_kind == "causal"
+    if mask_kind == "padding":
+        mask = build_attention_mask(T, T, False, torch.arange(T) < torch.randint(1, T + 1, (B, 1)))
+    elif mask_kind == "float":  # an additive bias per head, as T5's relative positions
+        mask = torch.randn(1, H, T, T).bfloat16()
+    with torch.no_grad():
+        assert batch_chunks_apply(q, k, mask, 0.0)
+        got = attention_batch_chunks(q, k, v, attn_mask=mask, is_causal=causal)
+    expected = attention_reference(q.float(), k.float(), v.float(), attn_mask=None if mask is None else
+                                   (mask if mask.dtype == torch.bool else mask.float()), is_causal=causal)
+    assert got.dtype == torch.bfloat16 and (got.float() - expected).abs().max() < 0.03
+
+
+def test_batch_chunks_serve_only_short_bf16_inference():
+    q = torch.randn(2, 4, 16, 8).bfloat16()
+    with torch.no_grad():
+        assert batch_chunks_apply(q, q, None, 0.0)
+        assert not batch_chunks_apply(q.float(), q.float(), None, 0.0)  # fp32: SDPA
+        assert not batch_chunks_apply(q, q, None, 0.1)  # dropout
+        assert not batch_chunks_apply(q[:, :, :4], q, None, 0.0)  # a few queries: decoding
+        assert not batch_chunks_apply(q, q, torch.zeros(1, 4, 16, 16), 0.0)  # an fp32 bias
+        long = torch.empty(1, 4, 1024, 8, dtype=torch.bfloat16)
+        assert 4 * 1024 * 1024 > SCORE_CHUNK_ELEMENTS and not batch_chunks_apply(long, long, None, 0.0)
+    assert not batch_chunks_apply(q, q, None, 0.0)  # training: SDPA
+
+
+def test_bf16_module_inference_takes_batch_chunks_and_agrees_with_fp32(monkeypatch):
+    calls = []
+    monkeypatch.setattr("dlforge.nn.attention.attention_batch_chunks",
+                        lambda *a, **kw: calls.append(1) or attention_batch_chunks(*a, **kw))
+    torch.manual_seed(4)
+    mha = MultiHeadAttention(DIM, HEADS).eval()
+    x = torch.randn(3, 20, DIM)
+    mask = build_attention_mask(20, 20, False, torch.tensor([[1] * 20, [1] * 5 + [0] * 15, [1] * 2 + [0] * 18]))
+    with torch.no_grad():
+        expected = mha(x, attn_mask=mask)
+        got = mha.bfloat16()(x.bfloat16(), attn_mask=mask)
+    assert calls == [1]
+    assert (got.float() - expected).abs().max() < 0.05
 
 
 # ----------------------------------------------------------------------------- SDPA vs reference

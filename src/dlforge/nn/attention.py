@@ -2,9 +2,13 @@
 
 Attention(Q, K, V) = softmax(Q Kᵀ / √d_head + M) V  (Vaswani et al., 2017), computed per head.
 
-Two paths compute the same thing:
+Three paths compute the same thing:
 - the fast path, `torch.nn.functional.scaled_dot_product_attention` (fused kernels);
-- `attention_reference`, the formula written out, which the tests compare the fast path against.
+- `attention_batch_chunks`, for bf16 inference on CPU with short sequences (an encoder's 128 tokens): the
+  formula in bf16, a few sequences at a time so that each chunk's scores stay in the core's cache. PyTorch's
+  CPU flash kernel is tuned for long sequences; at 32 × 12 heads × 128² with head size 32 it takes about
+  8 ms here where this takes 4 ms (benchmarks/RESULTS.md §4);
+- `attention_reference`, the formula written out, which the tests compare the fast paths against.
 
 Masks follow the SDPA convention: a boolean tensor broadcastable to (B, H, T_q, T_k) where True
 means "this query may attend to this key". `build_attention_mask` combines a causal mask with a
@@ -43,6 +47,42 @@ def attention_reference(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0,
     if dropout_p > 0:
         weights = F.dropout(weights, p=dropout_p)
     return weights @ v
+
+
+SCORE_CHUNK_ELEMENTS = 1 << 20  # scores per chunk in `attention_batch_chunks`: 2 MiB of bf16, within L2
+BATCH_CHUNKS_MIN_QUERIES = 16  # decoding's few queries per row gain nothing here (beam search measured no faster)
+
+
+def batch_chunks_apply(q, k, attn_mask, dropout_p) -> bool:
+    """Whether `attention_batch_chunks` serves this call: bf16 CPU inference, a sequence's worth of queries, and one
+    sequence's scores (H, Tq, Tk) small enough for a chunk."""
+    return (not torch.is_grad_enabled() and q.device.type == "cpu" and q.dtype == torch.bfloat16
+            and dropout_p == 0.0 and q.dim() == 4 and q.size(-2) >= BATCH_CHUNKS_MIN_QUERIES
+            and q.size(1) * q.size(2) * k.size(2) <= SCORE_CHUNK_ELEMENTS
+            and (attn_mask is None or attn_mask.dtype == torch.bool or attn_mask.dtype == q.dtype))
+
+
+def attention_batch_chunks(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, scale=None):
+    """softmax(QKᵀ·scale + mask) V in q's dtype, over chunks of the batch. q: (B, H, Tq, D); k, v: (B, H, Tk, D).
+
+    The masks are those of `attention_reference`; a float mask must have q's dtype. Inference only: no dropout."""
+    if dropout_p:
+        raise ValueError("attention_batch_chunks is for inference; use scaled_dot_product_attention for dropout")
+    B, H, Tq, D = q.shape
+    scale = 1 / math.sqrt(D) if scale is None else scale
+    if is_causal:
+        attn_mask = build_attention_mask(Tq, k.size(2), causal=True, device=q.device)
+    if attn_mask is not None and attn_mask.dtype == torch.bool:  # additive: 0 where allowed, -inf where not
+        attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~attn_mask, float("-inf"))
+    rows = max(1, SCORE_CHUNK_ELEMENTS // (H * Tq * k.size(2)))
+    out = torch.empty(B, H, Tq, v.size(-1), dtype=q.dtype, device=q.device)
+    for start in range(0, B, rows):
+        part = slice(start, start + rows)
+        scores = torch.matmul(q[part] * scale, k[part].transpose(-2, -1))  # (rows, H, Tq, Tk)
+        if attn_mask is not None:
+            scores += attn_mask if attn_mask.size(0) == 1 else attn_mask[part]
+        torch.matmul(torch.softmax(scores, dim=-1), v[part], out=out[part])
+    return out
 
 
 def build_attention_mask(q_len: int, k_len: int, causal: bool, key_padding_mask=None, device=None):
@@ -184,7 +224,12 @@ class MultiHeadAttention(nn.Module):
             self.last_weights = attention_weights(q, k, attn_mask, is_causal, self.scale)
             y = self.last_weights @ v
         else:
-            attend = F.scaled_dot_product_attention if self.use_sdpa else attention_reference
+            if not self.use_sdpa:
+                attend = attention_reference
+            elif batch_chunks_apply(q, k, attn_mask, dropout_p):
+                attend = attention_batch_chunks
+            else:
+                attend = F.scaled_dot_product_attention
             y = attend(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p,
                        scale=self.scale)  # (B, H, T, D)
         if copies > 1:
