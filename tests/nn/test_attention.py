@@ -6,9 +6,16 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dlforge.nn import KVCache, MultiHeadAttention, RotaryEmbedding, attention_reference, build_attention_mask
-from dlforge.nn.attention import SCORE_CHUNK_ELEMENTS, attention_batch_chunks, batch_chunks_apply
+from dlforge.nn.attention import (
+    FEW_QUERIES,
+    SCORE_CHUNK_ELEMENTS,
+    attention_batch_chunks,
+    attention_upcast,
+    cpu_inference_attention,
+)
 
 DIM, HEADS = 32, 4
 HEAD_DIM = DIM // HEADS
@@ -71,24 +78,54 @@ def test_batch_chunks_match_reference_across_chunk_boundaries(mask_kind, monkeyp
     elif mask_kind == "float":  # an additive bias per head, as T5's relative positions
         mask = torch.randn(1, H, T, T).bfloat16()
     with torch.no_grad():
-        assert batch_chunks_apply(q, k, mask, 0.0)
+        assert cpu_inference_attention(q, k, mask, 0.0) is attention_batch_chunks
         got = attention_batch_chunks(q, k, v, attn_mask=mask, is_causal=causal)
     expected = attention_reference(q.float(), k.float(), v.float(), attn_mask=None if mask is None else
                                    (mask if mask.dtype == torch.bool else mask.float()), is_causal=causal)
     assert got.dtype == torch.bfloat16 and (got.float() - expected).abs().max() < 0.03
 
 
-def test_batch_chunks_serve_only_short_bf16_inference():
-    q = torch.randn(2, 4, 16, 8).bfloat16()
+def test_written_out_paths_serve_only_low_precision_cpu_inference():
+    q = torch.randn(2, 4, FEW_QUERIES, 8).bfloat16()
+    decode = q[:, :, :1]
     with torch.no_grad():
-        assert batch_chunks_apply(q, q, None, 0.0)
-        assert not batch_chunks_apply(q.float(), q.float(), None, 0.0)  # fp32: SDPA
-        assert not batch_chunks_apply(q, q, None, 0.1)  # dropout
-        assert not batch_chunks_apply(q[:, :, :4], q, None, 0.0)  # a few queries: decoding
-        assert not batch_chunks_apply(q, q, torch.zeros(1, 4, 16, 16), 0.0)  # an fp32 bias
+        assert cpu_inference_attention(q, q, None, 0.0) is attention_batch_chunks
+        assert cpu_inference_attention(decode, q, None, 0.0) is attention_upcast  # a few queries: decoding
+        assert cpu_inference_attention(decode.half(), q.half(), None, 0.0) is attention_upcast
+        assert cpu_inference_attention(q.half(), q.half(), None, 0.0) is None  # fp16 sequences: SDPA
+        assert cpu_inference_attention(q.float(), q.float(), None, 0.0) is None  # fp32: SDPA
+        assert cpu_inference_attention(decode.float(), q.float(), None, 0.0) is None
+        assert cpu_inference_attention(q, q, None, 0.1) is None  # dropout
+        assert cpu_inference_attention(q, q, torch.zeros(1, 4, 16, 16), 0.0) is None  # an fp32 bias
         long = torch.empty(1, 4, 1024, 8, dtype=torch.bfloat16)
-        assert 4 * 1024 * 1024 > SCORE_CHUNK_ELEMENTS and not batch_chunks_apply(long, long, None, 0.0)
-    assert not batch_chunks_apply(q, q, None, 0.0)  # training: SDPA
+        assert 4 * 1024 * 1024 > SCORE_CHUNK_ELEMENTS and cpu_inference_attention(long, long, None, 0.0) is None
+    assert cpu_inference_attention(q, q, None, 0.0) is None  # training: SDPA
+    assert cpu_inference_attention(decode, q, None, 0.0) is None
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "padding", "causal", "float"])
+def test_upcast_decoding_attention_matches_fp32_reference(mask_kind):
+    # one new query per row against a slice of a longer cache, as a decoding step reads it
+    B, H, Tk = 5, 4, 9
+    torch.manual_seed(5)
+    q = torch.randn(B, H, 1, 8).bfloat16()
+    cache_k, cache_v = (torch.randn(B, H, 20, 8).bfloat16() for _ in range(2))
+    k, v = cache_k[:, :, :Tk], cache_v[:, :, :Tk]
+    mask, causal = None, mask_kind == "causal"
+    if mask_kind == "padding":
+        mask = build_attention_mask(1, Tk, True, torch.arange(Tk) >= torch.randint(0, Tk, (B, 1)))
+    elif mask_kind == "float":
+        mask = torch.randn(1, H, 1, Tk).bfloat16()
+    with torch.no_grad():
+        got = attention_upcast(q, k, v, attn_mask=mask, is_causal=causal, scale=0.5)
+        sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=0.5)
+    expected = attention_reference(q.double(), k.double(), v.double(), attn_mask=None if mask is None else
+                                   (mask if mask.dtype == torch.bool else mask.double()), is_causal=causal,
+                                   scale=0.5)
+    assert got.dtype == torch.bfloat16 and got.shape == (B, H, 1, 8)
+    # computed in fp32 and rounded once: no further from the exact value than SDPA's bf16 kernel
+    error, sdpa_error = ((t.double() - expected).abs().max() for t in (got, sdpa))
+    assert error <= max(sdpa_error, 0.004), (error, sdpa_error)
 
 
 def test_bf16_module_inference_takes_batch_chunks_and_agrees_with_fp32(monkeypatch):
@@ -105,6 +142,27 @@ def test_bf16_module_inference_takes_batch_chunks_and_agrees_with_fp32(monkeypat
     assert calls == [1]
     assert (got.float() - expected).abs().max() < 0.05
 
+
+
+def test_bf16_cached_decoding_takes_the_upcast_path_and_agrees_with_fp32(monkeypatch):
+    calls = []
+    monkeypatch.setattr("dlforge.nn.attention.attention_upcast",
+                        lambda *a, **kw: calls.append(a[0].size(-2)) or attention_upcast(*a, **kw))
+    torch.manual_seed(6)
+    mha = MultiHeadAttention(DIM, HEADS).eval()
+    x = torch.randn(2, 20, DIM)
+    with torch.no_grad():
+        expected = mha(x, causal=True)[:, -3:]  # the last 3 positions of a full causal pass, fp32
+        mha = mha.bfloat16()
+        cache = KVCache(1, 2, HEADS, 20, DIM // HEADS, dtype=torch.bfloat16)
+        mha(x[:, :17].bfloat16(), causal=True, kv_cache=cache)  # prefill: batch chunks
+        cache.advance(17)
+        steps = []
+        for t in range(17, 20):  # one token at a time: the upcast path
+            steps.append(mha(x[:, t:t + 1].bfloat16(), causal=True, kv_cache=cache))
+            cache.advance(1)
+    assert calls == [1, 1, 1]
+    assert (torch.cat(steps, dim=1).float() - expected).abs().max() < 0.05
 
 # ----------------------------------------------------------------------------- SDPA vs reference
 

@@ -9,9 +9,19 @@ import torch
 import torch.nn.functional as F
 
 from dlforge.nn import Linear
-from dlforge.nn.linear import ACTIVATION_FUNCTIONS, HAS_ONEDNN_LINEAR, linear_activation, onednn_fusion_applies
+from dlforge.nn.linear import (
+    ACTIVATION_FUNCTIONS,
+    HAS_ONEDNN_LINEAR,
+    HAS_WEIGHT_PACKING,
+    PACKED_ATTRIBUTE,
+    linear_activation,
+    linear_plus_bias,
+    onednn_fusion_applies,
+    onednn_weight,
+)
 
 needs_onednn = pytest.mark.skipif(not HAS_ONEDNN_LINEAR, reason="this torch build has no oneDNN linear kernel")
+needs_packing = pytest.mark.skipif(not HAS_WEIGHT_PACKING, reason="this torch build cannot prepack oneDNN weights")
 
 
 def exact(x, layer, activation):
@@ -47,7 +57,8 @@ def test_fusion_only_for_cpu_inference_of_plain_layers():
     layer, x = Linear(8, 16), torch.randn(4, 8)
     assert not onednn_fusion_applies(x, layer)  # autograd on: training takes F.linear and F.gelu
     with torch.no_grad():
-        assert not onednn_fusion_applies(x[:1], layer)  # one row: Linear's split GEMV path
+        assert not onednn_fusion_applies(x[:1], layer)  # one fp32 row: Linear's split GEMV path
+        assert onednn_fusion_applies(x[:1].bfloat16(), copy.deepcopy(layer).bfloat16())  # bf16: packed weights
         assert not onednn_fusion_applies(x.to(torch.bfloat16), layer)  # mixed dtypes
         assert not onednn_fusion_applies(torch.randn(8, 4).t(), layer)  # non-contiguous input
         wrapped = torch.nn.Sequential(layer)
@@ -87,3 +98,49 @@ def test_autocast_runs_the_mlp_product_in_bf16():
         reference = F.gelu(F.linear(x, layer.weight, layer.bias))
     assert fused.dtype == torch.bfloat16
     torch.testing.assert_close(fused, reference)
+
+
+@needs_packing
+def test_bf16_layer_prepacks_its_weight_once_and_repacks_when_it_changes():
+    torch.manual_seed(0)
+    layer = Linear(40, 97).to(torch.bfloat16)
+    x = torch.randn(5, 3, 40, dtype=torch.bfloat16)
+    with torch.no_grad():
+        first = layer(x)
+        packed = onednn_weight(layer)
+        assert packed.layout == torch._mkldnn and onednn_weight(layer) is packed  # packed once, reused
+        # the same oneDNN product as on the plain weight, to the bit
+        assert torch.equal(first, torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], ""))
+        for one_row in (x[:1, :1], x[0, 0]):  # decoding's single row takes the packed kernel too
+            assert torch.equal(layer(one_row), torch.ops.mkldnn._linear_pointwise(
+                one_row, layer.weight, layer.bias, "none", [], ""))
+        layer.weight.mul_(-2)  # an in-place update (an optimizer step, load_state_dict)
+        assert onednn_weight(layer) is not packed
+        torch.testing.assert_close(layer(x), -2 * first + 3 * layer.bias, rtol=0.02, atol=0.02)
+        layer.weight.mul_(-0.5)
+        layer.float()
+        layer.bfloat16()  # a new weight tensor, maybe at the freed address of an earlier one
+        torch.testing.assert_close(layer(x), first)
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+        # the fused MLP product and BART's logits bias use the same packed weight
+        torch.testing.assert_close(linear_activation(x, layer, "relu"), F.relu(first))
+        no_bias = Linear(40, 97, bias=False).to(torch.bfloat16)
+        torch.testing.assert_close(linear_plus_bias(x, no_bias, layer.bias),
+                                   F.linear(x, no_bias.weight) + layer.bias, rtol=0.02, atol=0.02)
+
+
+@needs_packing
+def test_packed_weight_stays_out_of_state_dict_copies_and_pickles():
+    import pickle
+
+    layer = Linear(16, 24).to(torch.bfloat16)
+    x = torch.randn(4, 16, dtype=torch.bfloat16)
+    with torch.no_grad():
+        expected = layer(x)
+        assert PACKED_ATTRIBUTE in layer.__dict__
+        assert set(layer.state_dict()) == {"weight", "bias"}
+        for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+            assert PACKED_ATTRIBUTE not in clone.__dict__
+            assert torch.equal(clone(x), expected)
+    trained = layer.float()(x.float())  # autograd on: plain F.linear, no packing
+    assert trained.requires_grad

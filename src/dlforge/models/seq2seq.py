@@ -240,8 +240,10 @@ class Seq2Seq(nn.Module):
         return attention_mask.bool()[:, None, None, :]
 
     def project_context(self, encoder_out: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Every decoder layer's cross-attention keys and values, computed once per source."""
-        return [layer.cross_attn.project_context(encoder_out) for layer in self.decoder.layers]
+        """Every decoder layer's cross-attention keys and values, computed once per source. They are read at every
+        decoding step, so they are stored contiguous (B, H, S, D) rather than as views of the projection."""
+        return [tuple(t.contiguous() for t in layer.cross_attn.project_context(encoder_out))
+                for layer in self.decoder.layers]
 
     def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
         c, param = self.config, self.shared.weight

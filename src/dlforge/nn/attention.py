@@ -8,6 +8,9 @@ Three paths compute the same thing:
   formula in bf16, a few sequences at a time so that each chunk's scores stay in the core's cache. PyTorch's
   CPU flash kernel is tuned for long sequences; at 32 × 12 heads × 128² with head size 32 it takes about
   8 ms here where this takes 4 ms (benchmarks/RESULTS.md §4);
+- `attention_upcast`, for bf16/fp16 inference on CPU with a few queries per row (decoding): the formula on fp32
+  copies. Both the flash kernel and bf16's batched matmuls handle one query against a cache slowly; one query
+  of 32 beams × 8 heads against 32 cached keys takes 470 µs in SDPA and 150 µs this way (RESULTS.md §11);
 - `attention_reference`, the formula written out, which the tests compare the fast paths against.
 
 Masks follow the SDPA convention: a boolean tensor broadcastable to (B, H, T_q, T_k) where True
@@ -50,16 +53,29 @@ def attention_reference(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0,
 
 
 SCORE_CHUNK_ELEMENTS = 1 << 20  # scores per chunk in `attention_batch_chunks`: 2 MiB of bf16, within L2
-BATCH_CHUNKS_MIN_QUERIES = 16  # decoding's few queries per row gain nothing here (beam search measured no faster)
+FEW_QUERIES = 16  # below this many queries per row (decoding) `attention_upcast` serves, from it the batch chunks
 
 
-def batch_chunks_apply(q, k, attn_mask, dropout_p) -> bool:
-    """Whether `attention_batch_chunks` serves this call: bf16 CPU inference, a sequence's worth of queries, and one
-    sequence's scores (H, Tq, Tk) small enough for a chunk."""
-    return (not torch.is_grad_enabled() and q.device.type == "cpu" and q.dtype == torch.bfloat16
-            and dropout_p == 0.0 and q.dim() == 4 and q.size(-2) >= BATCH_CHUNKS_MIN_QUERIES
-            and q.size(1) * q.size(2) * k.size(2) <= SCORE_CHUNK_ELEMENTS
-            and (attn_mask is None or attn_mask.dtype == torch.bool or attn_mask.dtype == q.dtype))
+def cpu_inference_attention(q, k, attn_mask, dropout_p):
+    """The written-out path that serves a low-precision CPU inference call, or None where SDPA does: fp32 copies
+    for a few queries per row (bf16 or fp16), batch chunks for a sequence's worth when one sequence's scores
+    (H, Tq, Tk) fit a chunk (bf16, with a boolean or bf16 mask)."""
+    if (torch.is_grad_enabled() or q.device.type != "cpu" or dropout_p != 0.0 or q.dim() != 4
+            or q.dtype not in (torch.bfloat16, torch.float16)):
+        return None
+    if q.size(-2) < FEW_QUERIES:
+        return attention_upcast
+    if (q.dtype == torch.bfloat16 and q.size(1) * q.size(2) * k.size(2) <= SCORE_CHUNK_ELEMENTS
+            and (attn_mask is None or attn_mask.dtype == torch.bool or attn_mask.dtype == q.dtype)):
+        return attention_batch_chunks
+    return None
+
+
+def attention_upcast(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, scale=None):
+    """`attention_reference` on fp32 copies of q, k, v, returned in q's dtype. Inference only: no dropout."""
+    if dropout_p:
+        raise ValueError("attention_upcast is for inference; use scaled_dot_product_attention for dropout")
+    return attention_reference(q.float(), k.float(), v.float(), attn_mask, is_causal, scale=scale).to(q.dtype)
 
 
 def attention_batch_chunks(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, scale=None):
@@ -226,10 +242,8 @@ class MultiHeadAttention(nn.Module):
         else:
             if not self.use_sdpa:
                 attend = attention_reference
-            elif batch_chunks_apply(q, k, attn_mask, dropout_p):
-                attend = attention_batch_chunks
             else:
-                attend = F.scaled_dot_product_attention
+                attend = cpu_inference_attention(q, k, attn_mask, dropout_p) or F.scaled_dot_product_attention
             y = attend(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p,
                        scale=self.scale)  # (B, H, T, D)
         if copies > 1:

@@ -210,10 +210,14 @@ def beam_search(model, input_ids, attention_mask, config: Seq2SeqGenerationConfi
         length = step + 1  # ids per beam so far, start token included
         log_probs = decoder.next_log_probs(running[:, :, :length].reshape(B * K, length))
         log_probs = process_log_probs(log_probs, running[:, :, :length].reshape(B * K, length), step, config)
-        V = log_probs.size(-1)
-        totals = (log_probs.view(B, K, V) + running_scores[:, :, None]).view(B, K * V)
+        # the 2K best extensions of a source are among the 2K best of each of its beams: ranking those (B, K·2K)
+        # instead of all (B, K·V) saves adding the scores to every token of the vocabulary
+        per_beam = min(2 * K, log_probs.size(-1))
+        beam_best, beam_tokens = log_probs.view(B, K, -1).topk(per_beam, dim=-1)  # (B, K, per_beam)
+        totals = (beam_best + running_scores[:, :, None]).view(B, K * per_beam)
         top_scores, top_index = totals.topk(2 * K, dim=-1)  # (B, 2K), best first
-        origin, tokens = top_index // V, top_index % V  # which beam each extends, with which token
+        origin = top_index // per_beam  # which beam each extends, with which token
+        tokens = beam_tokens.view(B, K * per_beam).gather(1, top_index)
         candidates = running.gather(1, origin[:, :, None].expand(B, 2 * K, running.size(2))).clone()
         candidates[:, :, length] = tokens
         ends = tokens == (config.eos_token_id if config.eos_token_id is not None else -1)
