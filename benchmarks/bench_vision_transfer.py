@@ -29,7 +29,7 @@ import torch
 from common import emit_json, machine, mnist_dir, print_table
 
 from dlforge.hub.checkpoint import load_pretrained, save_pretrained
-from dlforge.training.images import train_image_model
+from dlforge.training.images import parse_image_overrides, train_image_model
 from dlforge.transfer.recipe import finetune
 
 TARGET = "5,6,7,8,9"
@@ -40,11 +40,11 @@ APPROACHES = {
 }
 
 
-def pretrain(kind: str, mnist: Path, out: Path, minutes: float, seed: int) -> float:
-    """Train the backbone on digits 0-4; returns its validation accuracy."""
+def pretrain(kind: str, mnist: Path, out: Path, minutes: float, seed: int, overrides: dict) -> float:
+    """Train the backbone on digits 0-4 (the mnist preset + `overrides`); returns its validation accuracy."""
     if not (out / "run.json").is_file():
         train_image_model(kind, mnist, out, preset="mnist", seed=seed,
-                          overrides={"only_classes": "0,1,2,3,4", "max_minutes": minutes})
+                          overrides={**overrides, "only_classes": "0,1,2,3,4", "max_minutes": minutes})
     rows = (out / "metrics.csv").read_text().splitlines()
     column = rows[0].split(",").index("val_accuracy")
     return max(float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column])
@@ -68,6 +68,10 @@ def main() -> int:
     parser.add_argument("--crop-padding", type=int, default=2,
                         help="random translations of the few training images (not for feature extraction)")
     parser.add_argument("--backbones", default="resnet,vit")
+    parser.add_argument("--resnet-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting of the ResNet's mnist preset (as `dlforge train resnet --set`)")
+    parser.add_argument("--vit-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting of the ViT's mnist preset, e.g. pooling=mean")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/vision-transfer"))
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--fresh", action="store_true", help="pretrain again even if --out holds the backbones")
@@ -80,12 +84,14 @@ def main() -> int:
         start = time.perf_counter()
         backbone = args.out / f"{kind}-digits-0-4"
         minutes = args.resnet_minutes if kind == "resnet" else args.vit_minutes
-        pretrain_accuracy = pretrain(kind, mnist, backbone, minutes, args.seed)
+        overrides = parse_image_overrides(kind, getattr(args, f"{kind}_set"))
+        pretrain_accuracy = pretrain(kind, mnist, backbone, minutes, args.seed, overrides)
         pretrain_minutes = (time.perf_counter() - start) / 60
         scratch = random_twin(backbone, args.out / f"{kind}-random")
         print(f"{kind}: pretrained on digits 0-4, val accuracy {pretrain_accuracy:.4f} "
               f"({pretrain_minutes:.1f} min)", flush=True)
-        figures[kind] = {"pretrain_val_accuracy": pretrain_accuracy, "pretrain_minutes": round(pretrain_minutes, 2)}
+        figures[kind] = {"pretrain_val_accuracy": pretrain_accuracy, "pretrain_minutes": round(pretrain_minutes, 2),
+                         "preset_overrides": overrides}
         for per_class in (int(n) for n in args.per_class.split(",")):
             for approach, method, lr in APPROACHES[kind]:
                 accuracies, seconds = [], []

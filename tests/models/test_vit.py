@@ -57,6 +57,23 @@ def test_head_of_features_is_logits_in_eval():
     assert not torch.equal(a, model(x).logits)
 
 
+def test_mean_pooling_head_reads_the_average_patch_token(tmp_path):
+    model = tiny_vit(pooling="mean", pooler=True)
+    x = images(3)
+    hidden = model.encode(x)
+    torch.testing.assert_close(model.features(x), hidden[:, 1:].mean(dim=1))
+    assert not torch.allclose(model.features(x), hidden[:, 0])
+    assert torch.equal(model(x).logits, model.head(model.features(x)))
+    torch.testing.assert_close(model.pool(x), torch.tanh(model.pooler(hidden[:, 0])))  # HF's pooler stays on [CLS]
+    with pytest.raises(DlforgeError, match="pooling must be 'cls' or 'mean'"):
+        tiny_vit(pooling="max")
+    from dlforge.hub.vit import save_hf_vit
+
+    with pytest.raises(DlforgeError, match="pooling='mean' cannot be saved in the Hugging Face format"):
+        save_hf_vit(model, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
 def test_with_head_replaces_the_head_and_keeps_the_backbone():
     model = tiny_vit()
     x = images()

@@ -196,6 +196,9 @@ HF_ACT_NAMES = {"gelu": "gelu", "gelu_new": "gelu_new", "relu": "relu"}
 
 
 def config_to_hf(c: ViTConfig) -> dict:
+    if c.pooling != "cls" and c.num_labels:
+        raise DlforgeError("a ViT classifier with pooling='mean' cannot be saved in the Hugging Face format (HF "
+                           "ViTForImageClassification reads the [CLS] token): save it in dlforge's format")
     if c.activation not in HF_ACT_NAMES:
         raise DlforgeError(f"a ViT with activation {c.activation!r} cannot be saved in the Hugging Face format "
                            f"(HF ViT has no gated MLP; use one of {', '.join(HF_ACT_NAMES)})")

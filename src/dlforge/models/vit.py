@@ -3,7 +3,8 @@
     z_0 = [x_cls; x_1 E; ...; x_N E] + E_pos        (N = (H/P)·(W/P) patches of P×P pixels, E a P×P conv)
     z_l = Block(z_{l-1}),  l = 1..L                  (pre-LN: x + MSA(LN(x)), x + MLP(LN(x)))
     h   = LN(z_L)                                    (= Hugging Face ViTModel's last_hidden_state)
-    logits = head(h[:, 0])                           (the [CLS] token, as ViTForImageClassification)
+    logits = head(h[:, 0])                           (the [CLS] token, as ViTForImageClassification; or with
+                                                     pooling="mean" head(mean of h[:, 1:]), global average pooling)
 
 The blocks are the shared `dlforge.nn.TransformerBlock`, so LoRA and the fine-tuning tools find them by
 name (`layers.N.attn.c_attn`, `…attn.c_proj`, `…mlp.c_fc`, `…mlp.c_proj`). The patch convolution, the [CLS]
@@ -13,7 +14,8 @@ Position embeddings are learned for the grid of `image_size / patch_size` patche
 get them interpolated (bicubic over the 2-D grid, the [CLS] position kept), which is exactly what Hugging
 Face does with `interpolate_pos_encoding=True`; `resize_position_embeddings` makes that permanent for
 fine-tuning at a new resolution. The optional pooler (dense + tanh on [CLS], HF ViTModel's pooler_output) is
-only read by `pool`; the head reads the final-LayerNorm [CLS] token. `VIT_PRESETS` holds config shapes.
+only read by `pool`; the head reads the final-LayerNorm [CLS] token (or, with `pooling="mean"`, the mean of the
+patch tokens, which HF's ViT classes cannot express). `VIT_PRESETS` holds config shapes.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class ViTConfig(ModelConfig):
     qkv_bias: bool = True  # bias on the query/key/value projection (the other linears always have one)
     dropout: float = 0.0  # embeddings, attention and MLP
     pooler: bool = False  # HF ViTModel's dense + tanh over [CLS] (pooler_output); the head does not use it
+    pooling: str = "cls"  # what the head reads: "cls" (the [CLS] token, as HF) or "mean" (the patch tokens' mean)
     head_dropout: float = 0.0  # before the classification head
     num_labels: int = 0  # 0 = backbone only
     labels: list[str] | None = None  # class names in id order
@@ -63,6 +66,8 @@ class ViTConfig(ModelConfig):
             raise DlforgeError(f"hidden_size ({self.hidden_size}) must be divisible by n_head ({self.n_head})")
         if self.activation not in ACTIVATIONS:
             raise DlforgeError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.pooling not in ("cls", "mean"):
+            raise DlforgeError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
         for name in ("dropout", "head_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise DlforgeError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -195,14 +200,16 @@ class ViT(nn.Module):
         return self.norm(x)
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The vector the head reads (B, D): the final-LayerNorm [CLS] token."""
-        return self.encode(pixel_values)[:, 0]
+        """The vector the head reads (B, D): the final-LayerNorm [CLS] token, or with pooling="mean" the mean of
+        the final-LayerNorm patch tokens (global average pooling, as a CNN's head reads its feature map)."""
+        hidden = self.encode(pixel_values)  # (B, 1 + N, D)
+        return hidden[:, 1:].mean(dim=1) if self.config.pooling == "mean" else hidden[:, 0]
 
     def pool(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """tanh(dense([CLS])) (B, D), HF ViTModel's pooler_output; needs config.pooler."""
         if self.pooler is None:
             raise DlforgeError("this ViT has no pooler (config.pooler=False): use features() for the [CLS] vector")
-        return torch.tanh(self.pooler(self.features(pixel_values)))
+        return torch.tanh(self.pooler(self.encode(pixel_values)[:, 0]))
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
         """pixel_values (B, C, H, W), normalised; labels (B,) class ids. Logits (B, num_labels); loss = CE."""
