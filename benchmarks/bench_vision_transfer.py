@@ -8,10 +8,13 @@
    - feature extraction: the pretrained backbone frozen, a new linear head on its pooled features;
    - fine-tuning: every weight of the pretrained backbone trains, with a new head (method full).
    Each `dlforge finetune --task image-classification` run takes the same number of steps (batch 32, warmup 10 %,
-   cosine decay, bf16 autocast, random translations by up to 2 pixels except for feature extraction) and is
-   scored on all 4,861 test images of digits 5-9 (the last weights: no checkpoint is picked on the test images).
+   cosine decay, bf16 autocast, random translations by up to 2 pixels, and with --rotate / --scale random rotations
+   and zooms, except for feature extraction) and is scored on all 4,861 test images of digits 5-9 (the last
+   weights: no checkpoint is picked on the test images).
 
     python benchmarks/bench_vision_transfer.py [--resnet-minutes 4] [--vit-minutes 10] [--steps 300]
+    python benchmarks/bench_vision_transfer.py --backbones vit --vit-set rotate=15 --vit-set scale=0.1 \
+        --steps 1500 --rotate 15 --scale 0.1     # the ViT recipe of RESULTS.md §19 (2026-12-02)
 
 Target: fine-tuning with 10 labels per class >= 90 % test accuracy, while training from scratch stays far below.
 """
@@ -67,6 +70,10 @@ def main() -> int:
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--crop-padding", type=int, default=2,
                         help="random translations of the few training images (not for feature extraction)")
+    parser.add_argument("--rotate", type=float, default=0.0,
+                        help="random rotations (degrees) of the few training images (not for feature extraction)")
+    parser.add_argument("--scale", type=float, default=0.0,
+                        help="random zooms (e.g. 0.1: 0.9-1.1) of the few training images (not for feature extraction)")
     parser.add_argument("--backbones", default="resnet,vit")
     parser.add_argument("--resnet-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting of the ResNet's mnist preset (as `dlforge train resnet --set`)")
@@ -80,6 +87,7 @@ def main() -> int:
     if mnist is None:
         return 1
     rows, figures = [], {}
+    augmentation = {"crop_padding": args.crop_padding, "rotate": args.rotate, "scale": args.scale}
     for kind in args.backbones.split(","):
         start = time.perf_counter()
         backbone = args.out / f"{kind}-digits-0-4"
@@ -104,7 +112,7 @@ def main() -> int:
                                       seed=args.seed,
                                       precision="bf16", progress=False,
                                       options={"classes": TARGET, "per_class": per_class, "sample_seed": draw,
-                                               "crop_padding": 0 if method == "features" else args.crop_padding})
+                                               **({} if method == "features" else augmentation)})
                     accuracies.append(report["accuracy"])
                     seconds.append(report["timing"]["total_s"])
                 mean = statistics.mean(accuracies)
@@ -117,7 +125,8 @@ def main() -> int:
                 print(rows[-1], flush=True)
     print(f"machine: {machine()}; {args.steps} steps of 32 per run, {args.draws} draws of the labelled images")
     print_table(rows, list(rows[0]))
-    emit_json("vision_transfer", {"steps": args.steps, "draws": args.draws, "results": figures})
+    emit_json("vision_transfer", {"steps": args.steps, "draws": args.draws, "augmentation": augmentation,
+                                  "results": figures})
     return 0
 
 

@@ -128,3 +128,27 @@ def test_augment_images_fills_with_the_background_per_channel():
                              flip=True)
     rows = {tuple(r.flatten().tolist()) for r in flipped}
     assert rows == {(0.0, 1.0, 2.0, 3.0), (3.0, 2.0, 1.0, 0.0)}
+
+
+def test_random_rotations_and_zooms_move_pixels_about_the_centre():
+    from dlforge.data.images import augment_images, random_affine
+
+    # a bar across the middle row of 15x15 images: rotations tilt it, the centre pixel stays lit
+    bar = torch.full((64, 1, 15, 15), -1.0)
+    bar[:, :, 7, 2:13] = 1.0
+    out = augment_images(bar, torch.Generator().manual_seed(0), rotate=30, fill=-1.0)
+    assert out.shape == bar.shape and out.min() >= -1.0 - 1e-6 and out.max() <= 1.0 + 1e-6
+    assert torch.all(out[:, 0, 7, 7] > 0.9)  # the centre is the fixed point
+    off_row = (out[:, 0].clone().index_fill_(1, torch.tensor([7]), -1.0) > 0).flatten(1).any(dim=1)
+    assert off_row.float().mean() > 0.5  # most bars tilted off their row
+    assert torch.equal(out, augment_images(bar, torch.Generator().manual_seed(0), rotate=30, fill=-1.0))
+    # a zoom out (factor < 1) brings in background from outside; per-channel fill as for translations
+    ones = torch.ones(16, 3, 9, 9)
+    fill = torch.tensor([-1.0, -2.0, -3.0]).view(1, 3, 1, 1)
+    shrunk = random_affine(ones, torch.Generator().manual_seed(1), rotate=0.0, scale=0.5, fill=fill)
+    corners = shrunk[:, :, 0, 0]  # (16, 3): background where the image shrank, 1 where it grew
+    for c, value in enumerate((-1.0, -2.0, -3.0)):
+        assert (corners[:, c] - value).abs().min() < 1e-5 and (corners[:, c] - 1).abs().min() < 1e-5
+    # no rotation and no zoom: the image back, bilinear sampling at the pixel centres
+    same = random_affine(bar, torch.Generator().manual_seed(2), rotate=0.0, scale=0.0, fill=-1.0)
+    torch.testing.assert_close(same, bar)

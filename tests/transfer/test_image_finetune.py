@@ -211,6 +211,17 @@ def test_augmented_batches_are_seeded_and_keep_the_labels(backbones, pattern_mni
     assert torch.equal(first["labels"], plain["labels"])
     assert not torch.equal(first["pixel_values"], plain["pixel_values"])  # translated
     assert first["pixel_values"].min() >= -1.0 and first["pixel_values"].max() <= 1.0  # black came in, in [-1, 1]
+    settings = FinetuneSettings.build("full", {"options": {"classes": "2,0", "rotate": 15, "scale": 0.1},
+                                               "batch_size": 8})
+    prep = prepare_finetune(backbones["resnet"], "image-classification", pattern_mnist, None, "full", settings,
+                            tmp_path / "affine")
+    turned = prep.batches.train_batch(0)
+    assert torch.equal(turned["labels"], plain["labels"])
+    assert not torch.equal(turned["pixel_values"], plain["pixel_values"])  # rotated and zoomed
+    assert torch.equal(turned["pixel_values"], prep.batches.train_batch(0)["pixel_values"])
+    for bad, message in (({"rotate": -5}, "rotate must be"), ({"scale": 1.5}, "scale must be")):
+        with pytest.raises(DlforgeError, match=message):
+            ImageClassificationTask(**bad)
 
 
 def unaugmented_first_batch(prep) -> dict:

@@ -310,13 +310,17 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, p
 
 # ------------------------------------------------------------------------------------------- batches
 def augment_images(images: torch.Tensor, generator: torch.Generator, flip: bool = False, crop_padding: int = 0,
-                   fill: float | torch.Tensor = -1.0) -> torch.Tensor:
-    """Random horizontal flips and random translations by up to `crop_padding` pixels of float images (B, C, H, W):
-    pad with `fill` (the background: a number, or one value per channel as (1, C, 1, 1)), crop back at a random
-    offset. Every draw comes from `generator`, so a seeded generator gives the same batch again."""
+                   fill: float | torch.Tensor = -1.0, rotate: float = 0.0, scale: float = 0.0) -> torch.Tensor:
+    """Random augmentations of float images (B, C, H, W), each drawn per image from `generator` (a seeded generator
+    gives the same batch again): horizontal flips; rotations by up to ±`rotate` degrees and zooms by a factor in
+    [1 - scale, 1 + scale] about the centre (bilinear); translations by up to `crop_padding` pixels (pad, crop back
+    at a random offset). Uncovered pixels get `fill`, the background: a number, or one value per channel
+    (1, C, 1, 1)."""
     if flip:
         flipped = torch.rand(images.shape[0], generator=generator) < 0.5
         images = torch.where(flipped.view(-1, 1, 1, 1), images.flip(-1), images)
+    if rotate or scale:
+        images = random_affine(images, generator, rotate, scale, fill)
     if crop_padding:
         p, (b, c, h, w) = crop_padding, images.shape
         padded = torch.empty(b, c, h + 2 * p, w + 2 * p, dtype=images.dtype)
@@ -327,21 +331,37 @@ def augment_images(images: torch.Tensor, generator: torch.Generator, flip: bool 
     return images
 
 
+def random_affine(images: torch.Tensor, generator: torch.Generator, rotate: float, scale: float,
+                  fill: float | torch.Tensor) -> torch.Tensor:
+    """Each image (B, C, H, W) rotated by a uniform angle in ±`rotate` degrees and zoomed by a uniform factor in
+    [1 - scale, 1 + scale] about its centre; pixels from outside the image get `fill`."""
+    b = images.shape[0]
+    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(rotate)
+    zoom = 1 + (torch.rand(b, generator=generator) * 2 - 1) * scale
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom  # the output samples the input at R(-a)/zoom
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(b)], 1), torch.stack([sin, cos, torch.zeros(b)], 1)], 1)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)  # (B, H, W, 2)
+    # sampled around the background, so that the zeros grid_sample puts outside the image come back as `fill`
+    return F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+
+
 class ImageBatches:
     """The Trainer's batch source over an ImageSet.
 
     A held-out `val_fraction` (chosen by the seed) is the validation split unless `validation` is given. Training
     batches walk through per-epoch shuffles of the rest, so every image is seen once per epoch; batch k of the run
-    is a function of (seed, k) alone. Augmentation: random horizontal flips and random translations by up to
-    `crop_padding` pixels (pad with the background, crop back), each drawn per image from the same seeded stream.
+    is a function of (seed, k) alone. Augmentation (`augment_images`): random horizontal flips, rotations by up to
+    `rotate` degrees, zooms by up to `scale` and translations by up to `crop_padding` pixels, each drawn per image
+    from the same seeded stream.
     """
 
     def __init__(self, data: ImageSet, batch_size: int, seed: int = 0, grad_accum: int = 1,
                  val_fraction: float = 0.05, validation: ImageSet | None = None, flip: bool = False,
-                 crop_padding: int = 0, eval_images: int = 2000, input_name: str = "images"):
+                 crop_padding: int = 0, eval_images: int = 2000, input_name: str = "images", rotate: float = 0.0,
+                 scale: float = 0.0):
         self.batch_size, self.seed, self.grad_accum = batch_size, seed, grad_accum
         self.input_name = input_name  # the model's forward argument: images, or pixel_values (ViT, ResNet)
-        self.flip, self.crop_padding = flip, crop_padding
+        self.flip, self.crop_padding, self.rotate, self.scale = flip, crop_padding, rotate, scale
         if validation is None:
             order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
             n_val = max(1, int(len(data) * val_fraction)) if len(data) > 1 else 0
@@ -369,7 +389,8 @@ class ImageBatches:
         return torch.cat(out)
 
     def _augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return augment_images(images, generator, self.flip, self.crop_padding, fill=-1.0)  # black: -1 in [-1, 1]
+        return augment_images(images, generator, self.flip, self.crop_padding, fill=-1.0,  # black: -1 in [-1, 1]
+                              rotate=self.rotate, scale=self.scale)
 
     def _batch(self, data: ImageSet, index: torch.Tensor) -> dict[str, torch.Tensor]:
         batch = {self.input_name: to_signed_unit(data.images[index])}
@@ -383,7 +404,7 @@ class ImageBatches:
         per_rank = self.batch_size // world_size
         position = ((step * self.grad_accum + micro_step) * self.batch_size) + rank * per_rank
         batch = self._batch(self.train, self._indices(position, per_rank))
-        if self.flip or self.crop_padding:
+        if self.flip or self.crop_padding or self.rotate or self.scale:
             seed = ((self.seed * 1_000_003 + step) * 1009 + micro_step) * 64 + rank
             generator = torch.Generator().manual_seed(seed)
             batch[self.input_name] = self._augment(batch[self.input_name], generator)

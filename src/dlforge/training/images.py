@@ -55,6 +55,8 @@ class ImageDataConfig:
     conditional: bool = True  # GAN/diffusion: condition on the class labels when the data has them
     flip: bool = False  # random horizontal flips (not for digits)
     crop_padding: int = 0  # random translations by up to this many pixels
+    rotate: float = 0.0  # random rotations by up to this many degrees
+    scale: float = 0.0  # random zooms by a factor in [1 - scale, 1 + scale]
     val_fraction: float = 0.05  # held out from the training split for validation
     eval_images: int = 2000  # validation images per evaluation
     preview_images: int = 64  # images in each sample grid
@@ -65,6 +67,10 @@ class ImageDataConfig:
             raise DlforgeError(f"image_size must be >= 8, got {self.image_size}")
         if self.channels not in (None, 1, 3):
             raise DlforgeError(f"channels must be 1 or 3, got {self.channels}")
+        if not 0 <= self.rotate <= 180:
+            raise DlforgeError(f"rotate must be in [0, 180] degrees, got {self.rotate}")
+        if not 0 <= self.scale < 1:
+            raise DlforgeError(f"scale must be in [0, 1), e.g. 0.1 for zooms of 0.9-1.1, got {self.scale}")
         if not 0 < self.val_fraction < 1:
             raise DlforgeError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -188,6 +194,7 @@ def run_batches(run: dict, train_set: ImageSet, use_labels: bool) -> ImageBatche
         train_set = ImageSet(train_set.images, None, None, train_set.source)
     return ImageBatches(train_set, train.batch_size, seed=train.seed, grad_accum=train.grad_accum,
                         val_fraction=data.val_fraction, flip=data.flip, crop_padding=data.crop_padding,
+                        rotate=data.rotate, scale=data.scale,
                         eval_images=data.eval_images)
 
 

@@ -7,8 +7,9 @@ that has splits, training reads its train split and evaluation its test split. T
 - `per_class`: keep at most this many training images per class, drawn with `sample_seed` (few-label
   experiments; evaluation always uses every image);
 - `load_size`: the side image folders are read at before the model's own resizing (default 256);
-- `crop_padding` / `flip`: augment each training batch with random translations by up to that many pixels (the
-  background fills in) and random horizontal flips (not for digits).
+- `crop_padding` / `flip` / `rotate` / `scale`: augment each training batch with random translations by up to that
+  many pixels (the background fills in), random horizontal flips (not for digits), rotations by up to ±`rotate`
+  degrees and zooms by up to ±`scale` (e.g. 0.1: factors 0.9–1.1).
 Images are converted to the model's channels and size and normalised as its weights expect
 (`ImageProcessor.from_config`), once, before training.
 
@@ -47,7 +48,8 @@ class ImageClassificationTask(FinetuneTask):
     selection_metric = "accuracy"
 
     def __init__(self, classes: str | int | None = None, per_class: int | None = None, sample_seed: int = 0,
-                 load_size: int = 256, crop_padding: int = 0, flip: bool = False):
+                 load_size: int = 256, crop_padding: int = 0, flip: bool = False, rotate: float = 0.0,
+                 scale: float = 0.0):
         self.classes = None if classes is None else str(classes)
         if per_class is not None and (not isinstance(per_class, int) or per_class < 1):
             raise DlforgeError(f"per_class must be a whole number >= 1, got {per_class!r}")
@@ -56,7 +58,11 @@ class ImageClassificationTask(FinetuneTask):
         if not isinstance(crop_padding, int) or crop_padding < 0:
             raise DlforgeError(f"crop_padding must be a whole number >= 0, got {crop_padding!r}")
         self.per_class, self.sample_seed, self.load_size = per_class, sample_seed, load_size
-        self.crop_padding, self.flip = crop_padding, bool(flip)
+        if not isinstance(rotate, (int, float)) or not 0 <= rotate <= 180:
+            raise DlforgeError(f"rotate must be a number of degrees in [0, 180], got {rotate!r}")
+        if not isinstance(scale, (int, float)) or not 0 <= scale < 1:
+            raise DlforgeError(f"scale must be a fraction in [0, 1), e.g. 0.1 for zooms of 0.9-1.1, got {scale!r}")
+        self.crop_padding, self.flip, self.rotate, self.scale = crop_padding, bool(flip), float(rotate), float(scale)
         self._paths: dict[str, str] = {}
 
     def batch_score(self, output, batch: dict, labels: list[str] | None = None) -> tuple[float, float]:
@@ -134,13 +140,14 @@ class ImageClassificationTask(FinetuneTask):
         return [{"pixel_values": x, "labels": torch.tensor(i, dtype=torch.long)} for x, i in zip(pixels, ids)]
 
     def augmenter(self, tokenizer):
-        """Random translations (crop_padding) and horizontal flips (flip) of the training images, or None."""
-        if not (self.crop_padding or self.flip):
+        """Random translations, flips, rotations and zooms of the training images (the options), or None."""
+        if not (self.crop_padding or self.flip or self.rotate or self.scale):
             return None
         black = tokenizer.normalize(torch.zeros(1, tokenizer.channels, 1, 1, dtype=torch.uint8))  # (1, C, 1, 1)
 
         def augment(batch: dict, generator: torch.Generator) -> dict:
-            pixels = augment_images(batch["pixel_values"], generator, self.flip, self.crop_padding, fill=black)
+            pixels = augment_images(batch["pixel_values"], generator, self.flip, self.crop_padding, fill=black,
+                                    rotate=self.rotate, scale=self.scale)
             return {**batch, "pixel_values": pixels}
 
         return augment
