@@ -331,6 +331,14 @@ def augment_images(images: torch.Tensor, generator: torch.Generator, flip: bool 
     return images
 
 
+def check_affine_augmentation(rotate, scale) -> None:
+    """A one-line error unless rotate is a number of degrees in [0, 180] and scale a zoom fraction in [0, 1)."""
+    if not isinstance(rotate, (int, float)) or not 0 <= rotate <= 180:
+        raise DlforgeError(f"rotate must be a number of degrees in [0, 180], got {rotate!r}")
+    if not isinstance(scale, (int, float)) or not 0 <= scale < 1:
+        raise DlforgeError(f"scale must be a fraction in [0, 1), e.g. 0.1 for zooms of 0.9-1.1, got {scale!r}")
+
+
 def random_affine(images: torch.Tensor, generator: torch.Generator, rotate: float, scale: float,
                   fill: float | torch.Tensor) -> torch.Tensor:
     """Each image (B, C, H, W) rotated by a uniform angle in ±`rotate` degrees and zoomed by a uniform factor in

@@ -80,7 +80,7 @@ ONEDNN_POST_OPS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "relu
 # whether this torch build has the fused kernel: a property of the build, looked up once, not per forward
 HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 HAS_WEIGHT_PACKING = HAS_ONEDNN_LINEAR and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-PACKED_ATTRIBUTE = "_onednn_packed_weight"  # (weight as packed, its version, the packed copy)
+PACKED_ATTRIBUTE = "_onednn_packed_weight"  # (the weight packed from, that weight's version, the packed copy)
 
 
 def onednn_weight(layer: nn.Module) -> torch.Tensor:

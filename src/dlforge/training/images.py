@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.images import ImageBatches, ImageSet, load_image_set, save_grid, select_classes
+from ..data.images import ImageBatches, ImageSet, check_affine_augmentation, load_image_set, save_grid, select_classes
 from ..data.processor import ImageProcessor
 from ..errors import DlforgeError
 from ..io import atomic_write_json, atomic_write_with
@@ -67,10 +67,7 @@ class ImageDataConfig:
             raise DlforgeError(f"image_size must be >= 8, got {self.image_size}")
         if self.channels not in (None, 1, 3):
             raise DlforgeError(f"channels must be 1 or 3, got {self.channels}")
-        if not 0 <= self.rotate <= 180:
-            raise DlforgeError(f"rotate must be in [0, 180] degrees, got {self.rotate}")
-        if not 0 <= self.scale < 1:
-            raise DlforgeError(f"scale must be in [0, 1), e.g. 0.1 for zooms of 0.9-1.1, got {self.scale}")
+        check_affine_augmentation(self.rotate, self.scale)
         if not 0 < self.val_fraction < 1:
             raise DlforgeError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 

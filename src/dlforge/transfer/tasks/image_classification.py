@@ -26,6 +26,7 @@ import torch
 from ...data.images import (
     SKLEARN_DIGITS,
     augment_images,
+    check_affine_augmentation,
     few_per_class,
     is_mnist_folder,
     load_image_set,
@@ -58,10 +59,7 @@ class ImageClassificationTask(FinetuneTask):
         if not isinstance(crop_padding, int) or crop_padding < 0:
             raise DlforgeError(f"crop_padding must be a whole number >= 0, got {crop_padding!r}")
         self.per_class, self.sample_seed, self.load_size = per_class, sample_seed, load_size
-        if not isinstance(rotate, (int, float)) or not 0 <= rotate <= 180:
-            raise DlforgeError(f"rotate must be a number of degrees in [0, 180], got {rotate!r}")
-        if not isinstance(scale, (int, float)) or not 0 <= scale < 1:
-            raise DlforgeError(f"scale must be a fraction in [0, 1), e.g. 0.1 for zooms of 0.9-1.1, got {scale!r}")
+        check_affine_augmentation(rotate, scale)
         self.crop_padding, self.flip, self.rotate, self.scale = crop_padding, bool(flip), float(rotate), float(scale)
         self._paths: dict[str, str] = {}
 
