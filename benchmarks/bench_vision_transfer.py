@@ -15,6 +15,8 @@
     python benchmarks/bench_vision_transfer.py [--resnet-minutes 4] [--vit-minutes 10] [--steps 300]
     python benchmarks/bench_vision_transfer.py --backbones vit --vit-set rotate=15 --vit-set scale=0.1 \
         --steps 1500 --rotate 15 --scale 0.1     # the ViT recipe of RESULTS.md §19 (2026-12-02)
+    python benchmarks/bench_vision_transfer.py --backbones vit-teacher --vit-set rotate=15 --vit-set scale=0.1 \
+        --steps 1500 --rotate 15 --scale 0.1     # the same, pretrained with the ResNet as feature-map teacher
 
 Target: fine-tuning with 10 labels per class >= 90 % test accuracy, while training from scratch stays far below.
 """
@@ -43,10 +45,12 @@ APPROACHES = {
 }
 
 
-def pretrain(kind: str, mnist: Path, out: Path, minutes: float, seed: int, overrides: dict) -> float:
-    """Train the backbone on digits 0-4 (the mnist preset + `overrides`); returns its validation accuracy."""
+def pretrain(kind: str, mnist: Path, out: Path, minutes: float, seed: int, overrides: dict,
+             teacher: Path | None = None) -> float:
+    """Train the backbone on digits 0-4 (the mnist preset + `overrides`, with a teacher's feature map for a ViT
+    when given); returns its validation accuracy."""
     if not (out / "run.json").is_file():
-        train_image_model(kind, mnist, out, preset="mnist", seed=seed,
+        train_image_model(kind, mnist, out, preset="mnist", seed=seed, teacher=teacher,
                           overrides={**overrides, "only_classes": "0,1,2,3,4", "max_minutes": minutes})
     rows = (out / "metrics.csv").read_text().splitlines()
     column = rows[0].split(",").index("val_accuracy")
@@ -74,7 +78,11 @@ def main() -> int:
                         help="random rotations (degrees) of the few training images (not for feature extraction)")
     parser.add_argument("--scale", type=float, default=0.0,
                         help="random zooms (e.g. 0.1: 0.9-1.1) of the few training images (not for feature extraction)")
-    parser.add_argument("--backbones", default="resnet,vit")
+    parser.add_argument("--backbones", default="resnet,vit",
+                        help="comma-separated: resnet, vit, vit-teacher (a ViT pretrained with the ResNet backbone "
+                             "as its feature-map teacher, `dlforge train vit --teacher`)")
+    parser.add_argument("--approaches", default=",".join(a for a, _, _ in APPROACHES["vit"]),
+                        help="comma-separated subset of the approaches (default: all three)")
     parser.add_argument("--resnet-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting of the ResNet's mnist preset (as `dlforge train resnet --set`)")
     parser.add_argument("--vit-set", action="append", default=[], metavar="KEY=VALUE",
@@ -88,12 +96,24 @@ def main() -> int:
         return 1
     rows, figures = [], {}
     augmentation = {"crop_padding": args.crop_padding, "rotate": args.rotate, "scale": args.scale}
+    approaches = args.approaches.split(",")
+    unknown = set(approaches) - {a for a, _, _ in APPROACHES["vit"]}
+    if unknown:
+        parser.error(f"unknown approaches {sorted(unknown)}: choose from scratch, feature extraction, fine-tuning")
     for kind in args.backbones.split(","):
+        if kind not in ("resnet", "vit", "vit-teacher"):
+            parser.error(f"unknown backbone {kind!r}: choose resnet, vit or vit-teacher")
+        family = "resnet" if kind == "resnet" else "vit"
+        teacher = None
+        if kind == "vit-teacher":  # the ResNet backbone of this output folder, pretrained first if absent
+            teacher = args.out / "resnet-digits-0-4"
+            pretrain("resnet", mnist, teacher, args.resnet_minutes, args.seed,
+                     parse_image_overrides("resnet", args.resnet_set))
         start = time.perf_counter()
         backbone = args.out / f"{kind}-digits-0-4"
         minutes = args.resnet_minutes if kind == "resnet" else args.vit_minutes
-        overrides = parse_image_overrides(kind, getattr(args, f"{kind}_set"))
-        pretrain_accuracy = pretrain(kind, mnist, backbone, minutes, args.seed, overrides)
+        overrides = parse_image_overrides(family, getattr(args, f"{family}_set"))
+        pretrain_accuracy = pretrain(family, mnist, backbone, minutes, args.seed, overrides, teacher)
         pretrain_minutes = (time.perf_counter() - start) / 60
         scratch = random_twin(backbone, args.out / f"{kind}-random")
         print(f"{kind}: pretrained on digits 0-4, val accuracy {pretrain_accuracy:.4f} "
@@ -101,7 +121,9 @@ def main() -> int:
         figures[kind] = {"pretrain_val_accuracy": pretrain_accuracy, "pretrain_minutes": round(pretrain_minutes, 2),
                          "preset_overrides": overrides}
         for per_class in (int(n) for n in args.per_class.split(",")):
-            for approach, method, lr in APPROACHES[kind]:
+            for approach, method, lr in APPROACHES[family]:
+                if approach not in approaches:
+                    continue
                 accuracies, seconds = [], []
                 for draw in range(args.draws):
                     out = args.out / "runs" / f"{kind}-{per_class}-{method}-{approach[:4]}-{draw}"

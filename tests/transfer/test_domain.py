@@ -238,8 +238,8 @@ def test_export_is_a_plain_classifier_and_resume_is_exact(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     states = [torch.load(tmp_path / run / "checkpoints" / "step-0000012" / "trainer_state.pt", weights_only=True)
               for run in ("straight", "split")]
-    assert all(torch.equal(states[0]["domain_classifier"][k], states[1]["domain_classifier"][k])
-               for k in states[0]["domain_classifier"])
+    classifiers = [state["training_modules"]["domain_classifier"] for state in states]
+    assert classifiers[0] and all(torch.equal(classifiers[0][k], classifiers[1][k]) for k in classifiers[0])
     assert resumed["target_accuracy"] == straight["target_accuracy"]
     # OUT/model and every checkpoint hold the task model alone (a new head was put on the headless model)
     assert set(a) == set(tiny(0).state_dict())

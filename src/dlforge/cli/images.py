@@ -35,8 +35,9 @@ def cmd_train_images(args) -> int:
 
     overrides = parse_image_overrides(args.family, args.set or [])
     overrides.update(run_budget(args))
+    teacher = {} if args.family != "vit" else {"teacher": args.teacher, "teacher_weight": args.teacher_weight}
     result = train_image_model(args.family, args.data, args.out, preset=args.preset, overrides=overrides,
-                               resume=args.resume, seed=args.seed, progress=not args.quiet)
+                               resume=args.resume, seed=args.seed, progress=not args.quiet, **teacher)
     _print_result(result, args.out)
     print(f"Samples: {Path(args.out) / 'samples.png'}   loss curve: {Path(args.out) / 'loss.png'}")
     return 0
@@ -58,6 +59,12 @@ def add_train_parsers(families) -> None:
         parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                             help="override a model, data or training field, e.g. --set latent_dim=2 --set "
                                  "image_size=32 --set lr=3e-4 (repeatable)")
+        if family == "vit":
+            parser.add_argument("--teacher", help="a convolutional network (a `dlforge train resnet` run or model "
+                                "folder) whose last feature map the patch tokens learn to predict beside the labels: "
+                                "features that transfer to new classes (see dlforge.transfer.distill)")
+            parser.add_argument("--teacher-weight", type=_positive_float,
+                                help="weight of the feature-map loss beside the cross-entropy (default 1.0)")
         add_run_flags(parser)
         parser.set_defaults(func=cmd_train_images)
 

@@ -202,8 +202,17 @@ class ViT(nn.Module):
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The vector the head reads (B, D): the final-LayerNorm [CLS] token, or with pooling="mean" the mean of
         the final-LayerNorm patch tokens (global average pooling, as a CNN's head reads its feature map)."""
-        hidden = self.encode(pixel_values)  # (B, 1 + N, D)
+        return self.pool_hidden(self.encode(pixel_values))
+
+    def pool_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`features` from the hidden states (B, 1 + N, D) that `encode` returned: (B, D)."""
         return hidden[:, 1:].mean(dim=1) if self.config.pooling == "mean" else hidden[:, 0]
+
+    def classify(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
+        """The head on pooled features (B, D): logits (B, num_labels), and the cross-entropy loss with labels."""
+        logits = self.head(self.head_dropout(features))  # (B, num_labels)
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        return ModelOutput(loss=loss, logits=logits)
 
     def pool(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """tanh(dense([CLS])) (B, D), HF ViTModel's pooler_output; needs config.pooler."""
@@ -218,9 +227,7 @@ class ViT(nn.Module):
                 raise DlforgeError("this model has no classification head: give num_labels (or call "
                                    "with_head(num_labels)) to train a classifier")
             return ModelOutput(logits=None)
-        logits = self.head(self.head_dropout(self.features(pixel_values)))  # (B, num_labels)
-        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits)
+        return self.classify(self.features(pixel_values), labels)
 
     @torch.no_grad()
     def predict(self, pixel_values: torch.Tensor) -> torch.Tensor:

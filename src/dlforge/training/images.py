@@ -27,6 +27,7 @@ from ..data.processor import ImageProcessor
 from ..errors import DlforgeError
 from ..io import atomic_write_json, atomic_write_with
 from ..models.gan import DCGAN_TRAIN_SETTINGS
+from ..transfer.distill import FeatureMapDistiller
 from .distributed import init_distributed
 from .lm import parse_overrides, settable_fields, split_settings
 from .trainer import EvalMetric, TrainConfig, Trainer, open_run, resolve_device
@@ -235,13 +236,38 @@ def write_preview(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor |
         save_grid(grid, path, nrow=nrow, scale=max(1, 128 // grid.shape[-1]))
 
 
+def load_teacher(teacher: dict, config):
+    """The teacher network of run.json's {"path", "weight"}, checked against the ViT's config."""
+    from ..hub.checkpoint import load_pretrained
+
+    if not Path(teacher["path"]).exists():
+        raise DlforgeError(f"teacher {teacher['path']} not found: give a `dlforge train resnet` run or model folder")
+    network, _ = load_pretrained(teacher["path"])
+    size = getattr(network.config, "image_size", None)
+    if size is not None and size != config.image_size:
+        raise DlforgeError(f"the teacher was trained on {size}×{size} images, this ViT trains on "
+                           f"{config.image_size}×{config.image_size}: train both at the same size")
+    return network
+
+
 def train_image_model(kind: str, data: str | Path | None, out: str | Path, preset: str = "mnist",
                       overrides: dict | None = None, resume: bool = False, seed: int | None = None,
-                      on_eval: Callable | None = None, progress: bool = True) -> dict:
-    """Train (or resume) an image model of family `kind`; returns the Trainer's final metrics."""
+                      on_eval: Callable | None = None, progress: bool = True, teacher: str | Path | None = None,
+                      teacher_weight: float | None = None) -> dict:
+    """Train (or resume) an image model of family `kind`; returns the Trainer's final metrics.
+
+    `teacher` (a ViT only): a convolutional network whose last feature map the ViT's patch tokens learn to predict
+    beside the labels, with `teacher_weight` (default 1.0) on that loss (`dlforge.transfer.FeatureMapDistiller`)."""
     out = Path(out)
     model_class, _ = family_classes(kind)
+    if teacher_weight is not None and teacher is None:
+        raise DlforgeError("--teacher-weight needs --teacher: the network whose feature map the ViT learns")
+    if teacher is not None and kind != "vit":
+        raise DlforgeError(f"--teacher is for `dlforge train vit`, not {kind}: a ViT's patch tokens learn the "
+                           "teacher's feature map")
     run = open_run(out, resume, what=f"{kind} run", overrides=overrides)
+    if run is not None and teacher is not None:
+        raise DlforgeError("--resume continues with the run's own teacher (in run.json): leave --teacher out")
     if run is None:
         if data is None:
             raise DlforgeError("--data is required: an MNIST IDX folder, a folder of images, or sklearn-digits")
@@ -253,6 +279,9 @@ def train_image_model(kind: str, data: str | Path | None, out: str | Path, prese
         data_path = str(data) if str(data) == "sklearn-digits" else str(Path(data).resolve())
         run = {"kind": kind, "data": data_path, "preset": preset, "model": model_kwargs,
                "data_settings": data_kwargs, "train": train_kwargs}
+        if teacher is not None:
+            run["teacher"] = {"path": str(Path(teacher).resolve()),
+                              "weight": 1.0 if teacher_weight is None else teacher_weight}
     elif run.get("kind") != kind:
         raise DlforgeError(f"{out} holds a {run.get('kind')} run, not a {kind} run: resume it with "
                            f"`dlforge train {run.get('kind')} --out {out} --resume`")
@@ -266,12 +295,16 @@ def train_image_model(kind: str, data: str | Path | None, out: str | Path, prese
     batches = run_batches(run, train_set, use_labels)
     if kind in VISION_FAMILIES:
         batches.input_name = "pixel_values"
+    teacher_network = load_teacher(run["teacher"], config) if "teacher" in run else None  # before any file is written
     dist = init_distributed(resolve_device(train_config.device).type)
     if dist.is_main and not resume:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "run.json", run)
     torch.manual_seed(train_config.seed)
     model = model_class(config)
+    # with a teacher the Trainer trains the ViT inside the distiller; checkpoints hold the ViT alone
+    trainable = model if teacher_network is None else FeatureMapDistiller(model, teacher_network,
+                                                                          run["teacher"]["weight"])
     n_preview = min(data_config.preview_images, len(batches.validation))
     preview_images = batches._batch(batches.validation, torch.arange(n_preview))
     preview_labels = preview_images.get("labels")
@@ -289,7 +322,7 @@ def train_image_model(kind: str, data: str | Path | None, out: str | Path, prese
     # the class names of the other families
     beside = (ImageProcessor.from_config(config) if kind in VISION_FAMILIES
               else ClassNames(train_set.classes if use_labels else None))
-    trainer = Trainer(model, train_config, batches, out, tokenizer=beside,
+    trainer = Trainer(trainable, train_config, batches, out, tokenizer=beside,
                       on_eval=after_eval, progress=progress, eval_metric=eval_metric,
                       latest_is_best=kind in LATEST_IS_BEST)
     return trainer.fit(resume=resume)

@@ -372,6 +372,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "ema": self.ema.state_dict() if self.ema else None,
+            # a training wrapper's own modules (e.g. DANN's domain classifier): not part of the exported model
+            "training_modules": (self.model.training_state_dict() if hasattr(self.model, "training_state_dict")
+                                 else {}),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "train_config": asdict(self.config),
@@ -424,6 +427,11 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state["ema"]:
             self.ema.load_state_dict(state["ema"])
+        if hasattr(self.model, "load_training_state_dict"):
+            try:
+                self.model.load_training_state_dict(state.get("training_modules", {}))
+            except ValueError as e:
+                raise DlforgeError(f"{path / 'trainer_state.pt'} does not fit this run: {e}") from e
         torch.set_rng_state(state["rng_cpu"])
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])

@@ -154,12 +154,6 @@ class DomainAdversarial(TaskModelWrapper):
     def grl_lambda(self) -> float:
         return self.fixed_lambda if self.fixed_lambda is not None else dann_lambda(self.progress, self.gamma)
 
-    def domain_state_dict(self) -> dict[str, torch.Tensor]:
-        return self.domain_classifier.state_dict()
-
-    def load_domain_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.domain_classifier.load_state_dict(state)
-
     def forward(self, pixel_values, labels=None, target_pixel_values=None) -> ModelOutput:
         if target_pixel_values is None:
             if self.training:
@@ -187,8 +181,8 @@ class DomainAdversarial(TaskModelWrapper):
 
 @functools.cache
 def domain_trainer_class() -> type:
-    """The Trainer, extended for DomainAdversarial: p = step / total_steps is set before every optimizer step and
-    the domain classifier's weights travel in trainer_state.pt (checkpoint weights stay the plain model's).
+    """The Trainer, extended for DomainAdversarial: p = step / total_steps is set before every optimizer step (the
+    domain classifier's weights travel in trainer_state.pt as every training wrapper's own modules do).
     Built on first use: dlforge.training imports dlforge.transfer, so this module imports the Trainer lazily."""
     from ..training.trainer import Trainer
 
@@ -197,21 +191,6 @@ def domain_trainer_class() -> type:
             if isinstance(self.model, DomainAdversarial):
                 self.model.set_progress(self.step, self.total_steps)
             return super()._train_step()
-
-        def _trainer_state(self) -> dict:
-            state = super()._trainer_state()
-            if isinstance(self.model, DomainAdversarial):
-                state["domain_classifier"] = self.model.domain_state_dict()
-            return state
-
-        def load_checkpoint(self) -> None:
-            super().load_checkpoint()
-            if isinstance(self.model, DomainAdversarial):
-                path = self.latest_checkpoint() / "trainer_state.pt"
-                state = torch.load(path, map_location="cpu", weights_only=True)
-                if "domain_classifier" not in state:
-                    raise DlforgeError(f"{path} holds no domain classifier: it is not a DANN run's checkpoint")
-                self.model.load_domain_state_dict(state["domain_classifier"])
 
     return DomainTrainer
 
