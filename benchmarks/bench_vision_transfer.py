@@ -24,6 +24,7 @@ Target: fine-tuning with 10 labels per class >= 90 % test accuracy, while traini
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import time
@@ -118,8 +119,10 @@ def main() -> int:
         scratch = random_twin(backbone, args.out / f"{kind}-random")
         print(f"{kind}: pretrained on digits 0-4, val accuracy {pretrain_accuracy:.4f} "
               f"({pretrain_minutes:.1f} min)", flush=True)
+        settings = json.loads((backbone / "run.json").read_text())  # a reused backbone keeps its own settings
         figures[kind] = {"pretrain_val_accuracy": pretrain_accuracy, "pretrain_minutes": round(pretrain_minutes, 2),
-                         "preset_overrides": overrides}
+                         "backbone_data_settings": settings["data_settings"],
+                         "backbone_teacher": settings.get("teacher")}
         for per_class in (int(n) for n in args.per_class.split(",")):
             for approach, method, lr in APPROACHES[family]:
                 if approach not in approaches:

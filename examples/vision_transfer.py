@@ -2,6 +2,7 @@
 
     .venv/bin/python examples/vision_transfer.py              # about 8 minutes on a 2-core CPU
     .venv/bin/python examples/vision_transfer.py --steps 20   # a quick look (barely trained)
+    .venv/bin/python examples/vision_transfer.py --vit        # also a ViT taught by the ResNet (+ about 12 minutes)
 
 Reads ../shared/data/mnist (or $DLFORGE_DATA/mnist). Writes under --out (default runs/example-vision):
   resnet-0-4/     a ResNet trained on digits 0-4 only (`dlforge train resnet --set only_classes=0,1,2,3,4`)
@@ -9,6 +10,8 @@ Reads ../shared/data/mnist (or $DLFORGE_DATA/mnist). Writes under --out (default
   few-features/   a linear head on the frozen backbone's features, from 10 labelled images per digit 5-9
   few-full/       the whole backbone fine-tuned on the same 50 images; report.json, confusion_matrix.png
   dann/           the backbone adapted from MNIST to scikit-learn's 8×8 digits without their labels
+  vit-0-4/, vit-few/  with --vit: a ViT trained on digits 0-4 whose patch tokens also learn the ResNet's feature
+                  map (`dlforge train vit --teacher`), then fine-tuned on the same 50 images with rotations and zooms
 One run on the 2-core CPU (2026-12-01, about 5 minutes) printed: lr-find suggests 5.0e-03; 10 labels per class,
 features 86.7 %, full 95.5 % on digits 5-9; DANN from the digits-0-4 backbone, 600 steps: 97.6 % on MNIST and
 51.9 % on the 8×8 digits (RESULTS.md §19-20 has the benchmarked versions).
@@ -45,6 +48,7 @@ def main():
     parser.add_argument("--minutes", type=float, default=3.0, help="pretraining budget of the backbone")
     parser.add_argument("--steps", type=int, help="train every stage this many steps instead (a quick look)")
     parser.add_argument("--out", default="runs/example-vision")
+    parser.add_argument("--vit", action="store_true", help="also pretrain a ViT with the ResNet as its teacher")
     args = parser.parse_args()
     mnist, out = find_data(), Path(args.out)
     if out.exists():
@@ -68,6 +72,20 @@ def main():
         report = finetune(backbone, "image-classification", mnist, mnist, out=out / f"few-{method}", method=method,
                           lr=lr, max_steps=steps, eval_interval=steps, load_best=False, options=FEW, progress=False)
         print(f"10 labels per class, {method}: test accuracy on digits 5-9 {report['accuracy']:.4f}")
+
+    # 3b. a Vision Transformer learns transferable features when a CNN teaches it (RESULTS.md §19): its patch tokens
+    # predict the ResNet's feature map while it learns digits 0-4; then it is fine-tuned as the ResNet was, with the
+    # longer, augmented schedule a ViT wants with 10 labels per class
+    if args.vit:
+        vit_budget = {"max_steps": args.steps} if args.steps else {"max_minutes": 10.0}
+        train_image_model("vit", mnist, out / "vit-0-4", preset="mnist", teacher=backbone,
+                          overrides={"only_classes": "0,1,2,3,4", "rotate": 15.0, "scale": 0.1, **vit_budget})
+        vit_steps = args.steps or 1500
+        report = finetune(out / "vit-0-4", "image-classification", mnist, mnist, out=out / "vit-few", method="full",
+                          lr=1e-3, max_steps=vit_steps, eval_interval=vit_steps, load_best=False, progress=False,
+                          options={**FEW, "crop_padding": 2, "rotate": 15.0, "scale": 0.1})
+        print(f"10 labels per class, ViT taught by the ResNet, full: test accuracy on digits 5-9 "
+              f"{report['accuracy']:.4f}")
 
     # 4. the fine-tuned model as a pipeline, on image files
     test = load_image_set(mnist, "test")

@@ -12,10 +12,11 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_example(script: str, out: Path, steps: int, shared_data: Path, env: dict) -> str:
-    """Run examples/<script> --steps N --out OUT on the shared data; return its stdout (fails on a non-zero exit)."""
+def run_example(script: str, out: Path, steps: int, shared_data: Path, env: dict, *flags: str) -> str:
+    """Run examples/<script> --steps N --out OUT [flags] on the shared data; return its stdout (fails on a non-zero
+    exit)."""
     done = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / script), "--steps", str(steps),
-                           "--out", str(out)], env={**env, "DLFORGE_DATA": str(shared_data)},
+                           "--out", str(out), *flags], env={**env, "DLFORGE_DATA": str(shared_data)},
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -64,9 +65,9 @@ def test_vision_transfer_example_runs_every_stage(tmp_path, shared_data, subproc
     if not (shared_data / "mnist" / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"mnist not found in {shared_data}")
     out = tmp_path / "vision"
-    stdout = run_example("vision_transfer.py", out, 5, shared_data, subprocess_env)
+    stdout = run_example("vision_transfer.py", out, 5, shared_data, subprocess_env, "--vit")
     for line in ("10 labels per class, features: test accuracy", "10 labels per class, full: test accuracy",
-                 "5.png: ", "DANN: MNIST accuracy"):
+                 "ViT taught by the ResNet, full: test accuracy", "5.png: ", "DANN: MNIST accuracy"):
         assert line in stdout, stdout
     assert (out / "lr" / "lr_find.png").is_file() and (out / "few-full" / "confusion_matrix.png").is_file()
     assert (out / "dann" / "model" / "model.safetensors").is_file()
