@@ -180,3 +180,17 @@ def test_trains():
         optimizer.step()
     model.eval()
     assert (model(x).logits.argmax(-1) == labels).float().mean() == 1.0
+
+
+def test_cpu_inference_runs_channels_last_with_the_same_result():
+    model = tiny(3, stem="imagenet", block="bottleneck", channels=3).eval()
+    seen = []
+    model.embeddings.conv.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fast = model.features(x)
+    reference = model.features(x)  # with autograd on: the plain layout, as in training
+    assert seen == [True, False]
+    torch.testing.assert_close(fast, reference.detach(), rtol=1e-5, atol=1e-5)
+    assert model.embeddings.conv.weight.is_contiguous()  # the weights keep their layout (and checkpoints theirs)

@@ -227,6 +227,11 @@ class ResNet(nn.Module):
     def feature_map(self, pixel_values) -> torch.Tensor:
         """The last stage's activations (B, hidden, H', W') of normalised images (B, C, H, W)."""
         self._check(pixel_values)
+        if pixel_values.device.type == "cpu" and not torch.is_grad_enabled():
+            # oneDNN's convolutions run fastest on channels-last activations: CPU inference of ResNet-50 (batch 8,
+            # 224²) takes 25 % less time in fp32 and 30 % less under bf16 autocast (RESULTS.md §21). The weights stay
+            # as they are: the layout follows the input through every layer.
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         x = self.embeddings(pixel_values)  # (B, stem_width, H/4, W/4) with the imagenet stem
         for block in self.layers:
             x = block(x)
