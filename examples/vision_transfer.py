@@ -12,9 +12,10 @@ Reads ../shared/data/mnist (or $DLFORGE_DATA/mnist). Writes under --out (default
   dann/           the backbone adapted from MNIST to scikit-learn's 8×8 digits without their labels
   vit-0-4/, vit-few/  with --vit: a ViT trained on digits 0-4 whose patch tokens also learn the ResNet's feature
                   map (`dlforge train vit --teacher`), then fine-tuned on the same 50 images with rotations and zooms
-One run on the 2-core CPU (2026-12-01, about 5 minutes) printed: lr-find suggests 5.0e-03; 10 labels per class,
-features 86.7 %, full 95.5 % on digits 5-9; DANN from the digits-0-4 backbone, 600 steps: 97.6 % on MNIST and
-51.9 % on the 8×8 digits (RESULTS.md §19-20 has the benchmarked versions).
+One run on the 2-core CPU (2026-12-01, Intel, about 5 minutes) printed: lr-find suggests 5.0e-03; 10 labels per
+class, features 86.7 %, full 95.5 % on digits 5-9; DANN from the digits-0-4 backbone, 600 steps: 97.6 % on MNIST and
+51.9 % on the 8×8 digits. With --vit (2026-12-02, AMD, 17 minutes in all): features 87.0 %, full 96.0 %, the ViT
+taught by the ResNet 92.9 %; DANN 97.7 % and 64.3 %. RESULTS.md §19-20 has the benchmarked versions.
 The same steps on the command line: `dlforge train resnet`, `dlforge lr-find`, `dlforge finetune --task
 image-classification`, `dlforge pipeline image-classification`, `dlforge adapt` (see the README).
 """
