@@ -82,7 +82,7 @@ class Distiller(TeacherWrapper):
 
     def forward(self, labels=None, **inputs) -> ModelOutput:
         with torch.no_grad():
-            teacher_logits = self._teacher[0](**inputs).logits
+            teacher_logits = self.teacher(**inputs).logits
         logits = self.student(**inputs).logits
         loss = distillation_loss(logits, teacher_logits, labels, self.temperature, self.alpha)
         return ModelOutput(loss=loss, logits=logits)
@@ -90,9 +90,10 @@ class Distiller(TeacherWrapper):
 
 def feature_map_targets(feature_map: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """A teacher's feature map (B, C, h, w) -> one layer-normalised vector per student patch (B, rows·cols, C)."""
+    feature_map = feature_map.float()
     if tuple(feature_map.shape[-2:]) != grid:
-        feature_map = F.adaptive_avg_pool2d(feature_map.float(), grid)
-    targets = feature_map.float().flatten(2).transpose(1, 2)  # (B, N, C), patches in row-major order as the ViT's
+        feature_map = F.adaptive_avg_pool2d(feature_map, grid)
+    targets = feature_map.flatten(2).transpose(1, 2)  # (B, N, C), patches in row-major order as the ViT's
     return F.layer_norm(targets, targets.shape[-1:])
 
 
@@ -125,10 +126,10 @@ class FeatureMapDistiller(TeacherWrapper):
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
         if not self.training:
             return self.student(pixel_values, labels)
-        hidden = self.student.encode(pixel_values)  # (B, 1 + N, D)
-        output = self.student.classify(self.student.pool_hidden(hidden), labels)
         if labels is None:
             raise DlforgeError("FeatureMapDistiller trains on labelled images: give labels")
+        hidden = self.student.encode(pixel_values)  # (B, 1 + N, D)
+        output = self.student.classify(self.student.pool_hidden(hidden), labels)
         patch = self.student.config.patch_size
         grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
         with torch.no_grad():
