@@ -1,8 +1,13 @@
-"""Atomic file output.
+"""Atomic file output, normal permissions, and cleanup after a crash.
 
 Every file dlforge writes (checkpoints, metrics, plots, tokenizers) goes through these helpers:
 the content is written to a temporary file in the same folder and then renamed over the target,
 so a crash or Ctrl-C leaves either the old file or the new one, never half of one.
+
+Temporary names carry the writer's process id (`.NAME.PID.RANDOM.tmp`, `.NAME.PID.RANDOM.old`), so two
+writers never collide and `remove_stale_temporaries` can tell the debris of a dead process from the work
+of a live one. Files and folders get the permissions the user's umask gives (`tempfile` would make them
+private to their owner).
 """
 
 from __future__ import annotations
@@ -10,10 +15,30 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+# `.NAME.PID.XXXXXXXX.tmp` / `.old`: what the helpers below leave behind when a process dies mid-write
+_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.(?:tmp|old)$")
+_ANY_TEMPORARY = re.compile(r"^\..+\.(?:tmp|old)$")  # also the names of older dlforge versions (no pid)
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it: POSIX has no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _normal_mode(path: Path, directory: bool) -> None:
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def _temporary_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}."
 
 
 @contextlib.contextmanager
@@ -21,13 +46,14 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success rename it over `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        _normal_mode(tmp_path, directory=False)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -49,29 +75,87 @@ def atomic_write_with(target: str | os.PathLike, write: Callable[[Path], None]) 
         write(tmp)
 
 
+def remove_tree(path: Path) -> None:
+    """Delete a folder so that a kill midway never leaves a half-deleted one under its own name: it is first
+    renamed to a hidden temporary name (which `remove_stale_temporaries` clears later if the kill comes
+    before the deletion ends)."""
+    if not path.exists():
+        return
+    doomed = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".old", dir=path.parent))
+    os.replace(path, doomed)  # an empty folder is replaced by a rename on POSIX
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Build a directory under a temporary name; rename it to `target` when the block succeeds.
 
-    An existing `target` is replaced only after the new directory is complete.
+    An existing `target` is replaced only after the new directory is complete: it is renamed away to a unique
+    name, the new one renamed in, and the old one deleted.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
+        _normal_mode(tmp, directory=True)
+        for _ in range(100):  # another writer may put a `target` back between our two renames: go again
+            old = None
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=".old", dir=target.parent))
+                try:
+                    os.replace(target, old)
+                except FileNotFoundError:  # someone else moved it away first
+                    pass
+            try:
+                os.replace(tmp, target)
+            except OSError:  # the target reappeared (ENOTEMPTY / EEXIST): replace that one in the next round
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
+                continue
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            break
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, locked: bool = False) -> list[Path]:
+    """Delete the temporaries that dead processes left in `folder` (not in its subfolders); return them.
+
+    Only names of the form `atomic_path` / `atomic_directory` / `remove_tree` make are touched, and only when
+    the process id in the name is not running. `locked`: the caller holds the folder's run lock, so no other
+    process writes there and every temporary not of this process is stale (older, pid-less names included).
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TEMPORARY.match(entry.name)
+        if match is not None:
+            pid = int(match["pid"])
+            if pid == os.getpid() or (not locked and _process_alive(pid)):
+                continue
+        elif not (locked and _ANY_TEMPORARY.match(entry.name)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 def atomic_save_figure(fig, target: str | os.PathLike) -> Path:
