@@ -29,15 +29,19 @@ def safe_filename(text: str, max_length: int = 80) -> str:
     """
     text = unicodedata.normalize("NFC", str(text))
     text = "".join("_" if unicodedata.category(ch).startswith("C") else ch for ch in text)
-    name = _UNSAFE.sub("_", text).strip(" ").lstrip(".").strip("_ ")
+    # dots, "_" and spaces all go from the front together: "/../x" is "_.._x" after the substitution
+    name = _UNSAFE.sub("_", text).lstrip("._ ").rstrip("_ ")
     return name[:max_length].rstrip(" .") or "_"
 
 
-def resolve_inside(root: str | os.PathLike, relative: str, what: str) -> Path:
+def resolve_inside(root: str | os.PathLike, relative: str, what: str,
+                   links_into: str | os.PathLike | None = None) -> Path:
     """`root / relative`, resolved, when it lies inside `root`; otherwise a DlforgeError naming `what`.
 
     Absolute paths, `..` that climbs out and links that point elsewhere are all refused; the message names
-    the value as written, never whether the target outside exists.
+    the value as written, never whether the target outside exists. `links_into`: a second folder that the
+    last component, when it is a link, may point into (a Hugging Face cache links each file of a snapshot
+    folder to `../../blobs/`); the folders along the way must still lie inside `root`.
     """
     root = Path(root)
     text = str(relative).strip()
@@ -45,8 +49,16 @@ def resolve_inside(root: str | os.PathLike, relative: str, what: str) -> Path:
         raise DlforgeError(f"{what} {text!r} in {root} is not a path inside that folder: the folder is damaged "
                            "or was crafted; use a folder you trust")
     base = root.resolve()
-    target = (base / text).resolve()
-    if target != base and base not in target.parents:
-        raise DlforgeError(f"{what} {text!r} in {root} points outside that folder: the folder is damaged or was "
-                           "crafted; use a folder you trust")
-    return target
+    named = base / text
+    target = named.resolve()
+    if _within(target, base):
+        return target
+    if (links_into is not None and named.name not in ("", ".", "..") and _within(named.parent.resolve(), base)
+            and _within(target, Path(links_into).resolve())):
+        return target
+    raise DlforgeError(f"{what} {text!r} in {root} points outside that folder: the folder is damaged or was "
+                       "crafted; use a folder you trust")
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
