@@ -318,3 +318,144 @@ def test_single_file_preferred_over_index(tmp_path):
     _write_shards(tmp_path / "d", {"a": torch.ones(2), "b": torch.zeros(3)})
     save_file({"only": torch.full((2,), 7.0)}, str(tmp_path / "d" / "model.safetensors"))
     assert set(load_state_dict(tmp_path / "d")) == {"only"}
+
+
+# ----------------------------------------------------------------------------- nothing escapes the folder
+
+
+def _write_index(directory: Path, weight_map) -> None:
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+def test_shard_names_that_leave_the_folder_are_refused(tmp_path):
+    _write_shards(tmp_path / "s", {"a": torch.ones(2), "b": torch.zeros(3)})
+    save_file({"a": torch.full((2,), 9.0)}, str(tmp_path / "elsewhere.safetensors"))  # a loadable file outside
+    for shard, fragment in (("../elsewhere.safetensors", "points outside that folder"),
+                            ("model-00001-of-00002.safetensors/../../elsewhere.safetensors", "points outside"),
+                            (str(tmp_path / "elsewhere.safetensors"), "is not a path inside that folder")):
+        _write_index(tmp_path / "s", {"a": shard})
+        with pytest.raises(DlforgeError, match=fragment) as info:
+            load_state_dict(tmp_path / "s")
+        assert "\n" not in str(info.value) and "model.safetensors.index.json" in str(info.value)
+    # a link inside the folder that points outside is refused too
+    (tmp_path / "s" / "link.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    _write_index(tmp_path / "s", {"a": "link.safetensors"})
+    with pytest.raises(DlforgeError, match="points outside"):
+        load_state_dict(tmp_path / "s")
+
+
+def test_refusal_does_not_tell_whether_the_outside_file_exists(tmp_path):
+    _write_shards(tmp_path / "s", {"a": torch.ones(2)})
+    save_file({"a": torch.ones(2)}, str(tmp_path / "exists.safetensors"))
+    messages = []
+    for name in ("exists", "absent"):
+        _write_index(tmp_path / "s", {"a": f"../{name}.safetensors"})
+        with pytest.raises(DlforgeError) as info:
+            load_state_dict(tmp_path / "s")
+        messages.append(str(info.value).replace(name, "NAME"))
+    assert messages[0] == messages[1] and "missing" not in messages[0]
+
+
+@pytest.mark.parametrize("index", [
+    "[1, 2]",
+    '"model-00001-of-00002.safetensors"',
+    json.dumps({"weight_map": ["model-00001-of-00002.safetensors"]}),
+    json.dumps({"weight_map": {"a": 1}}),
+    json.dumps({"weight_map": {"a": ["model-00001-of-00002.safetensors"]}}),
+    json.dumps({"weight_map": {"a": None}}),
+    json.dumps({"weight_map": {}}),
+])
+def test_malformed_shard_index_is_one_line(tmp_path, index):
+    _write_shards(tmp_path / "s", {"a": torch.ones(2), "b": torch.zeros(3)})
+    (tmp_path / "s" / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(DlforgeError, match="is not a valid shard index") as info:
+        load_state_dict(tmp_path / "s")
+    assert "\n" not in str(info.value)
+
+
+def _code_pickle(target: Path) -> bytes:
+    """A protocol-0 pickle that, unpickled without weights_only, calls open(target, "w"): it creates the file."""
+    return f"cbuiltins\nopen\n(V{target}\nVw\ntR.".encode()
+
+
+def test_pickle_that_would_run_code_is_refused(tmp_path):
+    target = tmp_path / "created-by-the-pickle"
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "pytorch_model.bin").write_bytes(_code_pickle(target))
+    with pytest.raises(DlforgeError, match="holds something other than plain tensors") as info:
+        load_state_dict(tmp_path / "m")
+    message = str(info.value)
+    assert "will not run code from a model folder" in message and "safetensors" in message
+    assert "weights_only" not in message and "\n" not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # torch's advice stays hidden
+    assert not target.exists()
+
+
+def test_pickled_objects_beside_the_tensors_are_refused(tmp_path):
+    import argparse
+
+    (tmp_path / "m").mkdir()
+    torch.save({"w": torch.ones(2), "args": argparse.Namespace(lr=0.1)}, tmp_path / "m" / "pytorch_model.bin")
+    with pytest.raises(DlforgeError, match="other than plain tensors.*re-save the weights as safetensors"):
+        load_state_dict(tmp_path / "m")
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ([torch.ones(2)], "a value of type list, not a dict of named tensors"),
+    (torch.ones(2), "a value of type Tensor, not a dict of named tensors"),
+    ({"w": torch.ones(2), "step": 3}, "entries other than named tensors"),
+    ({1: torch.ones(2)}, "entries other than named tensors"),
+])
+def test_pytorch_bin_must_hold_named_tensors(tmp_path, content, fragment):
+    (tmp_path / "m").mkdir()
+    torch.save(content, tmp_path / "m" / "pytorch_model.bin")
+    with pytest.raises(DlforgeError, match=fragment):
+        load_state_dict(tmp_path / "m")
+
+
+def test_latest_pointing_outside_the_run_is_refused(tmp_path):
+    save_pretrained(tiny_gpt(), tmp_path / "other")  # a complete model outside the run folder
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    for pointer in ("../../other", str(tmp_path / "other")):
+        (tmp_path / "run" / "checkpoints" / "LATEST").write_text(pointer + "\n")
+        with pytest.raises(DlforgeError, match="the checkpoint named in LATEST") as info:
+            resolve_model_dir(tmp_path / "run")
+        assert "\n" not in str(info.value)
+    (tmp_path / "run" / "checkpoints" / "LATEST").write_bytes(b"\xff\xfe")  # not text: no finished checkpoint
+    with pytest.raises(DlforgeError, match="no finished checkpoint"):
+        resolve_model_dir(tmp_path / "run")
+
+
+GPT_FIELDS = dict(vocab_size=29, block_size=12, n_layer=2, n_head=2, n_embd=8)
+
+
+@pytest.mark.parametrize("config, fragment", [
+    ("[1, 2]", "holds an array, not a JSON object"),
+    ("null", "holds null, not a JSON object"),
+    ('"gpt"', "holds a string, not a JSON object"),
+    ({"dlforge_kind": ["gpt"], "config": GPT_FIELDS}, "of kind ['gpt']"),
+    ({"dlforge_kind": "gpt", "config": [1, 2]}, "'config' must be an object"),
+    ({"dlforge_kind": "gpt", "config": {**GPT_FIELDS, "n_embd": "8"}}, "n_embd='8' is not of type int"),
+    ({"dlforge_kind": "gpt", "config": {**GPT_FIELDS, "n_layer": [2]}}, "n_layer=[2] is not of type int"),
+    ({"dlforge_kind": "gpt", "config": {**GPT_FIELDS, "n_head": True}}, "n_head=True is not of type int"),
+    ({"model_type": "gpt2", "n_embd": 8}, "invalid model config (no 'vocab_size')"),
+    ({"model_type": "gpt2", "vocab_size": 29, "n_layer": 1, "n_head": 2, "n_embd": "8"}, "invalid model config"),
+    ({"model_type": "bert", "vocab_size": 10, "hidden_size": 8}, "invalid model config (no 'num_hidden_layers')"),
+    ({"model_type": "vit", "hidden_size": [8]}, "invalid model config"),
+])
+def test_malformed_config_json_is_one_line_naming_the_file(saved, config, fragment):
+    _, directory = saved
+    (directory / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    with pytest.raises(DlforgeError) as info:
+        load_pretrained(directory)
+    message = str(info.value)
+    assert fragment in message and "\n" not in message
+    assert str(directory) in message
+
+
+def test_tokenizer_settings_that_are_not_an_object(tmp_path):
+    tok = CharTokenizer.train("hello world")
+    save_pretrained(tiny_gpt(vocab_size=tok.vocab_size), tmp_path / "m", tokenizer=tok)
+    (tmp_path / "m" / "special_tokens_map.json").write_text('["<unk>"]')
+    with pytest.raises(DlforgeError, match="special_tokens_map.json holds a JSON list, not an object"):
+        load_pretrained(tmp_path / "m")

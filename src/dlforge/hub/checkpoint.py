@@ -12,8 +12,11 @@ the latest checkpoint), or a Hugging Face checkpoint directory of a supported ar
 
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import asdict
+import types
+import typing
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 
 import torch
@@ -21,6 +24,7 @@ import torch
 from .. import __version__
 from ..errors import DlforgeError
 from ..io import atomic_directory, atomic_write_json
+from ..paths import resolve_inside
 from .weights import load_into, load_state_dict, save_state_dict
 
 
@@ -74,19 +78,95 @@ def resolve_model_dir(path: str | Path) -> Path:
         if (checkpoints / "best" / "config.json").is_file():
             return checkpoints / "best"
         pointer = checkpoints / "LATEST"
-        if pointer.is_file() and (checkpoints / pointer.read_text().strip() / "config.json").is_file():
-            return checkpoints / pointer.read_text().strip()
+        latest = pointer.read_text(encoding="utf-8", errors="replace").strip() if pointer.is_file() else ""
+        # the name must stay in checkpoints/ before anything is looked up under it
+        if latest and resolve_inside(checkpoints, latest, "the checkpoint named in LATEST") \
+                and (checkpoints / latest / "config.json").is_file():
+            return checkpoints / latest
         raise DlforgeError(f"run folder {path} has no finished checkpoint yet: train longer or resume it")
     if not (path / "config.json").is_file():
         raise DlforgeError(f"{path} has no config.json: it is not a dlforge run, model or Hugging Face directory")
     return path
 
 
-def read_config(directory: Path) -> dict:
+def read_json_object(path: Path, damaged: str = "the checkpoint is damaged") -> dict:
+    """A JSON file that must hold an object; anything else is a one-line DlforgeError naming the file."""
     try:
-        return json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DlforgeError(f"{directory / 'config.json'} is not valid JSON ({e}): the checkpoint is damaged") from e
+        raise DlforgeError(f"{path} is not valid JSON ({e}): {damaged}") from e
+    if not isinstance(value, dict):
+        found = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}.get(type(value),
+                                                                                                 "a number")
+        raise DlforgeError(f"{path} holds {found}, not a JSON object of settings: {damaged}")
+    return value
+
+
+def read_config(directory: Path) -> dict:
+    return read_json_object(directory / "config.json")
+
+
+@contextlib.contextmanager
+def config_errors(path: Path):
+    """Turns what a missing or mistyped config.json field raises deep in a config class or a converter (KeyError,
+    TypeError, ...) into one line that names the file; dlforge's own errors pass through as they are."""
+    try:
+        yield
+    except DlforgeError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as e:
+        if isinstance(e, KeyError) and e.args:
+            reason = f"no {e.args[0]!r}"
+        else:
+            reason = next(iter(str(e).strip().splitlines()), type(e).__name__)
+        raise DlforgeError(f"{path} has an invalid model config ({reason}): the file is damaged or was edited; "
+                           "re-download the model or re-save it") from e
+
+
+def _fits(value, hint) -> bool:
+    """Whether a config value has its field's declared type (int, float, bool, str, lists, `X | None`)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value)
+    if hint in (int, float):  # bool is an int to Python, never a size or a rate in a config
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True  # others: the config's own checks
+
+
+def check_field_types(config_class: type, values: dict, path: Path) -> None:
+    """A one-line DlforgeError for the first of `values` that does not have its config field's declared type."""
+    hints = typing.get_type_hints(config_class)
+    for field in fields(config_class):
+        if field.name in values and not _fits(values[field.name], hints[field.name]):
+            shown = repr(values[field.name])
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            hint = hints[field.name]
+            wanted = hint.__name__ if isinstance(hint, type) else str(hint)  # "int", "list[int]", "str | None"
+            raise DlforgeError(f"{path} has an invalid model config: {field.name}={shown} is not of type {wanted}; "
+                               "the file is damaged or was edited: re-download the model or re-save it")
+
+
+def _check_hf_config(directory: Path, raw: dict) -> None:
+    """Convert a Hugging Face config.json once before its loader does, so that a missing or mistyped field is
+    one line naming the file rather than a KeyError or TypeError from inside the loader."""
+    from ..models import ResNetConfig
+    from . import bart, bert, gpt2, resnet, t5, vit
+
+    converters = {"gpt2": gpt2.config_from_hf, "t5": t5.config_from_hf, "bart": bart.config_from_hf,
+                  "vit": vit.config_from_hf, "resnet": lambda hf: ResNetConfig(**resnet.config_from_hf(hf)),
+                  **dict.fromkeys(bert.FAMILIES, bert.config_from_hf)}
+    family = raw.get("model_type")
+    if not isinstance(family, str) or family not in converters:
+        return  # not a model dlforge can load: load_pretrained says so
+    path = directory / "config.json"
+    with config_errors(path):
+        config = converters[family](raw)
+    if is_dataclass(config):
+        check_field_types(type(config), {f.name: getattr(config, f.name) for f in fields(config)}, path)
 
 
 def load_pretrained(path: str | Path, expected_kind: str | None = None, task: str | None = None,
@@ -102,16 +182,23 @@ def load_pretrained(path: str | Path, expected_kind: str | None = None, task: st
 
     directory = resolve_model_dir(path)
     raw = read_config(directory)
+    if "dlforge_kind" not in raw:
+        _check_hf_config(directory, raw)
     if "dlforge_kind" in raw:
         kind = raw["dlforge_kind"]
-        if kind not in MODEL_CLASSES:
+        if not isinstance(kind, str) or kind not in MODEL_CLASSES:
             raise DlforgeError(f"{directory} holds a model of kind {kind!r}, which this dlforge version "
                                f"does not know (known: {', '.join(MODEL_CLASSES)})")
         if expected_kind and kind != expected_kind:
             raise DlforgeError(f"{directory} holds a {kind} model, but this command needs a {expected_kind} model")
         cls = MODEL_CLASSES[kind]
+        settings = raw.get("config")
+        if not isinstance(settings, dict):
+            raise DlforgeError(f"{directory / 'config.json'} has an invalid model config: 'config' must be an "
+                               "object of settings; the file is damaged or was edited: re-save the model")
+        check_field_types(cls.config_class, settings, directory / "config.json")
         try:
-            config = cls.config_class.from_dict(raw["config"])
+            config = cls.config_class.from_dict(settings)
         except (TypeError, ValueError, KeyError) as e:
             raise DlforgeError(f"{directory / 'config.json'} has an invalid model config: {e}") from e
         if kind == "bert" and task is not None:  # e.g. a masked-LM run fine-tuned for classification

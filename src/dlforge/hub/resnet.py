@@ -41,7 +41,6 @@ gives image_size and image_mean / image_std; id2label the class names.
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 
@@ -117,11 +116,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     elif not path.is_file():
         raise DlforgeError(f"{path} does not exist: give a .safetensors, .pth, .pt or .bin weight file")
     else:
-        try:
-            state = _load_one(path)
-        except pickle.UnpicklingError as e:
-            raise DlforgeError(f"{path} holds objects other than tensors, which torch.load(weights_only=True) "
-                               f"refuses to unpickle ({str(e).splitlines()[0]}); save just the state dict") from e
+        state = _load_one(path)  # a pickle of anything but plain data is refused there
     for nest in ("state_dict", "model"):  # training checkpoints: {"state_dict": {...}, "epoch": ..., ...}
         if isinstance(state, dict) and isinstance(state.get(nest), dict):
             state = state[nest]

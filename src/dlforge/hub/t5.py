@@ -16,7 +16,6 @@ in files written by transformers >= 5).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 
 from ..errors import DlforgeError
 from ..models.seq2seq import Seq2Seq, Seq2SeqConfig
+from .checkpoint import read_json_object
 from .weights import load_into, load_state_dict
 
 # feed_forward_proj -> dlforge MLP activation ("gated-gelu" is T5 v1.1's tanh-approximated GEGLU)
@@ -133,10 +133,7 @@ def read_generation_ids(directory: Path, hf: dict) -> dict:
     path = directory / "generation_config.json"
     if not path.is_file():
         return hf
-    try:
-        generation = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DlforgeError(f"{path} is not valid JSON ({e}): re-download or delete it") from e
+    generation = read_json_object(path, damaged="re-download or delete it")
     names = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "forced_bos_token_id",
              "forced_eos_token_id")
     return {**hf, **{k: generation[k] for k in names if generation.get(k) is not None}}

@@ -11,7 +11,6 @@ refused with a DlforgeError. Weights are loaded as float32 whatever `dtype` / `t
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 from ..errors import DlforgeError
 from ..models.vit import ViT, ViTConfig
+from .checkpoint import read_json_object
 from .weights import fuse_qkv, load_into, load_state_dict
 
 ARCHITECTURES = ("ViTModel", "ViTForImageClassification")
@@ -166,12 +166,7 @@ def load_vit_weights(config: ViTConfig, state: dict[str, torch.Tensor], source: 
 
 
 def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DlforgeError(f"{path} is not valid JSON ({e}): the checkpoint is damaged") from e
+    return read_json_object(path) if path.is_file() else None
 
 
 def load_hf_vit(directory: str | Path, raw_config: dict, task: str | None = None, num_labels: int | None = None,

@@ -9,6 +9,8 @@ user can fix (missing file, truncated download, wrong shapes, unexpected keys) b
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -17,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import DlforgeError
 from ..io import atomic_path
+from ..paths import resolve_inside
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -29,15 +32,52 @@ def find_weight_file(directory: Path) -> Path | None:
     return None
 
 
-def _load_one(path: Path) -> dict[str, torch.Tensor]:
+def _load_one(path: Path):
+    """What a weight file holds: safetensors, or a PyTorch pickle of plain data (torch.load(weights_only=True)
+    refuses any other object, so nothing in the file runs)."""
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, EOFError, OSError) as e:
+    except (SafetensorError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DlforgeError(f"cannot read weights from {path}: the file is corrupt or truncated ({first_line}); "
                            "re-download or re-save it, or use an earlier checkpoint") from e
+    except (pickle.UnpicklingError, AttributeError, ImportError, TypeError, ValueError) as e:
+        # torch's own message advises turning the safety off: neither it nor its traceback is shown
+        raise DlforgeError(f"{path} holds something other than plain tensors ({type(e).__name__}), and dlforge "
+                           "will not run code from a model folder: re-save the weights as safetensors") from None
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """`_load_one`, refusing anything but a dict of named tensors."""
+    state = _load_one(path)
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        what = (f"a value of type {type(state).__name__}, not a dict of" if not isinstance(state, dict)
+                else "entries other than")
+        raise DlforgeError(f"{path} holds {what} named tensors: re-save the model's state dict, preferably as "
+                           "safetensors")
+    return state
+
+
+def _shard_names(index: Path) -> list[str]:
+    """The shard file names an index lists, after checking its shape (weight_map: tensor name -> file name)."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise DlforgeError(f"{index} is not a valid shard index (a JSON object with a 'weight_map'): "
+                           "re-download it") from e
+    if (not isinstance(weight_map, dict) or not weight_map
+            or not all(isinstance(shard, str) for shard in weight_map.values())):
+        raise DlforgeError(f"{index} is not a valid shard index: its 'weight_map' must map each tensor name to "
+                           "a shard file name; re-download it")
+    return sorted(set(weight_map.values()))
+
+
+def _cache_blobs(directory: Path) -> Path | None:
+    """The blobs folder when `directory` is a snapshot in a Hugging Face cache, whose files link to it."""
+    snapshots = directory.resolve().parent
+    return snapshots.parent / "blobs" if snapshots.name == "snapshots" else None
 
 
 def load_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -46,18 +86,16 @@ def load_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
     path = find_weight_file(directory)
     if path is None:
         raise DlforgeError(f"no weights in {directory}: expected one of {', '.join(WEIGHT_FILES)}")
-    if path.name.endswith(".index.json"):
-        try:
-            weight_map = json.loads(path.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise DlforgeError(f"{path} is not a valid shard index (needs a 'weight_map'): {e}") from e
-        state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
-            if not (directory / shard).is_file():
-                raise DlforgeError(f"shard {shard} listed in {path.name} is missing from {directory}")
-            state.update(_load_one(directory / shard))
-        return state
-    return _load_one(path)
+    if not path.name.endswith(".index.json"):
+        return _load_tensors(path)
+    state: dict[str, torch.Tensor] = {}
+    for shard in _shard_names(path):
+        # a name that leaves the folder is refused before anything is looked up there
+        resolve_inside(directory, shard, f"shard file listed in {path.name}", links_into=_cache_blobs(directory))
+        if not (directory / shard).is_file():
+            raise DlforgeError(f"shard {shard} listed in {path.name} is missing from {directory}")
+        state.update(_load_tensors(directory / shard))  # by its own name: a cache blob has no suffix
+    return state
 
 
 def save_state_dict(state: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:

@@ -633,10 +633,13 @@ def _token_string(value: object) -> str | None:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DlforgeError(f"cannot read {path} as JSON ({message}); re-save or re-download it") from None
+    if not isinstance(data, dict):  # every tokenizer file is an object of settings
+        raise DlforgeError(f"{path} holds a JSON {type(data).__name__}, not an object; re-save or re-download it")
+    return data
 
 
 def _configured_special_tokens(directory: Path) -> dict[str, str] | None:
