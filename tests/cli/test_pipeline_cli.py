@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -107,6 +108,24 @@ def test_task_flags_reach_the_pipeline(json_cli, head_models, task, model_task, 
     expected = call(pipeline(task, head_models[model_task], max_length=max_length))
     assert len(lines) == 1
     assert json.loads(json.dumps(expected)) == lines[0]["output"]
+
+
+def test_text_classification_file_sees_every_tsv_row(tmp_path, json_cli, head_models, caplog):
+    """Reviews with quotes in them (one opens a sentence and is never closed) are each one input, as written;
+    a row with no sentence is left out with a warning that names its line."""
+    reviews = ['" it \'s a charming and often affecting journey', 'the "rare" treat', "a dull film",
+               'unflinchingly bleak and "desperate', '"quoted" whole']
+    f = tmp_path / "x.tsv"
+    f.write_text("sentence\tlabel\n" + "".join(f"{r}\t{i % 2}\n" for i, r in enumerate(reviews)) + "\t1\n",
+                 encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="dlforge"):
+        code, lines, err = json_cli("pipeline", "text-classification", "--model",
+                                    head_models["sequence-classification"], "--file", f)
+    assert code == 0, err
+    assert [line["input"] for line in lines] == reviews
+    assert all(line["output"]["label"] in ("neg", "pos") for line in lines)
+    assert [r.getMessage() for r in caplog.records if r.name == "dlforge"] == [
+        f"{f}: skipped 1 row with an empty 'sentence' value (line 7)"]
 
 
 @pytest.mark.parametrize("make_args, fragments", [

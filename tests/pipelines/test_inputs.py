@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -32,6 +33,28 @@ def test_csv_and_tsv_columns(tmp_path):
     bom = tmp_path / "excel.csv"
     bom.write_bytes("\ufefftext\nhéllo\n".encode())  # a spreadsheet export with a byte-order mark
     assert read_inputs(bom) == ["héllo"]
+
+
+def test_tsv_quotes_are_text_every_line_is_an_input(tmp_path):
+    reviews = ['" it \'s a charming journey', 'the "rare" treat', '"bleak', 'a "fine" film"', "plain"]
+    f = write(tmp_path / "reviews.tsv", "sentence\tlabel\n" + "".join(f"{r}\t1\n" for r in reviews))
+    assert read_inputs(f) == reviews  # 5 of 6 lines, as written
+
+
+def test_skipped_rows_are_one_warning_with_count_and_lines(tmp_path, caplog):
+    f = write(tmp_path / "in.tsv", "text\tlabel\none\t1\n\n\t0\ntwo\t1\n  \t1\nthree\t\n")
+    g = write(tmp_path / "in.jsonl", '{"text": "one"}\n{"text": null}\n\n{"text": " "}\n{"text": "two"}\n')
+    h = write(tmp_path / "blank.csv", "text,label\n\none,1\n,\n\ntwo,0\n")
+    with caplog.at_level(logging.WARNING, logger="dlforge"):
+        assert read_inputs(f) == ["one", "two", "three"]
+        assert read_inputs(f, column="label") == ["1", "0", "1", "1"]
+        assert read_inputs(g) == ["one", "two"]
+        assert read_inputs(h) == ["one", "two"]  # blank lines and a row of empty cells hold nothing: no warning
+    assert [(r.name, r.levelno) for r in caplog.records] == [("dlforge", logging.WARNING)] * 3
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{f}: skipped 2 rows with an empty 'text' value (lines 4, 6)",
+        f"{f}: skipped 1 row with an empty 'label' value (line 7)",
+        f"{g}: skipped 2 rows with a null or empty 'text' value (lines 2, 4)"]
 
 
 def test_jsonl_fields_and_whole_records(tmp_path):

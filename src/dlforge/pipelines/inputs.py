@@ -1,19 +1,21 @@
 """Pipeline inputs from a file: `read_inputs(path, column=None)` -> a list of texts (or records).
 
   .txt          one input per non-empty line
-  .csv / .tsv   a header row; the values of `column` (default "text" if there is such a column, else the first)
+  .csv / .tsv   a header row; the values of `column` (default "text" if there is such a column, else the first);
+                .csv quotes values as RFC 4180 does, .tsv is plain tab-separated text (quotes kept as written)
   .jsonl        one JSON object per line; its `column` field (default "text" if the record has one, else the
                 whole record as a dict, e.g. {"question": ..., "context": ...} for question-answering)
 
-Blank lines and empty values are skipped. Problems (unknown extension, missing column, a line that is not
-JSON) are one-line `DlforgeError`s that name the file and the line.
+Blank lines are skipped; so are rows whose value is empty (or null), with one warning on the "dlforge" logger
+that says how many and at which lines, so that the outputs can be matched back to the file. Problems (unknown
+extension, missing column, a line that is not JSON) are one-line `DlforgeError`s that name the file and the line.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.records import parse_json_lines, read_records, read_utf8
+from ..data.records import parse_json_lines, read_records, read_utf8, report_skipped
 from ..errors import DlforgeError
 
 FORMATS = (".txt", ".csv", ".tsv", ".jsonl")
@@ -46,18 +48,21 @@ def _read_table(path: Path, column: str | None) -> list[str]:
     name = column if column is not None else ("text" if "text" in header else header[0])
     if name not in header:
         raise DlforgeError(f"{path} has no column {name!r} (columns: {', '.join(header)}): choose one with --column")
-    out = []
+    out, skipped = [], []
     for number, row in rows:
         value = row[name]
         if value is None:  # a short row
             raise DlforgeError(f"{path} line {number}: the row has no value in column {name!r}")
         if value.strip():
             out.append(value)
+        else:
+            skipped.append(number)
+    report_skipped(path, skipped, f"with an empty {name!r} value")
     return out
 
 
 def _read_jsonl(path: Path, column: str | None) -> list:
-    out = []
+    out, skipped = [], []
     for number, record in parse_json_lines(path, read_utf8(path)):
         if isinstance(record, str) and column is None:
             value = record
@@ -72,6 +77,8 @@ def _read_jsonl(path: Path, column: str | None) -> list:
         else:
             value = record["text"] if "text" in record else record
         if value is None or (isinstance(value, str) and not value.strip()):
+            skipped.append(number)
             continue
         out.append(value)
+    report_skipped(path, skipped, f"with a null or empty {column or 'text'!r} value")
     return out
