@@ -7,6 +7,7 @@ import json
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -46,12 +47,70 @@ def test_reader_columns_docstart_and_labels(tmp_path, task):
     ("EU\tB-ORG\nrejects\n", r"bad\.conll line 2: expected 'token<TAB>tag', got 'rejects'"),
     ("EU\tB-ORG\n\ncall\tORG\n", r"bad\.conll line 3: tag 'ORG' is not O, B-TYPE or I-TYPE"),
     ("\n-DOCSTART-\tO\n\n", r"bad\.conll holds no sentences"),
+    ("-DOCSTART-\n\n-DOCSTART- -X- O\n", r"bad\.conll holds no sentences"),
+    # the token is missing, not the tag: the line is shown with its tab
+    ("EU\tB-ORG\n\tO\n", r"bad\.conll line 2: '\\tO' has no token before the tab: write the token, a TAB"),
+    ("EU\tB-ORG\ncall\tO\u200b\n", r"line 2: tag 'O\\u200b' is not O, B-TYPE or I-TYPE in 'call\\tO\\u200b'"),
 ])
 def test_reader_errors_name_file_and_line(tmp_path, task, text, message):
     path = tmp_path / "bad.conll"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(DlforgeError, match=message):
         task.read(path)
+
+
+def test_whitespace_tokens_are_tokens_not_sentence_breaks(tmp_path, task):
+    """Tweet corpora hold tokens that are only whitespace (" <TAB>O", U+00A0, U+3000): each is a token; only a
+    line with no tag (empty, spaces, tabs) ends a sentence."""
+    path = tmp_path / "tweets.conll"
+    path.write_text("@ann\tO\n \tO\nParis\tB-location\n\u00a0\tO\n\u3000\t O \n!\tO\t\n \t \n"
+                    "New York\tB-location\n  \tO\n", encoding="utf-8")
+    sentences = task.read(path)
+    assert [s["tokens"] for s in sentences] == [["@ann", " ", "Paris", "\u00a0", "\u3000", "!"], ["New York", "  "]]
+    assert [s["tags"] for s in sentences] == [["O", "O", "B-location", "O", "O", "O"], ["B-location", "O"]]
+    assert [s["line"] for s in sentences] == [1, 8]
+    # BERT's tokenizer gives a whitespace word no sub-token (as Hugging Face's does): no loss on it, the
+    # other words keep their tags, and no sentence is dropped
+    tokenizer = load_tokenizer(MINILM_DIR)
+    labels = ["O", "B-location", "I-location"]
+    features = task.features(sentences, tokenizer, labels, 64)
+    _, firsts = task.encode(sentences, tokenizer, 64)
+    assert len(features) == 2 and firsts == [[1, None, 3, None, None, 4], [1, None]]  # [CLS] @ ann paris ! [SEP]
+    for feature, first, sentence in zip(features, firsts, sentences):
+        targets = feature["labels"].tolist()
+        assert [targets[p] for p in first if p is not None] == [labels.index(t) for p, t in
+                                                                 zip(first, sentence["tags"]) if p is not None]
+    # a word without a sub-token is predicted "O"; the others get what the model says at their first sub-token
+    location = task.predict(_Everywhere(labels, "B-location"), tokenizer, sentences)
+    assert location == [["B-location", "O", "B-location", "O", "O", "B-location"], ["B-location", "O"]]
+
+
+class _Everywhere(torch.nn.Module):
+    """A stand-in token classifier that predicts one label at every position."""
+
+    def __init__(self, labels: list[str], label: str):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))  # predict() finds the device from a parameter
+        self.config = SimpleNamespace(labels=labels, num_labels=len(labels))
+        self.index = labels.index(label)
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = torch.zeros(*input_ids.shape, self.config.num_labels)
+        logits[..., self.index] = 1
+        return SimpleNamespace(logits=logits)
+
+
+def test_byte_level_bpe_pieces_belong_to_the_word_after_their_space(task):
+    """GPT-2-style pieces carry the space before a word ("Ġvisited" spans " visited"); a piece of spaces only
+    is the first sub-token of a whitespace word, and the space between two words belongs to neither."""
+    from dlforge.text.tokenizers import BPETokenizer
+
+    tokenizer = BPETokenizer.train(["Ann visited Paris with her brother"] * 20, vocab_size=300)
+    tokens = ["Ann", " ", "visited", "\u00a0", "Paris"]
+    (feature,), (firsts,) = task.encode([{"tokens": tokens, "tags": ["O"] * 5}], tokenizer, 64)
+    pieces = [tokenizer.id_to_token(i) for i in feature["input_ids"].tolist()]
+    assert pieces == ["Ann", "Ġ", "Ġ", "Ġvisited", "Ġ", "Â", "ł", "ĠParis"]  # "Â", "ł": the two bytes of U+00A0
+    assert firsts == [0, 2, 3, 5, 7]
 
 
 def test_first_sub_token_alignment_on_minilm_tokenization(task):
@@ -82,8 +141,6 @@ def test_first_sub_token_alignment_on_minilm_tokenization(task):
 def test_selection_f1_from_batch_sums_is_seqeval_micro_f1(task):
     """The checkpoint-selection score: (2·TP, predicted + gold) summed over batches gives exactly seqeval's
     micro entity F1 of the words (first sub-tokens), whatever the batching."""
-    from types import SimpleNamespace
-
     from seqeval.metrics import f1_score
 
     labels = ["O", "B-loc", "I-loc", "B-person", "I-person"]

@@ -1,8 +1,9 @@
 """Token classification (NER, chunking, tagging) for `dlforge finetune`, from CoNLL column files.
 
 File format (CoNLL-2003, WNUT-17): one token per line, its tag in the last column (columns separated by a
-TAB, else by spaces; in-between columns such as POS tags are ignored), a blank line between sentences,
-`-DOCSTART-` lines skipped. Tags are "O" or B-TYPE / I-TYPE (IOB2 or IOB1).
+TAB, else by spaces; in-between columns such as POS tags are ignored), a blank line (or one of only spaces and
+tabs) between sentences, `-DOCSTART-` lines skipped. A token of only whitespace (" <TAB>O", as tweet corpora
+hold) is a token, not a sentence break. Tags are "O" or B-TYPE / I-TYPE (IOB2 or IOB1).
 
     Empire	B-location
     State	I-location
@@ -14,12 +15,14 @@ gets its I-, so multi-token entities of it can be predicted and evaluated). They
 `config.labels`, so the token-classification pipeline answers with them.
 
 Features: each sentence is encoded as its words joined by spaces ([CLS] ... [SEP], cut to max_length); a
-sub-token belongs to the word its character offset falls in. The word's tag is the target of its first
+sub-token belongs to the word its first non-space character falls in (a sub-token of spaces only, as byte-level
+BPE makes, to the whitespace token it lies in, if any). The word's tag is the target of its first
 sub-token; later sub-tokens and special tokens get -100 (no loss), as in Hugging Face's run_ner.
 
 Evaluation: each word gets the label predicted at its first sub-token ("O" for a word the tokenizer drops,
-e.g. a lone zero-width character, or one cut off by max_length); entity-level precision/recall/F1 (micro,
-and per type) by seqeval's conlleval-compatible scoring, written to OUT/ner_report.txt.
+e.g. a whitespace token or a lone zero-width character for BERT's tokenizer, as in Hugging Face's, or one cut
+off by max_length); entity-level precision/recall/F1 (micro, and per type) by seqeval's conlleval-compatible
+scoring, written to OUT/ner_report.txt.
 """
 
 from __future__ import annotations
@@ -40,35 +43,57 @@ TAG = re.compile(r"O|[BI]-\S.*")
 
 
 def read_conll(path: str | Path) -> list[dict]:
-    """Sentences {"tokens", "tags", "line"} (line: where the sentence starts) of a CoNLL column file."""
+    """Sentences {"tokens", "tags", "line"} (line: where the sentence starts) of a CoNLL column file.
+
+    A line of nothing but whitespace (tabs included) ends a sentence. Otherwise, on a line with a TAB, the
+    token is the first column and the tag the last; a token that is only whitespace (a space, U+00A0, ... as
+    tweet corpora hold) is a token like any other, kept as written. Without a TAB, columns are split on spaces.
+    """
     path = Path(path)
-    text = read_utf8(path)
     sentences, tokens, tags, first = [], [], [], 0
-    for number, line in enumerate(text.splitlines(), 1):
-        columns = [c.strip() for c in line.split("\t")] if "\t" in line else line.split()
-        columns = [c for c in columns if c]
-        if columns and columns[0] == "-DOCSTART-":
-            columns = []  # a document boundary: ends the sentence like a blank line
-        if not columns:
+    # split on newlines only: str.splitlines would also break a line at U+2028, U+0085 or a form feed in a token
+    for number, line in enumerate(read_utf8(path).split("\n"), 1):
+        token, tag = _token_and_tag(path, number, line)
+        if token is None:  # a blank line or a document boundary: ends the sentence
             if tokens:
                 sentences.append({"tokens": tokens, "tags": tags, "line": first})
             tokens, tags = [], []
             continue
-        if len(columns) < 2:
-            raise DlforgeError(f"{path} line {number}: expected 'token<TAB>tag', got {line.strip()!r}: give each "
-                               "token its tag in the last column, and a blank line between sentences")
-        if not TAG.fullmatch(columns[-1]):
-            raise DlforgeError(f"{path} line {number}: tag {columns[-1]!r} is not O, B-TYPE or I-TYPE: use IOB tags "
-                               "(e.g. B-person, I-person, O)")
         first = first if tokens else number
-        tokens.append(columns[0])
-        tags.append(columns[-1])
+        tokens.append(token)
+        tags.append(tag)
     if tokens:
         sentences.append({"tokens": tokens, "tags": tags, "line": first})
     if not sentences:
         raise DlforgeError(f"{path} holds no sentences: give one 'token<TAB>tag' per line, sentences separated by "
                            "a blank line")
     return sentences
+
+
+def _token_and_tag(path: Path, number: int, line: str) -> tuple[str | None, str | None]:
+    """(token, tag) of one line of a CoNLL file; (None, None) for a blank line or a -DOCSTART- line."""
+    kept = line.rstrip()  # trailing spaces or tabs after the tag are layout
+    if not kept.strip():
+        return None, None
+    if "\t" in kept:
+        columns = kept.split("\t")
+        token = columns[0].strip() or columns[0]  # padding around a word goes; a whitespace token stays
+    else:
+        columns = kept.split()
+        token = columns[0]
+    if token == "-DOCSTART-":  # with or without a tag
+        return None, None
+    if len(columns) < 2:
+        raise DlforgeError(f"{path} line {number}: expected 'token<TAB>tag', got {line!r}: give each token its tag "
+                           "in the last column, and a blank line between sentences")
+    if not token:
+        raise DlforgeError(f"{path} line {number}: {line!r} has no token before the tab: write the token, a TAB, "
+                           "then its tag (e.g. 'word\\tO'); a line of only whitespace ends the sentence")
+    tag = columns[-1].strip()
+    if not TAG.fullmatch(tag):
+        raise DlforgeError(f"{path} line {number}: tag {tag!r} is not O, B-TYPE or I-TYPE in {line!r}: use IOB "
+                           "tags (e.g. B-person, I-person, O)")
+    return token, tag
 
 
 def _seqeval():
@@ -130,21 +155,24 @@ class TokenClassificationTask(FinetuneTask):
         if not hasattr(tokenizer, "encode_windows"):
             raise DlforgeError("token-classification needs a Hugging Face tokenizer (tokenizer.json or vocab.txt) "
                                "for the character offsets of the sub-tokens")
-        starts = []  # per example: the character where each word starts in " ".join(tokens)
-        for e in examples:
-            at, positions = 0, []
-            for token in e["tokens"]:
-                positions.append(at)
-                at += len(token) + 1
-            starts.append(positions)
-        windows = tokenizer.encode_windows([" ".join(e["tokens"]) for e in examples], max_length=max_length)
+        texts = [" ".join(e["tokens"]) for e in examples]
+        windows = tokenizer.encode_windows(texts, max_length=max_length)
         features, firsts = [], []
-        for window, word_starts in zip((w[0] for w in windows), starts):  # the first window: truncated
+        for window, text, e in zip((w[0] for w in windows), texts, examples):  # the first window: truncated
+            word_starts, at = [], 0  # the character where each word starts in the text
+            for token in e["tokens"]:
+                word_starts.append(at)
+                at += len(token) + 1
             first = [None] * len(word_starts)
             for index, (seq, (start, end)) in enumerate(zip(window["sequence_ids"], window["offsets"])):
                 if seq is None or end <= start:
                     continue
-                word = bisect.bisect_right(word_starts, start) - 1
+                # a byte-level BPE piece carries the space before its word ("Ġparis" spans " paris"), so a piece
+                # is placed by its first visible character; one of spaces only counts for a whitespace token
+                visible = next((i for i in range(start, end) if not text[i].isspace()), None)
+                word = bisect.bisect_right(word_starts, start if visible is None else visible) - 1
+                if visible is None and start >= word_starts[word] + len(e["tokens"][word]):
+                    continue  # the space between two words
                 if first[word] is None:
                     first[word] = index
             firsts.append(first)
