@@ -121,3 +121,22 @@ def test_remove_tree_never_leaves_a_half_deleted_folder_under_its_name(tmp_path,
     debris.rename(tmp_path / f".step-0000010.{_dead_pid()}.x.old")  # as if the process had died
     assert len(remove_stale_temporaries(tmp_path)) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_claimed_folder_refuses_a_second_process_and_frees_on_exit(tmp_path):
+    from dlforge.errors import DlforgeError
+    from dlforge.io import claim_folder, release_folder
+
+    holder = subprocess.Popen([sys.executable, "-c", f"from dlforge.io import claim_folder; "
+                               f"claim_folder({str(tmp_path)!r}); print('held', flush=True); input()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(DlforgeError, match="in use by another dlforge process"):
+            claim_folder(tmp_path)
+    finally:
+        holder.kill()  # a crash: the kernel frees the lock
+        holder.wait()
+    claim_folder(tmp_path)
+    claim_folder(tmp_path)  # this process holds it already: no error
+    release_folder(tmp_path)

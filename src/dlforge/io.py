@@ -21,6 +21,13 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .errors import DlforgeError
+
+try:  # POSIX advisory locks; elsewhere a folder is not locked
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
 # `.NAME.PID.XXXXXXXX.tmp` / `.old`: what the helpers below leave behind when a process dies mid-write
 _TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.(?:tmp|old)$")
 _ANY_TEMPORARY = re.compile(r"^\..+\.(?:tmp|old)$")  # also the names of older dlforge versions (no pid)
@@ -156,6 +163,38 @@ def remove_stale_temporaries(folder: str | os.PathLike, locked: bool = False) ->
             entry.unlink(missing_ok=True)
         removed.append(entry)
     return removed
+
+
+LOCK_FILE = ".lock"
+_held_locks: dict[Path, int] = {}  # folder -> open descriptor of its lock file, for this process's life
+
+
+def claim_folder(folder: str | os.PathLike, what: str = "run") -> None:
+    """Take an exclusive lock on `folder` (created if missing) for the rest of this process's life.
+
+    The lock is an OS file lock on FOLDER/.lock: the kernel releases it when the process exits or crashes, so
+    a killed run never leaves a folder locked. Claiming a folder this process already holds is a no-op; one
+    that another live process holds is a one-line error.
+    """
+    folder = Path(folder).resolve()
+    if folder in _held_locks or fcntl is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DlforgeError(f"{folder} is in use by another dlforge process (a {what} is running there): wait for "
+                           "it to finish or stop it, or choose another --out") from None
+    _held_locks[folder] = fd
+
+
+def release_folder(folder: str | os.PathLike) -> None:
+    """Give up this process's lock on `folder` (no-op when it holds none)."""
+    fd = _held_locks.pop(Path(folder).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the flock
 
 
 def atomic_save_figure(fig, target: str | os.PathLike) -> Path:

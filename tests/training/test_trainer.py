@@ -75,7 +75,9 @@ def test_loss_decreases_on_real_text(shakespeare_small, tmp_path):
     assert result["val_loss"] < 2.8, result
     assert result["best_val_loss"] == result["val_loss"]
     train_losses = [float(r["train_loss"]) for r in read_metrics(tmp_path / "run") if r["train_loss"]]
-    assert len(train_losses) == 10
+    # every 10 steps, plus the evaluations at a third and two thirds of the schedule (eval_interval is the length)
+    assert len(train_losses) == 12
+    assert [int(r["step"]) for r in read_metrics(tmp_path / "run") if r["val_loss"]] == [34, 67, 100]
     assert train_losses[-1] < train_losses[0] - 1.0
 
 
@@ -85,8 +87,9 @@ def test_metrics_csv_and_loss_png_after_a_run(tmp_path):
     assert result["step"] == 10 and result["stop_reason"] == "reached max_steps=10"
     rows = read_metrics(run)
     assert list(rows[0]) == ["step", "train_loss", "val_loss", "lr", "throughput", "elapsed_s"]
-    assert [int(r["step"]) for r in rows if r["train_loss"]] == [5, 10]
-    assert [int(r["step"]) for r in rows if r["val_loss"]] == [5, 10]
+    # every 5 steps, and at step 4: nothing evaluated the first third of the schedule (at least 3 evaluations)
+    assert [int(r["step"]) for r in rows if r["train_loss"]] == [4, 5, 10]
+    assert [int(r["step"]) for r in rows if r["val_loss"]] == [4, 5, 10]
     assert float(rows[-1]["val_loss"]) == pytest.approx(result["val_loss"], rel=1e-5)
     png = (run / "loss.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000

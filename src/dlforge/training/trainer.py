@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -34,19 +34,24 @@ from tqdm.auto import tqdm
 from ..errors import DlforgeError
 from ..hub.checkpoint import write_model_files
 from ..hub.weights import load_into, load_state_dict
-from ..io import atomic_directory, atomic_write_text
+from ..io import atomic_directory, atomic_write_text, claim_folder, remove_stale_temporaries, remove_tree
+from ..paths import resolve_inside
+from ..settings import check_fields, check_range
 from ..transfer.finetune import layerwise_lr_scales
 from .distributed import init_distributed
 from .metrics_log import MetricsLog
 from .optim import DECAYS, EMA, adam_beta1, learning_rate, make_adamw
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ON_NAN = ("stop", "skip")
+MAX_SKIPPED_IN_A_ROW = 10  # with on_nan=skip: this many non-finite steps in a row stop the run all the same
+EVAL_MARKS = 3  # every run evaluates at least at 1/3, 2/3 and the end of its schedule
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 1000  # optimizer steps (the LR schedule ends here)
-    max_minutes: float | None = None  # wall-clock budget; fixes max_steps after timing the first steps
+    max_steps: int = 1000  # optimizer steps at most (the LR schedule ends here unless the time budget ends first)
+    max_minutes: float | None = None  # wall-clock budget: the schedule follows the share of it used (see fit)
     batch_size: int = 32  # global micro-batch, split across processes
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-3
@@ -66,17 +71,22 @@ class TrainConfig:
     layer_lr_decay: float | None = None  # layer-wise LR decay for fine-tuning (e.g. 0.8); None = off
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    on_nan: str = "stop"  # a non-finite loss or gradient: stop (keeping the last good checkpoint) | skip the batch
 
     def __post_init__(self):
+        check_fields(self)
         if self.precision not in PRECISIONS:
             raise DlforgeError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.decay not in DECAYS:
             raise DlforgeError(f"decay must be one of {', '.join(DECAYS)}, got {self.decay!r}")
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "log_interval"):
-            if getattr(self, name) < 1:
-                raise DlforgeError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise DlforgeError(f"lr must be > 0, got {self.lr}")
+        if self.on_nan not in ON_NAN:
+            raise DlforgeError(f"on_nan must be one of {', '.join(ON_NAN)}, got {self.on_nan!r}")
+        check_range(self, at_least={"max_steps": 1, "batch_size": 1, "grad_accum": 1, "eval_interval": 1,
+                                    "log_interval": 1, "keep_last": 1, "early_stopping_patience": 1,
+                                    "warmup_steps": 0, "weight_decay": 0, "min_lr": 0, "seed": 0},
+                    above={"lr": 0, "max_minutes": 0, "grad_clip": 0, "ema_decay": 0, "layer_lr_decay": 0},
+                    below={"beta1": 1, "beta2": 1, "ema_decay": 1, "seed": 2**63}, at_most={"layer_lr_decay": 1})
+        check_range(self, at_least={"beta1": 0, "beta2": 0})
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -170,7 +180,11 @@ class Trainer:
         self.best_score = -math.inf  # what chooses checkpoints/best: eval_metric, else minus the val loss
         self.last_metric: float | None = None
         self.evals_without_improvement = 0
-        self.total_steps = config.max_steps
+        self.total_steps = config.max_steps  # after fit: the steps the run ended at
+        self.schedule_anchor = (0, 0.0, 0.0)  # (step, elapsed, progress) where the schedule's length last changed
+        self.schedule_steps = config.max_steps  # the learning-rate curve's length in steps, as first planned
+        self.skipped_steps = 0  # non-finite batches skipped (on_nan=skip)
+        self.skipped_in_a_row = 0
         self.elapsed = 0.0
         self.stop_reason = ""
         self.throughput_unit = "samples/s"
@@ -185,13 +199,20 @@ class Trainer:
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
-    def _train_step(self) -> tuple[float, int, dict[str, float]]:
-        """One optimizer step over grad_accum micro-batches; returns (mean loss, items processed, mean logs)."""
+    def _train_step(self) -> tuple[float | None, int, dict[str, float]]:
+        """One optimizer step over grad_accum micro-batches; returns (mean loss, items processed, mean logs).
+
+        A non-finite loss or gradient norm is caught before the optimizer applies it: on_nan=stop raises a
+        DlforgeError (the checkpoints on disk are the last good ones), on_nan=skip drops the batch and returns
+        (None, 0, {}).
+        """
         c, model = self.config, self.ddp or self.model
-        lr = learning_rate(self.step, c.lr, c.min_lr if c.min_lr is not None else c.lr / 10, c.warmup_steps,
-                           self.total_steps, c.decay)
+        # every process must use the same learning rate: the time share differs by microseconds between them
+        position = self.dist.mean(self._schedule_step(), self.device)
+        lr = learning_rate(position, c.lr, c.min_lr if c.min_lr is not None else c.lr / 10, c.warmup_steps,
+                           self.schedule_steps, c.decay)
         self.current_lr = lr
-        beta1 = adam_beta1(self.step, c.beta1, c.warmup_steps, self.total_steps, c.decay)
+        beta1 = adam_beta1(position, c.beta1, c.warmup_steps, self.schedule_steps, c.decay)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
             group["betas"] = (beta1, c.beta2)
@@ -212,8 +233,13 @@ class Trainer:
             items += first.numel() if counts_tokens else first.shape[0]
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        if c.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        # the total gradient norm (clipped when grad_clip is set); fp16's scaler skips inf steps by itself
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip or math.inf))
+        bad = not math.isfinite(total_loss) or (self.scaler is None and not math.isfinite(grad_norm))
+        if self.dist.any(bad, self.device):
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._non_finite_step(total_loss, grad_norm, lr)
+        self.skipped_in_a_row = 0
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -227,6 +253,25 @@ class Trainer:
             self.on_step(self)
         logs = {name: self.dist.mean(value, self.device) for name, value in logs.items()}
         return self.dist.mean(total_loss, self.device), items * self.dist.world_size, logs
+
+    def _non_finite_step(self, loss: float, grad_norm: float, lr: float) -> tuple[None, int, dict]:
+        """A batch whose loss or gradient is NaN/inf, caught before the weights changed: skip it or stop."""
+        what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {grad_norm}"
+        pointer = self.checkpoint_root / "LATEST"
+        kept = (f"the last good checkpoint ({pointer.read_text().strip()}) is kept" if pointer.is_file()
+                else "no checkpoint was saved yet")
+        if self.config.on_nan == "skip" and self.skipped_in_a_row + 1 < MAX_SKIPPED_IN_A_ROW:
+            self.skipped_in_a_row += 1
+            self.skipped_steps += 1
+            tqdm.write(f"step {self.step + 1}: {what}; batch skipped (on_nan=skip)")
+            self.step += 1  # the next batch: batches are a function of the step
+            return None, 0, {}
+        cause = ("the learning rate is probably too high" if lr >= 1e-2 or self.step > 0
+                 else "the data or the model settings produce it from the first batch")
+        repeated = (f" ({MAX_SKIPPED_IN_A_ROW} batches in a row)" if self.config.on_nan == "skip" else "")
+        raise DlforgeError(f"training stopped at step {self.step + 1}: {what}{repeated}, so {cause} (lr {lr:.3g}); "
+                           f"{kept}: lower the learning rate (--set lr=...) and start again, or --resume with "
+                           "--on-nan skip to skip bad batches")
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -253,48 +298,79 @@ class Trainer:
             self.last_metric = self.dist.mean(score / max(1.0, counted), self.device)
         return self.dist.mean(sum(losses) / max(1, len(losses)), self.device)
 
-    def fit(self, resume: bool = False) -> dict:
-        """Train until max_steps, the time budget, or early stopping; return the final metrics."""
+    # ---------------------------------------------------------------- schedule
+    def schedule_progress(self) -> float:
+        """How far through its schedule the run is, in [0, 1]: the larger of the share of max_steps done and the
+        share of the time budget used (95 % of max_minutes: the rest is left for the final evaluation).
+
+        The learning rate, warmup included, is a function of this progress, so a time-budgeted run always warms
+        up and always finishes its decay, however fast or loaded the machine is. When `--resume` changes the
+        length, the part of the schedule not yet run is stretched (or squeezed) over the new remaining length
+        from an anchor (step, elapsed, progress) taken at the resume: the learning rate goes on from where it
+        was and still ends at min_lr.
+        """
         c = self.config
+        anchor_step, anchor_elapsed, anchor_progress = self.schedule_anchor
+        shares = [(self.step - anchor_step) / max(1, c.max_steps - anchor_step)]
+        if c.max_minutes:
+            budget = 0.95 * 60 * c.max_minutes
+            shares.append((self.elapsed - anchor_elapsed) / max(1e-9, budget - anchor_elapsed))
+        return min(1.0, anchor_progress + (1.0 - anchor_progress) * max(0.0, max(shares)))
+
+    def _schedule_step(self) -> float:
+        """The schedule position as a (fractional) step of the run as first planned (schedule_steps = its
+        max_steps): what `learning_rate` and `adam_beta1` take. A time budget keeps the planned warmup share
+        (warmup_steps / max_steps), and a new length on resume keeps the curve's shape."""
+        return round(self.schedule_progress() * self.schedule_steps, 9)  # 9 places: no 49.999999 for 50
+
+    def _out_of_time(self) -> bool:
+        c = self.config
+        return bool(c.max_minutes) and self.elapsed >= 0.95 * 60 * c.max_minutes
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train until max_steps, the time budget, or early stopping; return the final metrics.
+
+        Evaluation (and a checkpoint) comes every eval_interval steps and at least at a third, two thirds and
+        the end of the schedule. A non-finite loss or gradient norm stops the run (or skips the batch, with
+        on_nan=skip) before the optimizer applies it; the last good checkpoint stays LATEST and best.
+        """
+        c = self.config
+        if self.dist.is_main:
+            claim_folder(self.run_dir)  # one process per run folder; released when this process ends
+            remove_stale_temporaries(self.checkpoint_root, locked=True)
         if resume:
             self.load_checkpoint()
-        elif self.dist.is_main and (self.run_dir / "checkpoints").exists():
+        elif self.dist.is_main and (self.checkpoint_root / "LATEST").exists():
             raise DlforgeError(f"{self.run_dir} already holds a training run: pass --resume to continue it, "
                                "or choose another --out folder")
         self.model.train()
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, unit="step",
-                   dynamic_ncols=True)
-        timed_steps, window_loss, window_items, window_start = 0, [], 0, time.perf_counter()
+        bar = tqdm(total=c.max_steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
+        window_loss, window_items, window_start = [], 0, time.perf_counter()
         window_logs = {name: [] for name in self.log_names}
-        refine_at = None  # the step at which the time-budget estimate is refined
         start = time.perf_counter() - self.elapsed
+        # an evaluation at each third of the schedule unless one already came since the previous third
+        part, evaluated_in_part = int(self.schedule_progress() * EVAL_MARKS), resume
         val_loss = None
-        while self.step < self.total_steps:
+        exhausted = self.dist.any(self._out_of_time(), self.device)  # a resumed run whose budget is used up
+        while self.step < c.max_steps and not exhausted:
             loss, items, logs = self._train_step()
+            self.elapsed = time.perf_counter() - start
+            if loss is None:  # a skipped non-finite batch (on_nan=skip)
+                bar.update(1)
+                continue
             window_loss.append(loss)
             for name, value in logs.items():
                 window_logs[name].append(value)
             window_items += items
-            self.elapsed = time.perf_counter() - start
-            timed_steps += 1
-            if c.max_minutes and not resume:
-                if timed_steps == 5:  # the first steps are slower (allocation, warm caches): time later ones
-                    budget_mark = (self.elapsed, self.step)
-                elif timed_steps == 25:
-                    self._fit_schedule_to_budget(bar, *budget_mark)
-                    # 20 steps under-represent variable-length batches and kernels built for new shapes (a
-                    # 30-minute SST-2 run stopped after 20): refine from the next tenth of the steps, and again
-                    refine_at = self.step + max(1, (self.total_steps - self.step) // 10)
-                    budget_mark = (self.elapsed, self.step)
-                elif self.step == refine_at:
-                    self._fit_schedule_to_budget(bar, *budget_mark)
-                    budget_mark = (self.elapsed, self.step)
-                    # keep following the pace (other jobs on the machine come and go) until the last third,
-                    # where a new length would bend the learning-rate decay too late
-                    refine_at = (self.step + max(1, (self.total_steps - self.step) // 4)
-                                 if self.step < 2 * self.total_steps // 3 else None)
-            out_of_time = self.dist.any(bool(c.max_minutes) and self.elapsed > 60 * c.max_minutes, self.device)
-            evaluate_now = self.step % c.eval_interval == 0 or self.step == self.total_steps or out_of_time
+            progress = self.schedule_progress()
+            out_of_time = self.dist.any(self._out_of_time(), self.device)
+            finished = self.step >= c.max_steps or out_of_time
+            crossed = int(progress * EVAL_MARKS) > part
+            evaluate_now = self.step % c.eval_interval == 0 or finished or (crossed and not evaluated_in_part)
+            if crossed:
+                part, evaluated_in_part = int(progress * EVAL_MARKS), False
+            else:
+                evaluated_in_part = evaluated_in_part or evaluate_now
             if self.step % c.log_interval == 0 or evaluate_now:
                 rate = window_items / max(1e-9, time.perf_counter() - window_start)
                 mean_loss = sum(window_loss) / len(window_loss)
@@ -305,6 +381,8 @@ class Trainer:
                                  self.throughput_unit: f"{rate:,.0f}"})
                 window_loss, window_items, window_start = [], 0, time.perf_counter()
                 window_logs = {name: [] for name in self.log_names}
+                if c.max_minutes and progress > 0:  # the step count the budget will allow, at this pace
+                    bar.total = min(c.max_steps, max(self.step, round(self.step / progress)))
             bar.update(1)
             if out_of_time:
                 self.stop_reason = f"time budget of {c.max_minutes} min reached"
@@ -313,31 +391,23 @@ class Trainer:
                 if self.stop_reason:
                     break
         bar.close()
-        self.stop_reason = self.stop_reason or f"reached max_steps={self.total_steps}"
+        self.total_steps = self.step
+        if not self.stop_reason:
+            self.stop_reason = (f"time budget of {c.max_minutes} min reached" if self._out_of_time()
+                                else f"reached max_steps={c.max_steps}")
         return {"step": self.step, "val_loss": val_loss, "best_val_loss": self.best_val,
-                "elapsed_s": self.elapsed, "stop_reason": self.stop_reason}
-
-    def _fit_schedule_to_budget(self, bar, mark_elapsed: float, mark_step: int) -> None:
-        """Set the schedule length so the run ends within max_minutes, from the time of recent steps.
-
-        5 % of the remaining time is left for evaluations and checkpoints.
-        """
-        seconds_per_step = (self.elapsed - mark_elapsed) / (self.step - mark_step)
-        remaining = 60 * self.config.max_minutes - self.elapsed
-        budget_steps = self.step + int(0.95 * remaining / seconds_per_step)
-        self.total_steps = self.dist_min(max(self.step + 1, min(self.config.max_steps, budget_steps)))
-        bar.total = self.total_steps
-        bar.refresh()
-
-    def dist_min(self, value: int) -> int:
-        if not self.dist.enabled:
-            return value
-        t = torch.tensor([value], device=self.device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
-        return int(t.item())
+                "elapsed_s": self.elapsed, "stop_reason": self.stop_reason, "skipped_steps": self.skipped_steps}
 
     def _evaluate_and_save(self) -> float:
         val_loss = self.evaluate()
+        if not math.isfinite(val_loss) or not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            # weights that went non-finite are never saved: LATEST and best keep pointing at good ones
+            pointer = self.checkpoint_root / "LATEST"
+            kept = (f"the last good checkpoint ({pointer.read_text().strip()}) is kept" if pointer.is_file()
+                    else "no checkpoint was saved")
+            raise DlforgeError(f"training stopped at step {self.step}: the validation loss is {val_loss} (the "
+                               f"weights diverged; the learning rate is probably too high, lr {self.current_lr:.3g})"
+                               f"; {kept}: lower the learning rate (--set lr=...) and start again")
         score = -val_loss if self.eval_metric is None else self.last_metric
         improved = score > self.best_score or self.latest_is_best
         self.best_val = min(self.best_val, val_loss)
@@ -366,7 +436,9 @@ class Trainer:
 
     def _trainer_state(self) -> dict:
         return {
-            "step": self.step, "total_steps": self.total_steps, "best_val": self.best_val,
+            "step": self.step, "best_val": self.best_val, "schedule_anchor": list(self.schedule_anchor),
+            "schedule_steps": self.schedule_steps,
+            "skipped_steps": self.skipped_steps,
             "best_score": self.best_score,
             "evals_without_improvement": self.evals_without_improvement, "elapsed": self.elapsed,
             "optimizer": self.optimizer.state_dict(),
@@ -382,36 +454,54 @@ class Trainer:
 
     def save_checkpoint(self, best: bool = False) -> None:
         if self.dist.is_main:
-            self.log.write()  # before LATEST moves: a resume drops rows past its checkpoint, never misses any
-            name = f"step-{self.step:07d}"
-            with atomic_directory(self.checkpoint_root / name) as tmp:
-                write_model_files(self.model, tmp, self.tokenizer)
-                torch.save(self._trainer_state(), tmp / "trainer_state.pt")
-            atomic_write_text(self.checkpoint_root / "LATEST", name + "\n")
-            if best:
-                with atomic_directory(self.checkpoint_root / "best") as tmp:
-                    if self.ema is not None:  # the best model is the averaged one that was evaluated
-                        self.ema.swap(self.model)
-                    try:
-                        write_model_files(self.model, tmp, self.tokenizer)
-                    finally:
-                        if self.ema is not None:
-                            self.ema.swap(self.model)
-            self._prune_checkpoints()
+            try:
+                self._write_checkpoint(best)
+            except (OSError, RuntimeError) as e:  # disk full, read-only folder; torch.save wraps them in RuntimeError
+                reason = (e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+                          if str(e).strip() else type(e).__name__)
+                pointer = self.checkpoint_root / "LATEST"
+                kept = (f"the last good checkpoint ({pointer.read_text().strip()}) is intact" if pointer.is_file()
+                        else "no checkpoint was saved yet")
+                raise DlforgeError(f"cannot write the checkpoint of step {self.step} in {self.checkpoint_root} "
+                                   f"({reason}); {kept}: free disk space or fix the folder's permissions, then "
+                                   "continue with --resume") from e
         self.dist.barrier()
 
-    def _prune_checkpoints(self) -> None:
-        steps = sorted(p for p in self.checkpoint_root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
-        for old in steps[: max(0, len(steps) - max(1, self.config.keep_last))]:
-            shutil.rmtree(old, ignore_errors=True)
+    def _write_checkpoint(self, best: bool) -> None:
+        self.log.write()  # before LATEST moves: a resume drops rows past its checkpoint, never misses any
+        name = f"step-{self.step:07d}"
+        with atomic_directory(self.checkpoint_root / name) as tmp:
+            write_model_files(self.model, tmp, self.tokenizer)
+            torch.save(self._trainer_state(), tmp / "trainer_state.pt")
+        atomic_write_text(self.checkpoint_root / "LATEST", name + "\n")
+        if best:
+            with atomic_directory(self.checkpoint_root / "best") as tmp:
+                if self.ema is not None:  # the best model is the averaged one that was evaluated
+                    self.ema.swap(self.model)
+                try:
+                    write_model_files(self.model, tmp, self.tokenizer)
+                finally:
+                    if self.ema is not None:
+                        self.ema.swap(self.model)
+        self._prune_checkpoints(keep=name)
+
+    def _prune_checkpoints(self, keep: str) -> None:
+        """Delete step checkpoints beyond keep_last (never `keep`, the one LATEST names); each is renamed away
+        before it is deleted, so a kill midway never leaves a half-deleted step-N folder."""
+        steps = sorted(p for p in self.checkpoint_root.glob("step-*") if p.is_dir() and p.name != keep)
+        for old in steps[: max(0, len(steps) + 1 - max(1, self.config.keep_last))]:
+            remove_tree(old)
 
     def latest_checkpoint(self) -> Path:
         pointer = self.checkpoint_root / "LATEST"
         if not pointer.is_file():
-            raise DlforgeError(f"nothing to resume in {self.run_dir}: no checkpoint was saved there yet")
-        path = self.checkpoint_root / pointer.read_text().strip()
-        if not (path / "trainer_state.pt").is_file():
-            raise DlforgeError(f"checkpoint {path} is incomplete: delete {pointer} to restart the run")
+            raise DlforgeError(f"nothing to resume in {self.run_dir}: no checkpoint was saved there yet (start it "
+                               "again without --resume)")
+        name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+        path = resolve_inside(self.checkpoint_root, name, "the checkpoint named by LATEST")
+        if not re.fullmatch(r"step-\d+", name) or not (path / "trainer_state.pt").is_file():
+            raise DlforgeError(f"checkpoint {name!r} named by {pointer} is missing or incomplete: write the name of "
+                               "an intact step-N folder into LATEST, or start the run again in a new folder")
         return path
 
     def load_checkpoint(self) -> None:
@@ -435,8 +525,19 @@ class Trainer:
         torch.set_rng_state(state["rng_cpu"])
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
-        self.step, self.total_steps = state["step"], state["total_steps"]
-        self.best_val, self.elapsed = state["best_val"], state["elapsed"]
+        self.step, self.best_val, self.elapsed = state["step"], state["best_val"], state["elapsed"]
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.schedule_anchor = tuple(state.get("schedule_anchor", (0, 0.0, 0.0)))
+        saved = state.get("train_config", {})
+        self.schedule_steps = state.get("schedule_steps", saved.get("max_steps", self.config.max_steps))
+        if (saved.get("max_steps"), saved.get("max_minutes")) != (self.config.max_steps, self.config.max_minutes):
+            # a new length (--resume --max-steps/--minutes): the schedule's remaining part is stretched over it
+            length = self.config
+            self.config = type(self.config)(**{**asdict(self.config), "max_steps": saved["max_steps"],
+                                               "max_minutes": saved["max_minutes"]})
+            progress = self.schedule_progress()
+            self.config = length
+            self.schedule_anchor = (self.step, self.elapsed, progress)
         self.best_score = state.get("best_score", -state["best_val"])  # checkpoints from before eval metrics
         self.evals_without_improvement = state["evals_without_improvement"]
         self.log.load(self.step)

@@ -181,7 +181,7 @@ class DomainAdversarial(TaskModelWrapper):
 
 @functools.cache
 def domain_trainer_class() -> type:
-    """The Trainer, extended for DomainAdversarial: p = step / total_steps is set before every optimizer step (the
+    """The Trainer, extended for DomainAdversarial: p = the schedule's progress is set before every optimizer step (the
     domain classifier's weights travel in trainer_state.pt as every training wrapper's own modules do).
     Built on first use: dlforge.training imports dlforge.transfer, so this module imports the Trainer lazily."""
     from ..training.trainer import Trainer
@@ -189,7 +189,7 @@ def domain_trainer_class() -> type:
     class DomainTrainer(Trainer):
         def _train_step(self):
             if isinstance(self.model, DomainAdversarial):
-                self.model.set_progress(self.step, self.total_steps)
+                self.model.progress = self.schedule_progress()  # follows a time budget too
             return super()._train_step()
 
     return DomainTrainer
