@@ -243,3 +243,78 @@ def test_cli_process_reads_the_environment_at_start(hub_env, dlforge_cmd, subpro
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
     assert "HF_HUB_OFFLINE is set" in missing.stderr and "Traceback" not in missing.stderr
     assert os.path.isdir(tmp_path / "proc-cache" / "models--org--tiny-bert")
+
+
+# ------------------------------------------------------------------------- nothing leaves the cache
+
+
+def test_revisions_that_could_leave_the_cache_are_refused():
+    assert parse_hub_id("org/name@refs/pr/1") == ("org/name", "refs/pr/1")
+    assert parse_hub_id("org/name@v1.0") == ("org/name", "v1.0")
+    for model_id in ("org/name@../../../x", "org/name@main/../../x", "org/name@/etc/x", "org/name@a//b",
+                     "org/name@main/", "org/name@..", "org/name@./main", "name@v1..2"):
+        with pytest.raises(DlforgeError, match="is not a branch, tag or commit name") as info:
+            parse_hub_id(model_id)
+        assert "\n" not in str(info.value), model_id
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch) -> Path:
+    """Offline mode and an HF cache with an empty entry for org/tiny-bert: snapshot_download reads its refs/
+    and snapshots/ only."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for folder in ("refs", "snapshots"):
+        (tmp_path / "hf-cache" / "models--org--tiny-bert" / folder).mkdir(parents=True)
+    return tmp_path / "hf-cache"
+
+
+def test_a_revision_cannot_steer_the_cache_to_a_model_outside(offline_cache, tiny_bert, tmp_path):
+    # refs/../../../ptr is tmp_path/ptr, and the commit id it holds leads from snapshots/ to tiny-bert
+    (tmp_path / "ptr").write_text("../../../tiny-bert")
+    with pytest.raises(DlforgeError, match="is not a branch, tag or commit name") as info:
+        load_pretrained("org/tiny-bert@../../../ptr")
+    assert "\n" not in str(info.value)
+
+
+def test_a_refs_file_cannot_lead_out_of_the_cache(offline_cache, tiny_bert, tmp_path):
+    # snapshots/../../../tiny-bert: the model beside the cache
+    (offline_cache / "models--org--tiny-bert" / "refs" / "main").write_text("../../../tiny-bert")
+    with pytest.raises(DlforgeError, match="the snapshot folder of org/tiny-bert .* points outside") as info:
+        load_pretrained("org/tiny-bert")
+    assert "\n" not in str(info.value)
+
+
+def _sharded_copy(model: Path, folder: Path) -> Path:
+    """`model` (config, tokenizer, model.safetensors) with its weights split into two shards and an index."""
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(model / name, folder)
+    state = load_file(model / "model.safetensors")
+    names = sorted(state)
+    weight_map = {}
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
+        shard = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({k: state[k] for k in part}, str(folder / shard))
+        weight_map.update(dict.fromkeys(part, shard))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    return folder
+
+
+def test_sharded_snapshot_loads_but_its_index_cannot_leave_the_cache(hub_env, tiny_bert, tmp_path):
+    hub_env.repos["org/sharded"] = _sharded_copy(tiny_bert, tmp_path / "sharded")
+    local_model, local_tok = load_pretrained(tiny_bert)
+    model, tokenizer = load_pretrained("org/sharded")  # the snapshot's shards are links into the cache's blobs
+    torch.testing.assert_close(logits(model, tokenizer), logits(local_model, local_tok), rtol=0, atol=0)
+    snapshot = tmp_path / "hf-cache" / "models--org--sharded" / "snapshots" / SHA
+    assert (snapshot / "model-00001-of-00002.safetensors").is_symlink()
+
+    evil = _sharded_copy(tiny_bert, tmp_path / "evil")  # every tensor from a file beside the cache
+    index = json.loads((evil / "model.safetensors.index.json").read_text())
+    index["weight_map"] = dict.fromkeys(index["weight_map"], "../../../../tiny-bert/model.safetensors")
+    (evil / "model.safetensors.index.json").write_text(json.dumps(index))
+    hub_env.repos["org/evil"] = evil
+    with pytest.raises(DlforgeError, match="shard file listed in model.safetensors.index.json .* points outside"):
+        load_pretrained("org/evil")

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from ..errors import DlforgeError
+from ..paths import resolve_inside
 from .weights import find_weight_file
 
 CONFIG_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
@@ -32,11 +33,21 @@ _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
 def parse_hub_id(text: str) -> tuple[str, str | None] | None:
-    """("org/name", revision or None) when `text` reads like a hub model id, else None."""
+    """("org/name", revision or None) when `text` reads like a hub model id, else None.
+
+    A revision becomes a path in the cache (`refs/<revision>`), so one that could climb out of it (`..`, a
+    leading `/`, empty or dot-led parts, none of which a git branch or tag may have) is a DlforgeError.
+    """
     match = _HUB_ID.fullmatch(text)
     if not match or "--" in match["repo"] or ".." in match["repo"] or len(match["repo"]) > 96:
         return None
-    return match["repo"], match["revision"]
+    revision = match["revision"]
+    if revision is not None and (".." in revision or any(not part or part.startswith(".")
+                                                         for part in revision.split("/"))):
+        raise DlforgeError(f"{text!r} asks for revision {revision!r}, which is not a branch, tag or commit name "
+                           "(those have no '..', no leading '/' and no empty or dot-led parts): give one such as "
+                           "main, v1.0 or a commit id")
+    return match["repo"], revision
 
 
 def _offline(constants) -> bool:
@@ -69,9 +80,13 @@ def hub_snapshot(model_id: str) -> Path:
     offline, cache = _offline(constants), _cache_dir(constants)
 
     def fetch(patterns: list[str]) -> Path:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=CONFIG_FILES + patterns,
-                                      cache_dir=cache, local_files_only=offline,
-                                      endpoint=os.environ.get("HF_ENDPOINT") or None))
+        folder = snapshot_download(repo_id, revision=revision, allow_patterns=CONFIG_FILES + patterns,
+                                   cache_dir=cache, local_files_only=offline,
+                                   endpoint=os.environ.get("HF_ENDPOINT") or None)
+        # the snapshot's name comes from a refs/ file or from the server's commit id: either could lead out of
+        # the cache, which is refused before anything in the folder is looked at
+        resolve_inside(cache, os.path.relpath(folder, cache), f"the snapshot folder of {model_id}")
+        return Path(folder)
 
     try:
         folder = fetch(SAFETENSORS_FILES)
