@@ -3,6 +3,8 @@ one-line errors."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 
 import numpy as np
@@ -151,3 +153,43 @@ def test_autoencoder_tools(runs, digit_png, pattern_mnist, tmp_path, cli):
     assert code == 2 and "exactly twice" in err
     code, _, err = cli("latent-plot", runs / "diffusion", "--data", pattern_mnist, "--out", tmp_path / "x.png")
     assert code == 2 and "needs a ae or vae model" in err
+
+
+
+@pytest.fixture
+def crafted_run(runs, tmp_path):
+    """write_labels(content) -> a copy of the GAN run whose labels.json files hold `content`."""
+    run = tmp_path / "crafted-run"
+    shutil.copytree(runs / "gan", run)
+
+    def write_labels(content):
+        for labels in run.rglob("labels.json"):
+            labels.write_text(json.dumps(content))
+        return run
+
+    return write_labels
+
+
+def _files(root) -> set:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def test_class_names_from_labels_json_stay_inside_each_folder(crafted_run, tmp_path, cli):
+    deep = "/.." * (len(tmp_path.parts) + 4)  # up to / from inside --each, then down to tmp_path again
+    run = crafted_run(["/../../x", f"{deep}{tmp_path}/y", ".."])
+    before = _files(tmp_path)
+    code, _, err = cli("sample", run, "--n", 3, "--out", tmp_path / "grid.png", "--each", tmp_path / "each")
+    assert code == 0, err
+    written = sorted(p.name for p in (tmp_path / "each").iterdir())
+    assert len(written) == 3 and written[0] == "0000-x.png" and written[2] == "0002-_.png"
+    assert written[1].startswith("0001-") and written[1].endswith("_y.png") and "/" not in written[1]
+    # nothing else anywhere: the old code wrote tmp_path/x.png and tmp_path/y.png
+    assert _files(tmp_path) - before == {tmp_path / "grid.png", *((tmp_path / "each" / name) for name in written)}
+
+
+def test_labels_json_that_is_not_a_list_of_names(crafted_run, tmp_path, cli):
+    for content in ({"0": "zero"}, [1, 2, 3]):
+        code, _, err = cli("sample", crafted_run(content), "--n", 2, "--out", tmp_path / "grid.png",
+                           "--each", tmp_path / "each")
+        assert code == 2 and "labels.json must hold a list of class names" in err
+        assert len(err.strip().splitlines()) == 1

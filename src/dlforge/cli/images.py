@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DlforgeError
+from ..paths import safe_filename
 from .main import _positive_float, _positive_int, _print_result, add_run_flags, run_budget
 
 FAMILY_HELP = {
@@ -90,7 +91,8 @@ def cmd_sample(args) -> int:
 
 
 def _label_name(index: int, class_names: list[str] | None) -> str:
-    return class_names[index] if class_names else str(index)
+    """A class as part of a file name: its name in the run's labels.json is data, and may hold `/` or `..`."""
+    return safe_filename(class_names[index] if class_names and index < len(class_names) else str(index))
 
 
 # ---------------------------------------------------------------- img2img / inpaint / outpaint / strip

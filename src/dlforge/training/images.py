@@ -174,8 +174,19 @@ class ClassNames:
 
 
 def read_class_names(model_dir: str | Path) -> list[str] | None:
+    """The names in a run's labels.json (None without one). They are data from the run folder: whoever makes
+    a file name of one passes it through `dlforge.paths.safe_filename`."""
     path = Path(model_dir) / LABELS_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DlforgeError(f"{path} is not valid JSON ({e}): the run is damaged; restore it or train again") from e
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise DlforgeError(f"{path} must hold a list of class names (strings): the run is damaged or was edited; "
+                           "restore it or train again")
+    return names
 
 
 def load_run_data(run: dict) -> ImageSet:
