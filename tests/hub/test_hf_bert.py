@@ -346,3 +346,87 @@ def test_save_hf_bert_round_trips_through_transformers(family, head, tmp_path):
     assert torch.equal(a[key], b[key])
     if head == "ForQuestionAnswering":
         assert torch.equal(a["end_logits"], b["end_logits"])
+
+
+def test_mean_pooled_classifier_is_refused_in_hugging_face_format(tmp_path):
+    """HF's *ForSequenceClassification reads [CLS]: a mean-pooled head saved there would predict otherwise."""
+    from dataclasses import replace
+
+    from dlforge.hub import save_hf_bert
+
+    model, _ = load_pretrained(save_hf(make_hf("bert", "ForSequenceClassification"), tmp_path / "src"))
+    model.config = replace(model.config, classifier_pooling="mean")
+    with pytest.raises(DlforgeError, match="reads mean-pooled vectors.*keep it in dlforge's format"):
+        save_hf_bert(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- sentence-transformers pooling
+
+
+def test_real_minilm_folder_declares_mean_pooling(minilm_dir):
+    from dlforge.hub.bert import sentence_transformers_pooling
+
+    modules = json.loads((Path(minilm_dir) / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Normalize"]
+    assert sentence_transformers_pooling(minilm_dir) == "mean"
+
+
+def st_folder(root: Path, pooling_config: dict | None, pooling_path: str = "1_Pooling") -> Path:
+    """A sentence-transformers modules.json with a Transformer and a Pooling module (its config.json
+    holding `pooling_config`; None: no config.json)."""
+    root.mkdir(parents=True, exist_ok=True)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": pooling_path, "type": "sentence_transformers.models.Pooling"}]
+    (root / "modules.json").write_text(json.dumps(modules))
+    if pooling_config is not None:
+        (root / "1_Pooling").mkdir(exist_ok=True)
+        (root / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config))
+    return root
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, "cls"),
+    ({"pooling_mode_max_tokens": True, "pooling_mode_mean_tokens": False}, "max"),
+    ({"pooling_mode_mean_sqrt_len_tokens": True}, "mean_sqrt_len"),
+    ({"word_embedding_dimension": 8}, "mean"),  # no mode set: sentence-transformers' default
+    ({"pooling_mode": "cls", "include_prompt": True}, "cls"),  # sentence-transformers >= 5
+    ({"pooling_mode": ["mean_sqrt_len_tokens"]}, "mean_sqrt_len"),
+])
+def test_sentence_transformers_pooling_modes(tmp_path, config, expected):
+    from dlforge.hub.bert import sentence_transformers_pooling
+
+    assert sentence_transformers_pooling(st_folder(tmp_path, config)) == expected
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": True},
+     "pools by pooling_mode_cls_token \\+ pooling_mode_mean_tokens"),
+    ({"pooling_mode_weightedmean_tokens": True}, "pools by pooling_mode_weightedmean_tokens"),
+    ({"pooling_mode": "lasttoken"}, "pools by lasttoken"),
+    (None, "has no config.json"),
+])
+def test_sentence_transformers_pooling_dlforge_cannot_read_is_refused(tmp_path, config, message):
+    from dlforge.hub.bert import sentence_transformers_pooling
+
+    with pytest.raises(DlforgeError, match=message) as info:
+        sentence_transformers_pooling(st_folder(tmp_path, config))
+    assert "--option pooling=" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_sentence_transformers_pooling_path_must_stay_in_the_folder(tmp_path):
+    from dlforge.hub.bert import sentence_transformers_pooling
+
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    with pytest.raises(DlforgeError, match="points outside that folder"):
+        sentence_transformers_pooling(st_folder(tmp_path / "model", None, pooling_path="../outside"))
+
+
+def test_folders_without_a_pooling_module_declare_none(tmp_path, bert_dir):
+    from dlforge.hub.bert import sentence_transformers_pooling
+
+    assert sentence_transformers_pooling(bert_dir) is None  # a plain Hugging Face folder
+    (bert_dir / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "",
+                                                       "type": "sentence_transformers.models.Transformer"}]))
+    assert sentence_transformers_pooling(bert_dir) is None

@@ -270,6 +270,55 @@ def test_mean_pooling_ignores_padding(variant):
         torch.testing.assert_close(pooled[2], hidden[2, :4].mean(0))
 
 
+def test_max_and_mean_sqrt_len_pooling_over_real_tokens_only():
+    """As sentence-transformers' Pooling: max per channel over real tokens; sum / sqrt(real tokens)."""
+    model = tiny_bert()
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        hidden = model.encode(ids, mask)  # (3, 10, 32)
+        largest = model.embed(ids, mask, pooling="max", normalize=False)
+        sqrt_len = model.embed(ids, mask, pooling="mean_sqrt_len", normalize=False)
+        for row, n in ((0, 10), (1, 7), (2, 4)):
+            torch.testing.assert_close(largest[row], hidden[row, :n].amax(0))
+            torch.testing.assert_close(sqrt_len[row], hidden[row, :n].sum(0) / n ** 0.5)
+            for pooling in ("max", "mean_sqrt_len"):  # the padding of a batch changes nothing
+                alone = model.embed(ids[row:row + 1, :n], mask[row:row + 1, :n], pooling=pooling)
+                batched = model.embed(ids[row:row + 1], mask[row:row + 1], pooling=pooling)
+                torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "max", "mean_sqrt_len"])
+def test_classifier_head_reads_the_configured_pooling(pooling, tmp_path):
+    model = tiny_bert("sequence-classification", classifier_pooling=pooling)
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        logits = model(ids, mask).logits  # (3, 3)
+        expected = model.head(model.embed(ids, mask, pooling=pooling, normalize=False))
+        other = "mean" if pooling == "cls" else "cls"
+        elsewhere = model.head(model.embed(ids, mask, pooling=other, normalize=False))
+        torch.testing.assert_close(logits, expected)
+        assert (logits - elsewhere).abs().max() > 1e-3  # the setting decides what the head reads
+        loaded, _ = load_pretrained(save_pretrained(model, tmp_path / "m"))  # kept in config.json
+        assert loaded.config.classifier_pooling == pooling
+        torch.testing.assert_close(loaded(ids, mask).logits, logits)
+
+
+def test_config_without_classifier_pooling_reads_cls(tmp_path):
+    """config.json files written before the setting existed load as the [CLS] classifiers they were."""
+    import json
+
+    model = tiny_bert("sequence-classification")
+    directory = save_pretrained(model, tmp_path / "m")
+    raw = json.loads((directory / "config.json").read_text())
+    del raw["config"]["classifier_pooling"]
+    (directory / "config.json").write_text(json.dumps(raw))
+    loaded, _ = load_pretrained(directory)
+    ids, mask = padded_batch()
+    assert loaded.config.classifier_pooling == "cls"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, mask).logits, model.head(model.encode(ids, mask)[:, 0]))
+
+
 def test_invalid_task_problem_type_and_pooling():
     with pytest.raises(DlforgeError, match="task must be one of"):
         BertConfig(task="translation")
@@ -284,8 +333,10 @@ def test_invalid_task_problem_type_and_pooling():
     assert set(PROBLEM_TYPES) == {"single_label", "multi_label", "regression"}
     model = tiny_bert(perturb=False)
     ids, mask = padded_batch()
-    with pytest.raises(DlforgeError, match="pooling must be 'mean' or 'cls'"):
-        model.embed(ids, mask, pooling="max")
+    with pytest.raises(DlforgeError, match="pooling must be one of cls, mean, max, mean_sqrt_len, got 'first'"):
+        model.embed(ids, mask, pooling="first")
+    with pytest.raises(DlforgeError, match="pooling must be one of cls, mean, max, mean_sqrt_len"):
+        BertConfig(classifier_pooling="attention")
 
 
 # ----------------------------------------------------------------------------- training

@@ -5,10 +5,14 @@ classification head differ. Separate query/key/value matrices are concatenated i
 `c_attn` projection. The task head is chosen from `architectures` in config.json
 (`*ForMaskedLM`, `*ForSequenceClassification`, `*ForTokenClassification`,
 `*ForQuestionAnswering`, or the bare `*Model`).
+
+`sentence_transformers_pooling(folder)` reads how a sentence-transformers folder pools its token states
+(modules.json → the Pooling module's config.json), which the bare BERT weights themselves do not say.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +21,7 @@ import torch
 
 from ..errors import DlforgeError
 from ..models.bert import Bert, BertConfig
+from ..paths import resolve_inside
 from .weights import fuse_qkv, load_into, load_state_dict
 
 FAMILIES = ("bert", "roberta", "distilbert")
@@ -62,6 +67,13 @@ LAYER_RULES = {
     ],
 }
 LAYER_RULES["roberta"] = LAYER_RULES["bert"]
+# sentence-transformers' Pooling modes (the older boolean keys and the newer `pooling_mode` names) -> dlforge's
+# POOLINGS; None: a mode dlforge's classifier does not implement
+ST_POOLING_MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
+                    "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+                    "pooling_mode_weightedmean_tokens": None, "pooling_mode_lasttoken": None}
+ST_POOLING_NAMES = {"cls": "cls", "mean": "mean", "max": "max", "mean_sqrt_len_tokens": "mean_sqrt_len",
+                    "weightedmean": None, "lasttoken": None}
 SKIPPED = re.compile(r"(position_ids|decoder\.weight|decoder\.bias|vocab_projector\.weight)$")
 
 
@@ -92,6 +104,44 @@ def config_from_hf(hf: dict) -> BertConfig:
                       dropout=hf.get("hidden_dropout_prob", 0.1), pooler=family == "bert",
                       mlm_activation="gelu" if family == "roberta" else None,  # RobertaLMHead: always erf GELU
                       classifier_activation="tanh", **common)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DlforgeError(f"{path} is not valid JSON ({e}): the model folder is damaged") from e
+
+
+def sentence_transformers_pooling(directory: str | Path) -> str | None:
+    """The pooling (one of `models.bert.POOLINGS`) a sentence-transformers folder declares, or None when the
+    folder has no modules.json or no Pooling module in it (a plain Hugging Face or dlforge folder)."""
+    directory = Path(directory)
+    if not (directory / "modules.json").is_file():
+        return None
+    modules = _read_json(directory / "modules.json")
+    poolers = [m for m in modules if isinstance(m, dict) and str(m.get("type", "")).rsplit(".", 1)[-1] == "Pooling"]
+    if not poolers:
+        return None
+    if len(poolers) > 1:
+        raise DlforgeError(f"{directory / 'modules.json'} lists {len(poolers)} Pooling modules: give the pooling "
+                           "explicitly (e.g. --option pooling=mean)")
+    folder = resolve_inside(directory, poolers[0].get("path", ""), "the Pooling module's path")
+    if not (folder / "config.json").is_file():
+        raise DlforgeError(f"{folder} has no config.json: the sentence-transformers folder is incomplete; "
+                           "give the pooling explicitly (e.g. --option pooling=mean)")
+    config = _read_json(folder / "config.json")
+    if "pooling_mode" in config:  # sentence-transformers >= 5: one name or a list of names
+        named = config["pooling_mode"]
+        names = [str(n) for n in named] if isinstance(named, list) else [str(named)]
+        modes = [(name, ST_POOLING_NAMES.get(name)) for name in names]
+    else:  # older folders: one boolean per mode; with none set, sentence-transformers means the mean
+        modes = [(key, ours) for key, ours in ST_POOLING_MODES.items() if config.get(key)] or [("mean", "mean")]
+    if len(modes) != 1 or modes[0][1] is None:
+        raise DlforgeError(f"{folder / 'config.json'} pools by {' + '.join(name for name, _ in modes)}, which "
+                           "dlforge's classifier does not read: give one of cls, mean, max, mean_sqrt_len "
+                           "explicitly (e.g. --option pooling=mean)")
+    return modes[0][1]
 
 
 def _problem_type(hf: dict, labels) -> str:
@@ -223,6 +273,9 @@ def config_to_hf(c: BertConfig) -> dict:
     family = family_of(c)
     if c.positional != "learned":
         raise DlforgeError("only encoders with learned positions can be saved in the Hugging Face format")
+    if c.task == "sequence-classification" and c.classifier_pooling != "cls":
+        raise DlforgeError(f"this classifier reads {c.classifier_pooling}-pooled vectors, but Hugging Face's "
+                           "*ForSequenceClassification reads [CLS]: keep it in dlforge's format (save_pretrained)")
     hf = {"model_type": family, "architectures": [CLASS_PREFIX[family] + ARCHITECTURES[c.task]],
           "vocab_size": c.vocab_size, "max_position_embeddings": c.max_position + c.position_offset,
           "pad_token_id": c.pad_token_id}

@@ -9,11 +9,13 @@ token type; DistilBERT has no token types and may use sinusoidal positions.
 
 Heads, chosen by `task`:
 - `masked-lm`: dense → act → LN → tied decoder + bias (the pretraining objective);
-- `sequence-classification`: [CLS] → dense → tanh/ReLU → linear (single-label softmax CE,
-  multi-label sigmoid BCE, or regression MSE with num_labels=1);
+- `sequence-classification`: pooled vector → dense → tanh/ReLU → linear (single-label softmax CE,
+  multi-label sigmoid BCE, or regression MSE with num_labels=1); the vector is [CLS] as in BERT, or, with
+  `classifier_pooling`, the mean / max / mean·sqrt(T) over the real tokens, as a sentence-transformers model
+  pools (a head trained on such vectors by `dlforge finetune --method features` then reads them again);
 - `token-classification`: a linear layer per token (NER);
 - `question-answering`: start/end logits per token (extractive QA);
-- `none`: the encoder alone; `embed()` gives mean- or CLS-pooled sentence embeddings.
+- `none`: the encoder alone; `embed()` gives sentence embeddings pooled the same ways.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from .outputs import ModelOutput
 
 TASKS = ("none", "masked-lm", "sequence-classification", "token-classification", "question-answering")
 PROBLEM_TYPES = ("single_label", "multi_label", "regression")
+# how token states become one sentence vector: sentence-transformers' Pooling modes of the same names
+POOLINGS = ("cls", "mean", "max", "mean_sqrt_len")
 
 
 @dataclass
@@ -56,6 +60,7 @@ class BertConfig(ModelConfig):
     num_labels: int = 2
     problem_type: str = "single_label"
     labels: list[str] | None = None  # names for the label ids
+    classifier_pooling: str = "cls"  # what the sequence-classification head reads: one of POOLINGS
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -66,7 +71,27 @@ class BertConfig(ModelConfig):
             raise DlforgeError(f"hidden_size ({self.hidden_size}) must be divisible by n_head ({self.n_head})")
         if self.positional not in ("learned", "sinusoidal"):
             raise DlforgeError(f"positional must be 'learned' or 'sinusoidal', got {self.positional!r}")
+        check_pooling(self.classifier_pooling)
 
+
+def check_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise DlforgeError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    return pooling
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """One vector per sequence (B, C) from token states (B, T, C); padding (attention_mask 0) never counts."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    check_pooling(pooling)
+    if attention_mask is None:
+        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+    real = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    if pooling == "max":  # padding set to the dtype's lowest value so it never wins
+        return hidden.masked_fill(real == 0, torch.finfo(hidden.dtype).min).amax(1)
+    summed, count = (hidden * real).sum(1), real.sum(1).clamp(min=1)  # (B, C), (B, 1)
+    return summed / (count if pooling == "mean" else count.sqrt())
 
 
 def _activation(name: str):
@@ -99,7 +124,7 @@ class BertEmbeddings(nn.Module):
 
 
 class ClassificationHead(nn.Module):
-    """[CLS] → dense → tanh/ReLU → dropout → linear."""
+    """pooled vector ([CLS] or `classifier_pooling`) → dense → tanh/ReLU → dropout → linear."""
 
     def __init__(self, c: BertConfig, n_out: int):
         super().__init__()
@@ -108,8 +133,8 @@ class ClassificationHead(nn.Module):
         self.dropout = nn.Dropout(c.dropout)
         self.out_proj = Linear(c.hidden_size, n_out)
 
-    def forward(self, cls_hidden):
-        return self.out_proj(self.dropout(self.act(self.dense(cls_hidden))))
+    def forward(self, pooled):
+        return self.out_proj(self.dropout(self.act(self.dense(pooled))))
 
 
 class MaskedLMHead(nn.Module):
@@ -170,15 +195,9 @@ class Bert(nn.Module):
 
     def embed(self, input_ids, attention_mask=None, token_type_ids=None, pooling: str = "mean",
               normalize: bool = True) -> torch.Tensor:
-        """Sentence embeddings (B, hidden_size): mean over real tokens, or the [CLS] vector."""
-        hidden = self.encode(input_ids, attention_mask, token_type_ids)
-        if pooling == "cls":
-            pooled = hidden[:, 0]
-        elif pooling == "mean":
-            m = (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).unsqueeze(-1)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-        else:
-            raise DlforgeError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        """Sentence embeddings (B, hidden_size): the [CLS] vector, or the mean / max / mean·sqrt(T) over real
+        tokens (`pooling`, one of POOLINGS)."""
+        pooled = pool(self.encode(input_ids, attention_mask, token_type_ids), attention_mask, pooling)
         return F.normalize(pooled, dim=-1) if normalize else pooled
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
@@ -192,7 +211,7 @@ class Bert(nn.Module):
             loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
             return ModelOutput(loss=loss, logits=logits)
         if task == "sequence-classification":
-            logits = self.head(hidden[:, 0])  # (B, num_labels)
+            logits = self.head(pool(hidden, attention_mask, self.config.classifier_pooling))  # (B, num_labels)
             return ModelOutput(loss=None if labels is None else self._classification_loss(logits, labels),
                                logits=logits)
         logits = self.head(self.dropout(hidden))

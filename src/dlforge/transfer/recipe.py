@@ -15,9 +15,12 @@ Methods:
 - top-k: only the top `top_k_layers` encoder blocks and the head (`freeze_below`);
 - lora: adapters on every attention/MLP linear of the encoder (`apply_lora`) plus the head, which learns at
   its own `head_lr`; OUT/model holds the merged weights, OUT/adapters.safetensors the adapters and head alone;
-- features: the frozen encoder's [CLS] vectors are computed once (`extract_features`, cached in OUT/features)
-  and only the classification head (dense → tanh → linear) trains on them. Exported, that head on the same
-  [CLS] vector is exactly the model's forward, so OUT/model predicts what was trained;
+- features: the frozen encoder's pooled vectors are computed once (`extract_features`, cached in OUT/features)
+  and only the classification head (dense → tanh → linear) trains on them. The task picks the pooling ([CLS];
+  mean for a sentence-transformers model that pools so; or the `pooling` option) and sets it as the model's
+  `classifier_pooling`, so exported, that head on the same vector is exactly the model's forward and OUT/model
+  predicts what was trained; report.json's settings name the pooling and the extraction dtype (fp32 unless
+  precision is bf16);
 - distill: a student of `student_layers` blocks, copied from `model`'s blocks spread over its depth
   (every other one for half the depth, as DistilBERT), learns from the `teacher`'s soft logits and the
   labels (`Distiller`). Give the teacher itself as `model` (the CLI's default) to start from its layers.
@@ -231,8 +234,10 @@ class Prepared:
     interval: int
 
 
-def prepare_finetune(model, task: str, train, eval, method: str, s: FinetuneSettings, out: Path) -> Prepared:
-    """Read the data, load the model with the task's head, set up the method: all of `finetune` but training."""
+def prepare_finetune(model, task: str, train, eval, method: str, s: FinetuneSettings, out: Path,
+                     progress: bool = True) -> Prepared:
+    """Read the data, load the model with the task's head, set up the method: all of `finetune` but training.
+    `progress`: show the feature extraction's progress (method features)."""
     from ..training.trainer import TrainConfig  # the training package imports transfer: import it late
 
     the_task = make_task(task, s.options)
@@ -295,9 +300,11 @@ def prepare_finetune(model, task: str, train, eval, method: str, s: FinetuneSett
         torch.manual_seed(s.seed)
         apply_lora(net, LORA_TARGETS, s.lora_r, s.lora_alpha, s.lora_dropout, trainable=HEAD)
     elif method == "features":
+        # the image task's `vectors` (a short extraction) takes no progress flag
+        shown = {"progress": progress} if "progress" in inspect.signature(the_task.vectors).parameters else {}
         vectors = torch.from_numpy(the_task.vectors(  # (N, hidden), cached in OUT/features
-            net, tokenizer, train_examples + eval_examples, max_length, out / "features",
-            torch.bfloat16 if s.precision == "bf16" else None))
+            net, tokenizer, train_examples + eval_examples, max_length, out / "features", features_dtype(s),
+            **shown))
         freeze_below(net, 0)  # the head alone
         n = len(train_features)
         train_features = [{"features": v, "labels": f["labels"]} for v, f in zip(vectors[:n], train_features)]
@@ -324,6 +331,14 @@ def prepare_finetune(model, task: str, train, eval, method: str, s: FinetuneSett
     return Prepared(s, task, method, the_task, train_path, eval_path, train_examples, eval_examples, labels, net,
                     tokenizer, trainable, trainable_parameters, train_features, eval_features, max_length, batches,
                     config, interval)
+
+
+def features_dtype(s: FinetuneSettings) -> torch.dtype | None:
+    """Method features: the autocast dtype of the (CPU) extraction; None: fp32. fp32 unless bf16 is asked for
+    (not under "auto"): fp32 vectors are the ones OUT/model computes when it predicts. With all-MiniLM-L6-v2 on
+    5,000 SST-2 sentences, bf16 extracted 2.2x faster (a CPU with AMX) but scored 0.8005 dev accuracy against
+    fp32's 0.8050 (max |difference| 0.013 on vector values of mean size 0.19)."""
+    return torch.bfloat16 if s.precision == "bf16" else None
 
 
 def finetune(model: str | Path | None = None, task: str | None = None, train: str | Path | None = None,
@@ -358,7 +373,7 @@ def finetune(model: str | Path | None = None, task: str | None = None, train: st
         s = FinetuneSettings.build(method, settings)
         if s.teacher is not None and Path(s.teacher).exists():  # run.json must find it from any folder
             s = replace(s, teacher=str(Path(s.teacher).resolve()))
-    prep = prepare_finetune(model, task, train, eval, method, s, out)
+    prep = prepare_finetune(model, task, train, eval, method, s, out, progress)
     the_task, train_path, eval_path, labels = prep.the_task, prep.train_path, prep.eval_path, prep.labels
     net, tokenizer, trainable, batches = prep.net, prep.tokenizer, prep.trainable, prep.batches
     config, interval, max_length = prep.config, prep.interval, prep.max_length
@@ -409,7 +424,9 @@ def finetune(model: str | Path | None = None, task: str | None = None, train: st
                            "parameters": sum(p.numel() for p in net.parameters()),
                            "trainable_parameters": trainable_parameters},
               "settings": {**asdict(s), "max_length": max_length, "max_steps": trainer.total_steps,
-                           "eval_interval": interval},
+                           "eval_interval": interval,
+                           **({"pooling": net.config.classifier_pooling, "features_dtype": str(features_dtype(s))}
+                              if method == "features" and hasattr(net.config, "classifier_pooling") else {})},
               "timing": {"setup_s": round(setup_s, 2), "train_s": round(train_s, 2), "eval_s": round(eval_s, 2),
                          "total_s": round(time.perf_counter() - start, 2)}}
     atomic_write_json(out / "report.json", report)
@@ -431,7 +448,7 @@ def find_learning_rate(model: str | Path, task: str, train: str | Path, out: str
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     s = FinetuneSettings.build(method, settings)
-    prep = prepare_finetune(model, task, train, None, method, s, out)
+    prep = prepare_finetune(model, task, train, None, method, s, out, progress)
     result = lr_find(prep.trainable, prep.batches, min_lr=min_lr, max_lr=max_lr, steps=steps,
                      weight_decay=s.weight_decay, betas=(0.9, 0.999), grad_clip=1.0, grad_accum=s.grad_accum,
                      precision=s.precision, device=s.device, progress=progress)

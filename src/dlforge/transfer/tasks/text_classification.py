@@ -7,18 +7,27 @@ they are kept as strings, ordered numerically when all are integers (0, 1, 2, ..
 alphabetically otherwise, and become the model's `config.labels`, so the text-classification
 pipeline answers with them.
 
+Pooling (task option `pooling`: cls | mean | max | mean_sqrt_len): the vector the classification head reads.
+Given, it is what the model's classifier pools with every method, and the exported OUT/model keeps it
+(`classifier_pooling` in its config). Not given, method features reads the frozen encoder the way its
+authors pooled it: a sentence-transformers folder's modules.json → Pooling config (all-MiniLM-L6-v2: mean),
+else the model's own `classifier_pooling` ([CLS] for BERT); the other methods train the encoder on [CLS].
+
 Evaluation: accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix
 (`dlforge.metrics.classification`), drawn at OUT/confusion_matrix.png.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ...data.records import read_records
 from ...errors import DlforgeError
+from ...models.bert import POOLINGS
 from ..features import extract_features
 from . import register
 from .base import FinetuneTask, accuracy_batch_score, check_labels_known, classification_report, label_ids, sort_labels
@@ -37,8 +46,24 @@ class TextClassificationTask(FinetuneTask):
         return accuracy_batch_score(output, batch)
 
     def __init__(self, text_column: str | None = None, label_column: str = "label",
-                 text_pair_column: str | None = None):
+                 text_pair_column: str | None = None, pooling: str | None = None):
+        if pooling is not None and pooling not in POOLINGS:
+            raise DlforgeError(f"--option pooling={pooling} is not a pooling: choose one of {', '.join(POOLINGS)}")
         self.text_column, self.label_column, self.text_pair_column = text_column, label_column, text_pair_column
+        self.pooling = pooling
+        self.folder_pooling: str | None = None  # what the loaded model's sentence-transformers config says
+
+    def load_model(self, path, labels: list[str] | None, seed: int):
+        """The encoder with a classification head that pools as the `pooling` option says (if given)."""
+        from ...hub.bert import sentence_transformers_pooling
+        from ...hub.checkpoint import resolve_model_dir
+
+        model, tokenizer = super().load_model(path, labels, seed)
+        if self.pooling is not None:
+            model.config = replace(model.config, classifier_pooling=self.pooling)
+        else:  # method features reads it (`vectors`); the other methods keep the model's own pooling
+            self.folder_pooling = sentence_transformers_pooling(resolve_model_dir(path))
+        return model, tokenizer
 
     # ---- reading
     def _column(self, path: Path, fields: list[str], wanted: str | None, option: str, defaults=()) -> str:
@@ -88,12 +113,23 @@ class TextClassificationTask(FinetuneTask):
         return sort_labels({e["label"] for e in examples})
 
     def vectors(self, model, tokenizer, examples: list[dict], max_length: int, cache_dir: Path,
-                dtype: torch.dtype | None):
-        """The frozen encoder's [CLS] vectors of single texts (Bert's classification head reads [CLS])."""
+                dtype: torch.dtype | None, progress: bool = True):
+        """The frozen encoder's pooled vectors (N, hidden) of single texts. The pooling is set as the model's
+        `classifier_pooling` too, so the exported classifier pools its inputs as the head was trained."""
         if any(e["pair"] is not None for e in examples):
             raise DlforgeError("method features embeds single texts; for text pairs use full, top-k or lora")
+        if self.pooling is not None:
+            pooling, source = self.pooling, "--option pooling"
+        elif self.folder_pooling is not None:
+            pooling, source = self.folder_pooling, "the model's sentence-transformers Pooling config"
+        else:
+            pooling, source = model.config.classifier_pooling, "the model's config"
+        model.config = replace(model.config, classifier_pooling=pooling)
+        if progress:
+            tqdm.write(f"features: {pooling} pooling (from {source})")
         return extract_features(model, tokenizer, [e["text"] for e in examples], max_length=max_length,
-                                pooling="cls", normalize=False, cache_dir=cache_dir, dtype=dtype)
+                                pooling=pooling, normalize=False, cache_dir=cache_dir, dtype=dtype,
+                                progress=progress)
 
     # ---- model inputs
     def encode(self, examples: list[dict], tokenizer, max_length: int) -> list[dict]:
