@@ -165,22 +165,41 @@ def remove_stale_temporaries(folder: str | os.PathLike, locked: bool = False) ->
     return removed
 
 
-LOCK_FILE = ".lock"
+@contextlib.contextmanager
+def undo_on_failure(folder: str | os.PathLike) -> Iterator[None]:
+    """Remove what the block added to `folder` (and the folder, if the block made it) when the block fails, so a
+    run whose setup fails (a corpus too short, a bad setting found late) leaves the folder as it was."""
+    folder = Path(folder)
+    before = {p.name for p in folder.iterdir()} if folder.is_dir() else None
+    try:
+        yield
+    except BaseException:
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                if before is None or entry.name not in before:
+                    remove_tree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink(missing_ok=True)
+            if before is None and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+
+
 _held_locks: dict[Path, int] = {}  # folder -> open descriptor of its lock file, for this process's life
 
 
-def claim_folder(folder: str | os.PathLike, what: str = "run") -> None:
-    """Take an exclusive lock on `folder` (created if missing) for the rest of this process's life.
+def claim_folder(folder: str | os.PathLike, what: str = "run") -> bool:
+    """Take an exclusive lock on an existing `folder` for the rest of this process's life; False when the folder
+    does not exist yet (nothing to lock: claim it again once it is made).
 
-    The lock is an OS file lock on FOLDER/.lock: the kernel releases it when the process exits or crashes, so
-    a killed run never leaves a folder locked. Claiming a folder this process already holds is a no-op; one
-    that another live process holds is a one-line error.
+    The lock is an OS lock (flock) on the folder itself, so nothing is written into it, and the kernel releases
+    it when the process exits or crashes: a killed run never leaves a folder locked. Claiming a folder this
+    process already holds is a no-op; one that another live process holds is a one-line error.
     """
     folder = Path(folder).resolve()
     if folder in _held_locks or fcntl is None:
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        return True
+    if not folder.is_dir():
+        return False
+    fd = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -188,6 +207,7 @@ def claim_folder(folder: str | os.PathLike, what: str = "run") -> None:
         raise DlforgeError(f"{folder} is in use by another dlforge process (a {what} is running there): wait for "
                            "it to finish or stop it, or choose another --out") from None
     _held_locks[folder] = fd
+    return True
 
 
 def release_folder(folder: str | os.PathLike) -> None:

@@ -43,9 +43,9 @@ def assert_argparse_error(code: int, err: str, *fragments: str) -> None:
     assert code == 2
     assert "Traceback" not in err
     lines = err.strip("\n").splitlines()
-    assert lines[0].startswith("usage: dlforge")
-    error_lines = [line for line in lines if "error:" in line]
-    assert len(error_lines) == 1 and error_lines[0] == lines[-1], err
+    # one line: the command, the error and where the usage is ("dlforge train gpt: error: ... (see ... --help)")
+    assert len(lines) == 1 and lines[0].startswith("dlforge") and "error:" in lines[0], err
+    assert lines[0].endswith("--help)")
     for fragment in fragments:
         assert fragment in lines[-1]
 

@@ -12,13 +12,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from test_trainer import VOCAB, config, periodic_batches, read_metrics, tiny_gpt
 
 from dlforge.data import TextBatches
 from dlforge.errors import DlforgeError
 from dlforge.models import GPT
 from dlforge.training import Trainer
-
-from test_trainer import VOCAB, config, periodic_batches, read_metrics, tiny_gpt
 
 
 class PoisonedBatches(TextBatches):
@@ -212,6 +211,7 @@ def test_debris_of_a_killed_save_and_prune_is_removed_at_the_next_start(tmp_path
 
 def test_two_processes_cannot_train_in_one_folder(tmp_path):
     run = tmp_path / "run"
+    run.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", f"from dlforge.io import claim_folder; "
                                f"claim_folder({str(run)!r}); print('held', flush=True); input()"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import DlforgeError
-from .main import _positive_float, _positive_int
+from .main import _number, _positive_float, _positive_int, _seed
 
 # CLI flag (argparse dest) -> finetune setting of the same name; unset flags keep the method's defaults
 SETUP_SETTINGS = ("batch_size", "max_length", "top_k_layers", "lora_r", "lora_alpha", "lora_dropout", "precision",
@@ -73,11 +73,12 @@ def cmd_finetune(args) -> int:
     if args.option:
         settings["options"] = parse_options(args.option)
     if args.resume:
+        length = {k: settings.pop(k) for k in ("max_steps", "minutes") if k in settings}  # a resume may change it
         given = sorted(settings) + [k for k in ("model", "task", "train", "eval", "method") if getattr(args, k)]
         if given:
             print(f"note: --resume continues with the settings {args.out}/run.json was started with; ignoring "
                   f"{', '.join('--' + k.replace('_', '-') for k in given)}")
-        report = finetune(out=args.out, resume=True, progress=not args.quiet)
+        report = finetune(out=args.out, resume=True, progress=not args.quiet, **length)
     else:
         model = args.model or (args.teacher if args.method == "distill" else None)
         missing = [flag for flag, value in (("--model", model), ("--task", args.task), ("--train", args.train))
@@ -86,7 +87,7 @@ def cmd_finetune(args) -> int:
             raise DlforgeError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (or "
                                "--resume to continue the run in --out)")
         report = finetune(model, args.task, args.train, args.eval, out=args.out, method=args.method or "full",
-                          progress=not args.quiet, **settings)
+                          progress=not args.quiet, overwrite=args.overwrite, **settings)
     training = report["training"]
     best = training.get("best_val_loss")
     best = f", best eval loss {best:.4f}" if best is not None else ""
@@ -120,7 +121,7 @@ def _add_run_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k-layers", type=int, help="top-k: how many of the top blocks train (default 2)")
     p.add_argument("--lora-r", type=_positive_int, help="lora: adapter rank (default 8)")
     p.add_argument("--lora-alpha", type=_positive_float, help="lora: adapter scale alpha (default 16)")
-    p.add_argument("--lora-dropout", type=float,
+    p.add_argument("--lora-dropout", type=_number,
                    help="lora: dropout on the adapters' inputs (default 0.1; 0 trains faster on CPU)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="task option, e.g. --option text_column=review --option text_pair_column=hypothesis; images: "
@@ -128,7 +129,7 @@ def _add_run_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                    help="auto (default): bf16 autocast on CPU and supporting GPUs")
     p.add_argument("--device", help="auto (default: a CUDA GPU when there is one), cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, help="random seed (default 42): the same seed gives the same model")
+    p.add_argument("--seed", type=_seed, help="random seed (default 42): the same seed gives the same model")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
@@ -155,7 +156,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="learning-rate schedule after warmup (default cosine to 0); one-cycle: up from lr/25 over "
                         "the warmup, then down, with Adam's beta1 mirroring it (fastai's fit_one_cycle; use "
                         "--warmup-ratio 0.25)")
-    p.add_argument("--warmup-ratio", type=float, help="share of the steps spent warming up (default 0.06)")
+    p.add_argument("--warmup-ratio", type=_number, help="share of the steps spent warming up (default 0.06)")
     p.add_argument("--layer-lr-decay", type=_positive_float,
                    help="full/top-k: each block below the head learns this factor slower (e.g. 0.8)")
     p.add_argument("--teacher", help="distill: the fine-tuned model folder to learn from")
@@ -165,7 +166,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="which checkpoint OUT/model is: metric (default; the best eval accuracy for "
                         "text- and image-classification, entity F1 for token-classification, the lowest eval loss "
                         "for question-answering) or loss")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint (a new "
+                   "--max-steps/--minutes stretches the rest of the learning-rate schedule over it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write the run into a non-empty --out that holds no dlforge run (same-named files replaced)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_finetune)
 

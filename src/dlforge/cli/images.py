@@ -17,7 +17,7 @@ import torch
 
 from ..errors import DlforgeError
 from ..paths import safe_filename
-from .main import _positive_float, _positive_int, _print_result, add_run_flags, run_budget
+from .main import _number, _positive_float, _positive_int, _print_result, _seed, add_run_flags, run_budget
 
 FAMILY_HELP = {
     "ae": "an autoencoder (MLP or convolutional; denoising with --set noise=gaussian|masking)",
@@ -38,7 +38,8 @@ def cmd_train_images(args) -> int:
     overrides.update(run_budget(args))
     teacher = {} if args.family != "vit" else {"teacher": args.teacher, "teacher_weight": args.teacher_weight}
     result = train_image_model(args.family, args.data, args.out, preset=args.preset, overrides=overrides,
-                               resume=args.resume, seed=args.seed, progress=not args.quiet, **teacher)
+                               resume=args.resume, seed=args.seed, progress=not args.quiet,
+                               overwrite=args.overwrite, **teacher)
     _print_result(result, args.out)
     print(f"Samples: {Path(args.out) / 'samples.png'}   loss curve: {Path(args.out) / 'loss.png'}")
     return 0
@@ -223,7 +224,7 @@ def _add_autoencoder_parsers(sub) -> None:
     plot.add_argument("--split", default="test", choices=("train", "test"), help="which split (default test)")
     plot.add_argument("--n", type=_positive_int, default=5000, help="images to plot (default 5000)")
     plot.add_argument("--out", required=True, help="PNG to write")
-    plot.add_argument("--seed", type=int, default=0, help="which images are drawn (default 0)")
+    plot.add_argument("--seed", type=_seed, default=0, help="which images are drawn (default 0)")
     plot.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     plot.set_defaults(func=cmd_latent_plot)
     walk = sub.add_parser("interpolate", help="decode a straight line between two images' latent codes",
@@ -250,7 +251,8 @@ def cmd_anomaly_fit(args) -> int:
         overrides.update(run_budget(args))
         detector = fit_anomaly_detector(args.data, args.out, normal=args.normal, kind=args.kind, preset=args.preset,
                                         overrides=overrides, method=args.threshold, percentile=args.percentile,
-                                        seed=args.seed, resume=args.resume, progress=not args.quiet)
+                                        seed=args.seed, resume=args.resume, progress=not args.quiet,
+                                        overwrite=args.overwrite)
     how = f"{detector.percentile:g}th percentile" if detector.method == "percentile" else "best F1"
     print(f"threshold {detector.threshold:.6g} ({how} of held-out scores): {Path(args.out) / 'anomaly_detector.json'}")
     return 0
@@ -285,7 +287,8 @@ def cmd_adapt(args) -> int:
     if not args.resume and (args.model is None or args.source is None or args.target is None):
         raise DlforgeError("--model, --source and --target are required (or --resume to continue the run in --out)")
     report = adapt_domain(args.model, args.source, args.target, args.out, target_eval=args.target_eval,
-                          method=args.method, resume=args.resume, progress=not args.quiet, **settings)
+                          method=args.method, resume=args.resume, progress=not args.quiet,
+                          overwrite=args.overwrite, **settings)
     target = report.get("target_accuracy")
     print(f"{report['method']}: source accuracy {report['source_accuracy']:.4f}"
           + (f", target accuracy {target:.4f}" if target is not None else " (no labelled target images to score)"))
@@ -314,8 +317,11 @@ def _add_adapt_parser(sub) -> None:
     adapt.add_argument("--batch-size", type=_positive_int, help="source images per step, and as many target images")
     adapt.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="another setting, e.g. --set domain_hidden=512 --set gamma=10 --set crop_padding=2")
-    adapt.add_argument("--seed", type=int, help="random seed (default 0)")
+    adapt.add_argument("--seed", type=_seed, help="random seed (default 0)")
     adapt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    adapt.add_argument("--overwrite", action="store_true",
+                       help="write the run into a non-empty --out that holds no dlforge run "
+                            "(same-named files replaced)")
     adapt.add_argument("--quiet", action="store_true", help="no progress bar")
     adapt.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     adapt.set_defaults(func=cmd_adapt)
@@ -340,7 +346,7 @@ def _add_anomaly_parsers(sub) -> None:
     fit.add_argument("--threshold", default="percentile", choices=("percentile", "f1"),
                      help="percentile of held-out normal scores (default), or best F1 against held-out images of "
                           "the other classes")
-    fit.add_argument("--percentile", type=float, default=95.0, help="for --threshold percentile (default 95)")
+    fit.add_argument("--percentile", type=_number, default=95.0, help="for --threshold percentile (default 95)")
     fit.add_argument("--refit", action="store_true", help="only re-pick the threshold of the trained run in --out")
     add_run_flags(fit)
     fit.set_defaults(func=cmd_anomaly_fit)
@@ -362,9 +368,9 @@ def _add_diffusion_flags(parser, default_scheduler: str = "ddim") -> None:
     parser.add_argument("--scheduler", default=default_scheduler, choices=("ddim", "ddpm", "dpm++"),
                         help=f"sampler (default {default_scheduler})")
     parser.add_argument("--label", help="class (name or index) to condition on (class-conditional models)")
-    parser.add_argument("--guidance", type=float, default=1.0,
+    parser.add_argument("--guidance", type=_number, default=1.0,
                         help="classifier-free guidance scale; 1 = none (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed, the same image")
+    parser.add_argument("--seed", type=_seed, default=0, help="random seed (default 0): the same seed, the same image")
     _add_precision_flag(parser)
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
@@ -388,10 +394,10 @@ def add_parsers(sub) -> None:
                                                       "classifier's training set; names end in the label)")
     sample.add_argument("--steps", type=_positive_int, help="diffusion: denoising steps (default 50)")
     sample.add_argument("--scheduler", choices=("ddim", "ddpm", "dpm++"), help="diffusion: sampler (default ddim)")
-    sample.add_argument("--eta", type=float, help="diffusion, DDIM: 0 = deterministic (default), 1 = DDPM-like")
+    sample.add_argument("--eta", type=_number, help="diffusion, DDIM: 0 = deterministic (default), 1 = DDPM-like")
     sample.add_argument("--label", help="class (name or index) for every image (conditional models)")
-    sample.add_argument("--guidance", type=float, help="diffusion: classifier-free guidance scale (default 1 = none)")
-    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument("--guidance", type=_number, help="diffusion: classifier-free guidance scale (default 1 = none)")
+    sample.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     _add_precision_flag(sample)
     sample.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sample.set_defaults(func=cmd_sample)
@@ -401,7 +407,7 @@ def add_parsers(sub) -> None:
                                          "trained diffusion model: low strength keeps the layout, 1 ignores it.")
     img2img.add_argument("run", help="a `dlforge train diffusion` run or model folder")
     img2img.add_argument("--image", required=True, help="input image (resized to the model's resolution)")
-    img2img.add_argument("--strength", type=float, default=0.6, help="how far to noise it, in [0, 1] (default 0.6)")
+    img2img.add_argument("--strength", type=_number, default=0.6, help="how far to noise it, in [0, 1] (default 0.6)")
     img2img.add_argument("--out", required=True, help="output PNG")
     _add_diffusion_flags(img2img)
     img2img.set_defaults(func=cmd_img2img)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import logging
+import math
 import os
 import sys
 import time
@@ -30,21 +32,39 @@ from .. import __version__
 from ..errors import DlforgeError
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
     return value
 
 
-def _positive_float(text: str) -> float:
+def _seed(text: str) -> int:
+    value = _whole_number(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to 2**63 - 1, got {value}")
+    return value
+
+
+def _number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
     return value
@@ -55,15 +75,22 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     and the hidden --debug. `run_budget(args)` turns the budget into Trainer overrides."""
     parser.add_argument("--max-steps", type=_positive_int, help="optimizer steps (the LR schedule ends here)")
     parser.add_argument("--minutes", type=_positive_float, help="wall-clock budget; the schedule is fitted to it")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--seed", type=int, help="random seed (default 1337)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
+                        "(a new --max-steps/--minutes stretches the rest of the learning-rate schedule over it)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write the run into a non-empty --out that holds no dlforge run "
+                             "(same-named files replaced)")
+    parser.add_argument("--on-nan", choices=("stop", "skip"),
+                        help="a NaN/inf loss or gradient: stop, keeping the last good checkpoint (default), or skip "
+                             "that batch")
+    parser.add_argument("--seed", type=_seed, help="random seed (default 1337)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def run_budget(args) -> dict:
     """--max-steps / --minutes as Trainer overrides (only those given)."""
-    budget = {"max_steps": args.max_steps, "max_minutes": args.minutes}
+    budget = {"max_steps": args.max_steps, "max_minutes": args.minutes, "on_nan": args.on_nan}
     return {key: value for key, value in budget.items() if value is not None}
 
 
@@ -77,7 +104,7 @@ def cmd_train(args) -> int:
         raise DlforgeError("--data is required: give a UTF-8 text file or a folder of text files")
     result = train_language_model(args.data, args.out, preset=args.preset, overrides=overrides,
                                   tokenizer=args.tokenizer, vocab_size=args.vocab_size, resume=args.resume,
-                                  seed=args.seed, progress=not args.quiet)
+                                  seed=args.seed, progress=not args.quiet, overwrite=args.overwrite)
     _print_result(result, args.out)
     return 0
 
@@ -279,6 +306,8 @@ def cmd_demo(args) -> int:
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out / "run.json").exists():
         raise DlforgeError(f"{out} already holds a run: choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        raise DlforgeError(f"{out} is not empty: the demo writes a new run folder; choose another --out")
     text_file = bundled_shakespeare(out / "corpus" / "tinyshakespeare.txt")
     print(f"Training a character-level GPT on tiny Shakespeare for {args.minutes} min -> {out}")
 
@@ -293,7 +322,8 @@ def cmd_demo(args) -> int:
 
     result = train_language_model(text_file, out, preset="shakespeare",
                                   overrides={"max_minutes": args.minutes, "eval_interval": args.eval_interval},
-                                  seed=args.seed, on_eval=show_sample, progress=not args.quiet)
+                                  seed=args.seed, on_eval=show_sample, progress=not args.quiet,
+                                  overwrite=True)  # the folder holds just the corpus it unpacked
     _print_result(result, out)
     print(f"Metrics: {out / 'metrics.csv'}   loss curve: {out / 'loss.png'}")
     print(f"Sample more: dlforge generate {out} --prompt 'ROMEO:' --max-new-tokens 300")
@@ -301,10 +331,17 @@ def cmd_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------- parser
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line ("dlforge train gpt: error: ... (see --help)")."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..training.lm import PRESETS, TOKENIZERS
 
-    parser = argparse.ArgumentParser(prog="dlforge", description="Readable, fast deep-learning reference models.")
+    parser = OneLineParser(prog="dlforge", description="Readable, fast deep-learning reference models.")
     parser.add_argument("--version", action="version", version=f"dlforge {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -337,13 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("model", help="dlforge run folder, model folder, or Hugging Face GPT-2 folder")
     gen.add_argument("--prompt", default="\n", help="text to continue (default: a newline); \\n is a newline")
     gen.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
-    gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more random (default 0.8)")
+    gen.add_argument("--temperature", type=_number, default=0.8, help="0 = greedy; higher = more random (default 0.8)")
     gen.add_argument("--top-k", type=_positive_int, help="sample only from the k most likely tokens")
-    gen.add_argument("--top-p", type=float, help="nucleus sampling: smallest set with probability >= p, in (0, 1]")
-    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1)")
+    gen.add_argument("--top-p", type=_number, help="nucleus sampling: smallest set with probability >= p, in (0, 1]")
+    gen.add_argument("--repetition-penalty", type=_number, default=1.0, help="> 1 discourages repeats (default 1)")
     gen.add_argument("--stop", action="append", help="stop when this text appears (repeatable)")
     gen.add_argument("--num-samples", type=_positive_int, default=1, help="independent samples (default 1)")
-    gen.add_argument("--seed", type=int, help="random seed for reproducible sampling")
+    gen.add_argument("--seed", type=_seed, help="random seed for reproducible sampling")
     gen.add_argument("--stream", action="store_true", help="print text as it is generated")
     gen.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step (slower)")
     gen.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -401,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--max-new-tokens", type=_positive_int,
                       help="generated tokens at most (text-generation: default 50; translation, summarization, "
                            "text2text-generation: default 128)")
-    pipe.add_argument("--seed", type=int, help="random seed for sampling (text-generation, --do-sample)")
+    pipe.add_argument("--seed", type=_seed, help="random seed for sampling (text-generation, --do-sample)")
     gen = pipe.add_argument_group("translation, summarization, text2text-generation (Hugging Face generate() names)")
     gen.add_argument("--num-beams", type=_positive_int, help="beam search with this many beams (default 1: greedy)")
     gen.add_argument("--min-new-tokens", type=int, help="no end-of-sequence before this many tokens")
@@ -409,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=_positive_float, help="sampling temperature")
     gen.add_argument("--top-p", type=_positive_float, help="nucleus sampling: smallest token set with this mass")
     gen.add_argument("--repetition-penalty", type=_positive_float, help="divide seen tokens' logits (1 = off)")
-    gen.add_argument("--length-penalty", type=float, help="beam score = log-prob / length**this (default 1)")
+    gen.add_argument("--length-penalty", type=_number, help="beam score = log-prob / length**this (default 1)")
     gen.add_argument("--no-repeat-ngram-size", type=int, help="never repeat an n-gram of this size")
     gen.add_argument("--early-stopping", choices=("true", "false", "never"),
                      help="beam search: stop at num_beams finished hypotheses (true), by the heuristic (false, "
@@ -444,11 +481,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--minutes", type=_positive_float, default=2.0, help="training time (default 2)")
     demo.add_argument("--out", help="run folder (default: runs/demo-<time>)")
     demo.add_argument("--eval-interval", type=_positive_int, default=250, help="steps between samples (default 250)")
-    demo.add_argument("--seed", type=int, default=1337, help="random seed (default 1337)")
+    demo.add_argument("--seed", type=_seed, default=1337, help="random seed (default 1337)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def _show_warnings() -> None:
+    """The library's warnings (rows a reader skipped, ...) as "dlforge: warning: ..." lines on stderr."""
+    logger = logging.getLogger("dlforge")
+    if not any(getattr(h, "dlforge_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("dlforge: warning: %(message)s"))
+        handler.dlforge_cli = True
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -461,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _show_warnings()
     try:
         return args.func(args)
     except DlforgeError as e:

@@ -18,7 +18,7 @@ def cmd_train_bert(args) -> int:
         raise DlforgeError("--data is required: give a UTF-8 text file (one text per line) or a folder of them")
     result = train_masked_lm(args.data, args.out, preset=args.preset, overrides=overrides, tokenizer=args.tokenizer,
                              vocab_size=args.vocab_size, init=args.init, resume=args.resume, seed=args.seed,
-                             progress=not args.quiet)
+                             progress=not args.quiet, overwrite=args.overwrite)
     if result["initial_val_loss"] is not None:
         print(f"val loss before training: {result['initial_val_loss']:.4f}")
     _print_result(result, args.out)

@@ -23,7 +23,7 @@ def cmd_train_seq2seq(args) -> int:
     result = train_seq2seq(args.source, args.target, args.out, valid_source=args.valid_source,
                            valid_target=args.valid_target, preset=args.preset or "multi30k", overrides=overrides,
                            vocab_size=args.vocab_size, init=args.init, resume=args.resume, seed=args.seed,
-                           progress=not args.quiet)
+                           progress=not args.quiet, overwrite=args.overwrite)
     _print_result(result, args.out)
     if result["scores"]:
         print("last evaluation: " + ", ".join(f"{k} {v}" for k, v in result["scores"].items()))

@@ -16,6 +16,7 @@ the model output (ε or v); both are affine in x̂_0 and ε̂, so guiding either
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,6 +64,8 @@ def _scheduler(model, scheduler, steps: int, eta: float) -> NoiseScheduler:
                                f" build it with make_scheduler(name, model.config)")
     else:
         sched = make_scheduler(scheduler, c)
+    if not math.isfinite(eta) or eta < 0:
+        raise DlforgeError(f"eta must be a finite number >= 0, got {eta}")
     if eta:
         if not isinstance(sched, DDIMScheduler):
             raise DlforgeError(f"eta applies to the ddim scheduler only, not {scheduler!r}")
@@ -72,7 +75,10 @@ def _scheduler(model, scheduler, steps: int, eta: float) -> NoiseScheduler:
 
 
 def _labels(model, labels, n: int, guidance_scale: float) -> torch.Tensor | None:
-    """(n,) long labels on the model's device, or None (unconditional / null label)."""
+    """(n,) long labels on the model's device, or None (unconditional / null label). Every sampler calls this
+    first, so a non-finite guidance scale is refused before any work (it would give an all-NaN, black image)."""
+    if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+        raise DlforgeError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
     k = model.config.num_classes
     if labels is None:
         if guidance_scale != 1.0:

@@ -91,20 +91,25 @@ def best_f1_threshold(scores, is_anomaly) -> tuple[float, float]:
     return float(threshold), float(f1[best])
 
 
+def check_threshold_settings(method: str, percentile: float) -> None:
+    """The threshold method and percentile, checked (also before a detector's training starts)."""
+    if method not in METHODS:
+        raise DlforgeError(f"threshold method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not 0 < percentile < 100:  # (NaN fails this too)
+        raise DlforgeError(f"percentile must be between 0 and 100, got {percentile}")
+
+
 def pick_threshold(scores_val, labels_val=None, method: str = "percentile", percentile: float = 95.0) -> float:
     """The anomaly threshold from validation scores (labels_val: 1 = anomaly, 0 = normal, or None = all normal).
 
     percentile: that percentile of the normal scores (linear interpolation), so about (100 − percentile) % of
     normal images score above it; f1: the cut maximising F1 on the labelled scores."""
-    if method not in METHODS:
-        raise DlforgeError(f"threshold method must be one of {', '.join(METHODS)}, got {method!r}")
+    check_threshold_settings(method, percentile)
     if method == "f1":
         if labels_val is None:
             raise DlforgeError("method 'f1' needs labelled validation scores (1 = anomaly): pass labels, "
                                "or use method 'percentile' on normal images")
         return best_f1_threshold(scores_val, labels_val)[0]
-    if not 0 < percentile < 100:
-        raise DlforgeError(f"percentile must be between 0 and 100, got {percentile}")
     s = _as_array(scores_val, "validation scores")
     if labels_val is not None:
         s, y = _check_pair(s, labels_val)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DlforgeError
+from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
 
@@ -66,6 +67,7 @@ class AutoencoderConfig(ModelConfig):
     noise_level: float = 0.25  # gaussian: std on the [-1, 1] scale; masking: fraction of pixels set to -1
 
     def __post_init__(self):
+        check_model_config(self, at_least_one=("image_size", "channels", "latent_dim", "base_channels"))
         for name, value, allowed in (("architecture", self.architecture, ARCHITECTURES),
                                      ("likelihood", self.likelihood, LIKELIHOODS),
                                      ("binarize", self.binarize, BINARIZE), ("noise", self.noise, NOISES)):

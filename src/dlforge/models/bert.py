@@ -29,6 +29,7 @@ from torch import nn
 from ..errors import DlforgeError
 from ..nn import Linear, SinusoidalPositionalEncoding, TransformerBlock, build_attention_mask
 from ..nn.linear import ACTIVATION_FUNCTIONS
+from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
 
@@ -63,6 +64,8 @@ class BertConfig(ModelConfig):
     classifier_pooling: str = "cls"  # what the sequence-classification head reads: one of POOLINGS
 
     def __post_init__(self):
+        check_model_config(self, at_least_one=("vocab_size", "hidden_size", "n_head", "intermediate_size",
+                                                "max_position"))
         if self.task not in TASKS:
             raise DlforgeError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.problem_type not in PROBLEM_TYPES:

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..data.processor import check_normalisation
 from ..errors import DlforgeError
+from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
 
@@ -70,6 +71,7 @@ class ResNetConfig(ModelConfig):
     downsample_in_first_stage: bool = False  # the first stage halves H, W too (Hugging Face's flag)
 
     def __post_init__(self):
+        check_model_config(self, at_least_one=("image_size", "channels"))
         if self.block not in BLOCKS:
             raise DlforgeError(f"ResNet block must be one of {', '.join(BLOCKS)}, got {self.block!r}")
         if self.stem not in STEMS:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DlforgeError
+from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
 
@@ -34,6 +35,7 @@ class ImageClassifierConfig(ModelConfig):
     dropout: float = 0.5  # before the last linear layer
 
     def __post_init__(self):
+        check_model_config(self, at_least_one=("image_size", "channels", "num_classes", "width", "hidden"))
         if self.num_classes < 2:
             raise DlforgeError(f"an image classifier needs num_classes >= 2 (labelled data), got {self.num_classes}")
         if self.image_size < 4:

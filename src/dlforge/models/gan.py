@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as add_spectral_norm
 
 from ..errors import DlforgeError
+from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
 
@@ -65,6 +66,7 @@ class GANConfig(ModelConfig):
     label_smoothing: float = 0.0  # one-sided: D's target for real images is 1 - label_smoothing
 
     def __post_init__(self):
+        check_model_config(self, at_least_one=("image_size", "channels", "latent_dim", "g_width", "d_width"))
         up_stages(self.image_size)
         for name in ("channels", "latent_dim", "g_width", "d_width", "label_dim"):
             if getattr(self, name) < 1:

@@ -29,6 +29,7 @@ from ..nn import (
     build_attention_mask,
     make_norm,
 )
+from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
 
@@ -53,6 +54,7 @@ class GPTConfig(ModelConfig):
     rope_base: float = 10000.0
 
     def __post_init__(self):
+        check_model_config(self, at_least_one=("vocab_size", "block_size", "n_layer", "n_head", "n_embd"))
         if self.positional not in POSITIONAL_KINDS:
             raise DlforgeError(f"positional must be one of {', '.join(POSITIONAL_KINDS)}, got {self.positional!r}")
         if self.n_embd % self.n_head:

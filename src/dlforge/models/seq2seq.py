@@ -35,6 +35,7 @@ from torch import nn
 from ..errors import DlforgeError
 from ..nn import KVCache, Linear, SinusoidalPositionalEncoding, TransformerBlock, build_attention_mask, make_norm
 from ..nn.linear import linear_plus_bias
+from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
 
@@ -78,6 +79,7 @@ class Seq2SeqConfig(ModelConfig):
     forced_eos_token_id: int | None = None  # BART: the last allowed step must produce this
 
     def __post_init__(self):
+        check_model_config(self, at_least_one=("vocab_size", "d_model", "n_head", "d_ff", "max_position"))
         if self.positional not in POSITIONAL_KINDS:
             raise DlforgeError(f"positional must be one of {', '.join(POSITIONAL_KINDS)}, got {self.positional!r}")
         if (self.attn_inner_dim or self.d_model) % self.n_head:

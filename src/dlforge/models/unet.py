@@ -34,6 +34,7 @@ from ..diffusion.sampling import generate
 from ..diffusion.schedulers import PREDICTION_TYPES, NoiseScheduler, make_scheduler
 from ..diffusion.schedules import BETA_SCHEDULES
 from ..errors import DlforgeError
+from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
 
@@ -53,6 +54,8 @@ class UNetConfig(ModelConfig):
     norm_groups: int = 32  # GroupNorm groups (the largest divisor of the width up to this)
 
     def __post_init__(self):
+        check_model_config(self, at_least_one=("image_size", "channels", "base_channels", "attention_head_dim",
+                                                "norm_groups", "time_embed_mult"))
         self.channel_mults = [int(m) for m in self.channel_mults]  # tuples from Python, lists from JSON
         self.attention_resolutions = [int(r) for r in self.attention_resolutions]
         if not self.channel_mults or min(self.channel_mults) < 1:

@@ -30,6 +30,7 @@ from ..data.processor import check_normalisation
 from ..errors import DlforgeError
 from ..nn import Linear, TransformerBlock
 from ..nn.blocks import ACTIVATIONS
+from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
 
@@ -56,6 +57,8 @@ class ViTConfig(ModelConfig):
     image_std: list[float] | None = None
 
     def __post_init__(self):
+        check_model_config(self, at_least_one=("image_size", "patch_size", "channels", "hidden_size", "n_head",
+                                                "intermediate_size"))
         if self.patch_size < 1 or self.image_size < self.patch_size:
             raise DlforgeError(f"need 1 <= patch_size <= image_size, got patch_size={self.patch_size}, "
                                f"image_size={self.image_size}")

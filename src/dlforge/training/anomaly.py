@@ -28,6 +28,7 @@ from ..metrics.anomaly import (
     AnomalyDetector,
     anomaly_report,
     anomaly_scores,
+    check_threshold_settings,
     fit_detector,
     plot_pr_curve,
     plot_score_histogram,
@@ -50,17 +51,18 @@ def _other_classes(data: ImageSet, normal: str | None, count: int, seed: int) ->
 def fit_anomaly_detector(data: str | Path, out: str | Path, normal: str | None = None, kind: str = "ae",
                          preset: str = "mnist", overrides: dict | None = None, method: str = "percentile",
                          percentile: float = 95.0, seed: int | None = None, resume: bool = False,
-                         progress: bool = True) -> AnomalyDetector:
+                         progress: bool = True, overwrite: bool = False) -> AnomalyDetector:
     """Train `kind` (ae or vae) on the normal images of `data`, then fit and save the threshold (the detector is
     written as anomaly_detector.json into the run folder and beside the best model)."""
     if kind not in ANOMALY_KINDS:
         raise DlforgeError(f"anomaly detection trains an ae or a vae, not {kind!r}")
+    check_threshold_settings(method, percentile)  # before the training, not after it
     out = Path(out)
     overrides = dict(overrides or {})
     if normal is not None:
         overrides["only_classes"] = normal
     train_image_model(kind, data, out, preset=preset, overrides=overrides, resume=resume, seed=seed,
-                      progress=progress)
+                      progress=progress, overwrite=overwrite)
     return refit_threshold(out, method=method, percentile=percentile)
 
 

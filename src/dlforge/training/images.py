@@ -263,6 +263,7 @@ def load_teacher(teacher: dict, config):
 
 def train_image_model(kind: str, data: str | Path | None, out: str | Path, preset: str = "mnist",
                       overrides: dict | None = None, resume: bool = False, seed: int | None = None,
+                      overwrite: bool = False,
                       on_eval: Callable | None = None, progress: bool = True, teacher: str | Path | None = None,
                       teacher_weight: float | None = None) -> dict:
     """Train (or resume) an image model of family `kind`; returns the Trainer's final metrics.
@@ -276,7 +277,8 @@ def train_image_model(kind: str, data: str | Path | None, out: str | Path, prese
     if teacher is not None and kind != "vit":
         raise DlforgeError(f"--teacher is for `dlforge train vit`, not {kind}: a ViT's patch tokens learn the "
                            "teacher's feature map")
-    run = open_run(out, resume, what=f"{kind} run", overrides=overrides)
+    run = open_run(out, resume, what=f"{kind} run", overrides=overrides, overwrite=overwrite,
+                   required={"data": str, "model": dict, "data_settings": dict, "train": dict})
     if run is not None and teacher is not None:
         raise DlforgeError("--resume continues with the run's own teacher (in run.json): leave --teacher out")
     if run is None:

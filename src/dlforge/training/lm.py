@@ -18,11 +18,11 @@ import torch
 
 from ..data.text import TextBatches, build_token_file, corpus_files, iter_text_chunks, open_token_file
 from ..errors import DlforgeError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, undo_on_failure
 from ..models.gpt import GPT, GPTConfig
 from ..text.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 from .distributed import init_distributed
-from .trainer import TrainConfig, Trainer, open_run, resolve_device
+from .trainer import TrainConfig, Trainer, check_model_fits, open_run, resolve_device
 
 # Each preset: model fields + training fields. `shakespeare` is the 5-minute CPU recipe measured in
 # benchmarks/RESULTS.md; `baby` is nanoGPT's documented CPU recipe; `tiny` is for smoke tests.
@@ -116,7 +116,7 @@ def train_tokenizer(kind: str, source, vocab_size: int | None):
 def train_language_model(data: str | Path, out: str | Path, preset: str = "shakespeare",
                          overrides: dict | None = None, tokenizer: str = "char", vocab_size: int | None = None,
                          resume: bool = False, seed: int | None = None,
-                         on_eval: Callable | None = None, progress: bool = True) -> dict:
+                         on_eval: Callable | None = None, progress: bool = True, overwrite: bool = False) -> dict:
     """Train (or resume) a GPT on a text corpus; returns the Trainer's final metrics.
 
     Under torchrun every process calls this; rank 0 alone trains the tokenizer and tokenizes the
@@ -124,13 +124,17 @@ def train_language_model(data: str | Path, out: str | Path, preset: str = "shake
     """
     out = Path(out)
     run_file = out / "run.json"
-    run = open_run(out, resume, overrides=overrides)
+    run = open_run(out, resume, overrides=overrides, overwrite=overwrite,
+                   required={"data": str, "model": dict, "train": dict})
     if run is None:
         model_kwargs, train_kwargs = resolve_settings(preset, overrides or {})
         if seed is not None:
             train_kwargs["seed"] = seed
-        GPTConfig(vocab_size=1, **model_kwargs)  # validate before the slow tokenization
+        # everything is checked before the slow tokenization and the first file: settings, the model they make
+        # (a BPE vocabulary's size, or 256 characters) and the memory its training needs
         TrainConfig(**train_kwargs)
+        estimate = GPTConfig(vocab_size=(vocab_size or 4096) if tokenizer == "bpe" else 256, **model_kwargs)
+        check_model_fits(lambda: GPT(estimate), "this GPT")
         corpus_files(data)
         run = {"kind": "gpt", "data": str(Path(data).resolve()), "preset": preset, "tokenizer": tokenizer,
                "vocab_size": vocab_size, "model": model_kwargs, "train": train_kwargs}
@@ -144,11 +148,12 @@ def train_language_model(data: str | Path, out: str | Path, preset: str = "shake
         return TextBatches(open_token_file(token_file), block_size, train_config.batch_size, seed=train_config.seed)
 
     if dist.is_main:
-        if not resume:  # run.json is written last: a failed setup leaves no half-made run behind
-            train_tokenizer(tokenizer, data, vocab_size).save(out)
-            build_token_file(run["data"], load_tokenizer(out), token_file)
-            open_batches()  # raises if the corpus is shorter than a context window
-            atomic_write_json(run_file, run)
+        if not resume:  # run.json is written last, and a failed setup takes back what it wrote
+            with undo_on_failure(out):
+                train_tokenizer(tokenizer, data, vocab_size).save(out)
+                build_token_file(run["data"], load_tokenizer(out), token_file)
+                open_batches()  # raises if the corpus is shorter than a context window
+                atomic_write_json(run_file, run)
         elif not token_file.is_file():
             build_token_file(run["data"], load_tokenizer(out), token_file)
     dist.barrier()

@@ -30,7 +30,7 @@ from ..data.text import corpus_files, iter_text_chunks
 from ..errors import DlforgeError
 from ..hub.bert import load_bert_weights, with_task
 from ..hub.checkpoint import load_pretrained
-from ..io import atomic_write_json
+from ..io import atomic_write_json, undo_on_failure
 from ..models.bert import Bert, BertConfig
 from ..text.tokenizers import (
     BPETokenizer,
@@ -218,6 +218,7 @@ def masked_lm_loss(model: Bert, tokenizer, texts: list[str], max_length: int = 1
 def train_masked_lm(data: str | Path | None, out: str | Path, preset: str | None = None,
                     overrides: dict | None = None, tokenizer: str | None = None, vocab_size: int | None = None,
                     init: str | Path | None = None, resume: bool = False, seed: int | None = None,
+                    overwrite: bool = False,
                     on_eval: Callable | None = None, progress: bool = True) -> dict:
     """Pretrain a BERT encoder with masked-LM (or continue `init` on `data`); returns the Trainer's final
     metrics plus `initial_val_loss` (the held-out loss before the first step; None when resuming).
@@ -227,7 +228,8 @@ def train_masked_lm(data: str | Path | None, out: str | Path, preset: str | None
     """
     out = Path(out)
     run_file = out / "run.json"
-    run = open_run(out, resume, overrides=overrides)
+    run = open_run(out, resume, overrides=overrides, overwrite=overwrite,
+                   required={"model": dict, "train": dict, "data_config": dict})
     if run is None:
         if init is not None and (tokenizer is not None or vocab_size is not None):
             raise DlforgeError("with --init the model's own tokenizer is used: leave out --tokenizer and --vocab-size")
@@ -254,28 +256,29 @@ def train_masked_lm(data: str | Path | None, out: str | Path, preset: str | None
     dist.barrier()  # every process has checked the folder before rank 0 writes to it
     texts_file = out / "data" / "texts.json"
     model = new_head = None
-    if dist.is_main and not resume:  # run.json is written last: a failed setup leaves no half-made run behind
-        files = corpus_files(run["data"])
-        if init is not None:
-            model, tok, new_head = load_init_model(init, run["model"])
-            if data_config.max_length > model.config.max_position:
-                raise DlforgeError(f"max_length {data_config.max_length} exceeds {init}'s {model.config.max_position} "
-                                   "positions: lower it with --set max_length=N")
-            if new_head:
-                print(f"note: {init} has no masked-LM head weights; training a new head (its decoder is tied to "
-                      "the pretrained word embeddings)")
-        else:
-            tok = train_tokenizer(run["tokenizer"], files, run["vocab_size"])
-        tok.save(out)
-        train_texts, val_texts = split_texts(pack_lines(files, load_tokenizer(out), data_config.max_length),
-                                             data_config)
-        atomic_write_json(texts_file, {"train": train_texts, "val": val_texts})
-        if model is not None:
-            run["model"] = asdict(model.config)
-        else:
-            run["model"] = asdict(BertConfig(vocab_size=tok.vocab_size, pad_token_id=tok.pad_token_id or 0,
-                                             task="masked-lm", **run["model"]))
-        atomic_write_json(run_file, run)
+    if dist.is_main and not resume:  # run.json is written last, and a failed setup takes back what it wrote
+        with undo_on_failure(out):
+            files = corpus_files(run["data"])
+            if init is not None:
+                model, tok, new_head = load_init_model(init, run["model"])
+                if data_config.max_length > model.config.max_position:
+                    raise DlforgeError(f"max_length {data_config.max_length} exceeds {init}'s "
+                                       f"{model.config.max_position} positions: lower it with --set max_length=N")
+                if new_head:
+                    print(f"note: {init} has no masked-LM head weights; training a new head (its decoder is tied to "
+                          "the pretrained word embeddings)")
+            else:
+                tok = train_tokenizer(run["tokenizer"], files, run["vocab_size"])
+            tok.save(out)
+            train_texts, val_texts = split_texts(pack_lines(files, load_tokenizer(out), data_config.max_length),
+                                                 data_config)
+            atomic_write_json(texts_file, {"train": train_texts, "val": val_texts})
+            if model is not None:
+                run["model"] = asdict(model.config)
+            else:
+                run["model"] = asdict(BertConfig(vocab_size=tok.vocab_size, pad_token_id=tok.pad_token_id or 0,
+                                                 task="masked-lm", **run["model"]))
+            atomic_write_json(run_file, run)
     dist.barrier()
     run = json.loads(run_file.read_text())  # the other ranks need the model config rank 0 completed
     tok = load_tokenizer(out)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..data.parallel import ParallelBatches, read_parallel
 from ..errors import DlforgeError
 from ..hub.checkpoint import load_pretrained
-from ..io import atomic_write_json
+from ..io import atomic_write_json, undo_on_failure
 from ..metrics.generation import bleu_chrf, rouge
 from ..models.seq2seq import Seq2Seq, Seq2SeqConfig
 from ..text.seq2seq_generation import generate_text2text
@@ -165,6 +165,7 @@ def train_seq2seq(source: str | Path | None, target: str | Path | None, out: str
                   valid_source: str | Path | None = None, valid_target: str | Path | None = None,
                   preset: str = "multi30k", overrides: dict | None = None, vocab_size: int | None = None,
                   init: str | Path | None = None, resume: bool = False, seed: int | None = None,
+                  overwrite: bool = False,
                   on_eval: Callable | None = None, progress: bool = True) -> dict:
     """Train (or resume) an encoder–decoder Transformer on line-aligned parallel text; returns the Trainer's
     final metrics plus the last evaluation's scores (`scores`).
@@ -175,7 +176,8 @@ def train_seq2seq(source: str | Path | None, target: str | Path | None, out: str
     """
     out = Path(out)
     run_file = out / "run.json"
-    run = open_run(out, resume, overrides=overrides)
+    run = open_run(out, resume, overrides=overrides, overwrite=overwrite,
+                   required={"model": dict, "train": dict, "data_config": dict, "files": list})
     if run is None:
         if source is None or target is None:
             raise DlforgeError("--source and --target are required: two line-aligned UTF-8 files (plain or .gz)")
@@ -215,26 +217,28 @@ def train_seq2seq(source: str | Path | None, target: str | Path | None, out: str
         sources, val_sources = sources[:-n_val], sources[-n_val:]
         targets, val_targets = targets[:-n_val], targets[-n_val:]
     pretrained = None
-    if dist.is_main and not resume:  # run.json is written last: a failed setup leaves no half-made run behind
-        source_vocab = None
-        if run.get("init"):
-            pretrained, tok = load_init_model(run["init"], data_config)
-        elif data_config.joint_vocabulary:
-            tok = BPETokenizer.train(sources + targets, vocab_size=run["vocab_size"], special_tokens=SPECIAL_TOKENS)
-        else:
-            tok = SourceTargetTokenizer(
-                BPETokenizer.train(sources, vocab_size=run["vocab_size"], special_tokens=SPECIAL_TOKENS),
-                BPETokenizer.train(targets, vocab_size=run["vocab_size"], special_tokens=SPECIAL_TOKENS))
-            source_vocab = tok.source.vocab_size
-        tok.save(out)
-        if pretrained is not None:
-            run["model"] = asdict(replace(pretrained.config, **run["model"]))  # dropout / label_smoothing
-        else:
-            ids = {name: tok.token_to_id(token) for name, token in SPECIAL_TOKENS.items()}
-            run["model"] = asdict(Seq2SeqConfig(
-                vocab_size=tok.vocab_size, source_vocab_size=source_vocab, pad_token_id=ids["pad"],
-                bos_token_id=ids["bos"], eos_token_id=ids["eos"], decoder_start_token_id=ids["bos"], **run["model"]))
-        atomic_write_json(run_file, run)
+    if dist.is_main and not resume:  # run.json is written last, and a failed setup takes back what it wrote
+        with undo_on_failure(out):
+            source_vocab = None
+            if run.get("init"):
+                pretrained, tok = load_init_model(run["init"], data_config)
+            elif data_config.joint_vocabulary:
+                tok = BPETokenizer.train(sources + targets, vocab_size=run["vocab_size"], special_tokens=SPECIAL_TOKENS)
+            else:
+                tok = SourceTargetTokenizer(
+                    BPETokenizer.train(sources, vocab_size=run["vocab_size"], special_tokens=SPECIAL_TOKENS),
+                    BPETokenizer.train(targets, vocab_size=run["vocab_size"], special_tokens=SPECIAL_TOKENS))
+                source_vocab = tok.source.vocab_size
+            tok.save(out)
+            if pretrained is not None:
+                run["model"] = asdict(replace(pretrained.config, **run["model"]))  # dropout / label_smoothing
+            else:
+                ids = {name: tok.token_to_id(token) for name, token in SPECIAL_TOKENS.items()}
+                run["model"] = asdict(Seq2SeqConfig(
+                    vocab_size=tok.vocab_size, source_vocab_size=source_vocab, pad_token_id=ids["pad"],
+                    bos_token_id=ids["bos"], eos_token_id=ids["eos"], decoder_start_token_id=ids["bos"],
+                    **run["model"]))
+            atomic_write_json(run_file, run)
     dist.barrier()
     run = json.loads(run_file.read_text(encoding="utf-8"))
     tok = load_tokenizer(out)

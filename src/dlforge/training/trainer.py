@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Callable
@@ -34,7 +35,13 @@ from tqdm.auto import tqdm
 from ..errors import DlforgeError
 from ..hub.checkpoint import write_model_files
 from ..hub.weights import load_into, load_state_dict
-from ..io import atomic_directory, atomic_write_text, claim_folder, remove_stale_temporaries, remove_tree
+from ..io import (
+    atomic_directory,
+    atomic_write_text,
+    claim_folder,
+    remove_stale_temporaries,
+    remove_tree,
+)
 from ..paths import resolve_inside
 from ..settings import check_fields, check_range
 from ..transfer.finetune import layerwise_lr_scales
@@ -93,24 +100,89 @@ class TrainConfig:
         return {f.name for f in fields(cls)}
 
 
-def open_run(out: Path, resume: bool, what: str = "run", overrides: dict | None = None) -> dict | None:
-    """The settings saved in OUT/run.json when resuming; None for a new run (after checking `out` holds none).
+def open_run(out: Path, resume: bool, what: str = "run", overrides: dict | None = None,
+             overwrite: bool = False, required: dict[str, type] | None = None) -> dict | None:
+    """The settings saved in OUT/run.json when resuming; None for a new run (after checking `out` may hold one).
 
     Every command that trains (train gpt/bert/seq2seq, finetune) keeps what it was started with in run.json, so
     `--resume` rebuilds the same run from the folder alone. Of `overrides`, a resumed run takes only a new length
-    (max_steps, max_minutes) for its training settings.
+    (max_steps, max_minutes, see `Trainer.schedule_progress`) and on_nan for its training settings.
+
+    The folder is locked for this process's life (a second process gets a one-line error). A new run may not go
+    into a folder that already holds a run with a checkpoint (resume it instead), nor into a non-empty folder
+    that is not a dlforge run unless `overwrite` (its files of the same names are then replaced). A run that
+    never saved a checkpoint (it failed during setup, or was killed before its first evaluation) may simply be
+    started again. `required`: the keys (and their JSON types) the recipe reads from a resumed run.json.
     """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DlforgeError(f"--out {out} is a file: give a folder for the run (a new one, or one to --resume)")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 writes (and locks) for all
+        claim_folder(out, what)
     run_file = out / "run.json"
     if resume:
         if not run_file.is_file():
             raise DlforgeError(f"nothing to resume in {out}: it has no run.json (start it without --resume)")
-        run = json.loads(run_file.read_text(encoding="utf-8"))
-        if overrides:  # the recipes' run.json keep the TrainConfig fields under "train"
-            run["train"].update({k: v for k, v in overrides.items() if k in ("max_steps", "max_minutes")})
+        run = read_run_file(run_file)
+        for key, kind in (required or {}).items():
+            if not isinstance(run.get(key), kind):
+                raise DlforgeError(f"{run_file} is not a {what}'s settings (its {key!r} is missing or of the wrong "
+                                   "type): resume it with the command that started it, or start again elsewhere")
+        if overrides and isinstance(run.get("train"), dict):  # the recipes keep TrainConfig's fields in "train"
+            run["train"].update({k: v for k, v in overrides.items() if k in ("max_steps", "max_minutes", "on_nan")})
         return run
-    if run_file.exists() or (out / "checkpoints").exists():
+    if (out / "checkpoints" / "LATEST").exists():
         raise DlforgeError(f"{out} already holds a {what}: pass --resume to continue it, or choose another --out")
+    others = [p.name for p in out.iterdir() if p.name not in RUN_FILES] if out.is_dir() else []
+    if others and not run_file.exists() and not overwrite:
+        raise DlforgeError(f"{out} is not empty and holds no dlforge run ({', '.join(sorted(others)[:3])}"
+                           f"{' ...' if len(others) > 3 else ''}): choose a new or empty --out, or pass --overwrite "
+                           "to write the run into it (files of the same names are replaced)")
     return None
+
+
+RUN_FILES = ("run.json", "checkpoints", "metrics.csv", "loss.png")  # what a run that never saved may have left
+
+
+def read_run_file(path: Path) -> dict:
+    """run.json as a dict, or a one-line error for a damaged or foreign file."""
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DlforgeError(f"{path} is damaged ({type(e).__name__}): it is not the JSON a dlforge run writes; "
+                           "start the run again in a new folder") from None
+    if not isinstance(run, dict):
+        raise DlforgeError(f"{path} is not a dlforge run's settings (a JSON object): start the run again in a new "
+                           "folder")
+    return run
+
+
+def check_model_fits(build: Callable[[], torch.nn.Module], what: str = "the model") -> int:
+    """Build the model on the meta device (no memory), refuse settings that cannot make one or whose training
+    state (weights, gradients, two Adam moments: 16 bytes a parameter) exceeds the machine's memory; return
+    the parameter count. Called by the recipes before anything is written."""
+    try:
+        with torch.device("meta"):
+            parameters = sum(p.numel() for p in build().parameters())
+    except DlforgeError:
+        raise
+    except (RuntimeError, ValueError, TypeError, ZeroDivisionError, OverflowError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DlforgeError(f"these settings do not make {what}: {first}") from None
+    needed, available = 16 * parameters, memory_bytes()
+    if available and needed > available:
+        raise DlforgeError(f"{what} would have {parameters:,} parameters, whose training needs about "
+                           f"{needed / 2**30:,.1f} GiB (weights, gradients, optimizer state) where this machine has "
+                           f"{available / 2**30:,.1f} GiB: choose smaller sizes (--set n_layer/n_embd/...)")
+    return parameters
+
+
+def memory_bytes() -> int:
+    """The machine's physical memory in bytes (0 when the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def resolve_device(name: str) -> torch.device:

@@ -386,6 +386,7 @@ def adapt_domain(model: str | Path | nn.Module | None, source: str | Path | Imag
                  target_eval: str | Path | ImageSet | None = None,
                  method: str = "dann", steps: int = 1000, minutes: float | None = None, lr: float = 1e-3,
                  batch_size: int = 64, seed: int = 0, resume: bool = False, progress: bool = True,
+                 overwrite: bool = False,
                  on_eval: Callable | None = None, **settings) -> dict:
     """Adapt `model` (a model folder, run folder or hub id, or an nn.Module of the vision protocol) from labelled
     `source` images to unlabelled `target` images (MNIST IDX folder, image folder, `sklearn-digits` or ImageSet;
@@ -406,7 +407,7 @@ def adapt_domain(model: str | Path | nn.Module | None, source: str | Path | Imag
     unknown = sorted(set(settings) - {f.name for f in fields(AdaptSettings)})
     if unknown:
         raise DlforgeError(f"unknown setting {unknown[0]!r}; known: {', '.join(f.name for f in fields(AdaptSettings))}")
-    run = open_run(out, resume, "domain-adaptation run")
+    run = open_run(out, resume, "domain-adaptation run", overwrite=overwrite, required={"settings": dict})
     if run is None:
         s = AdaptSettings(**{**settings, "method": method, "steps": steps, "minutes": minutes, "lr": lr,
                              "batch_size": batch_size, "seed": seed})

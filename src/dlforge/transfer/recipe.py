@@ -343,12 +343,14 @@ def features_dtype(s: FinetuneSettings) -> torch.dtype | None:
 
 def finetune(model: str | Path | None = None, task: str | None = None, train: str | Path | None = None,
              eval: str | Path | None = None, out: str | Path | None = None, method: str = "full",
-             resume: bool = False, progress: bool = True, on_eval: Callable | None = None, **settings) -> dict:
+             resume: bool = False, progress: bool = True, on_eval: Callable | None = None, overwrite: bool = False,
+             **settings) -> dict:
     """Fine-tune `model` (a dlforge/Hugging Face encoder folder or hub id) for `task` on the `train` file.
 
     `settings` are the fields of `FinetuneSettings` (epochs, lr, batch_size, max_length, lora_r, teacher, ...,
     and `options`: keyword arguments of the task class). With `resume=True` the run in `out` continues
-    with the settings it was started with (OUT/run.json); the other arguments are not needed. Returns the
+    with the settings it was started with (OUT/run.json) and, when given, a new length (`max_steps`, `minutes`:
+    the rest of the learning-rate schedule is stretched over it); the other arguments are not needed. Returns the
     report (also in OUT/report.json): the task's metrics on `eval`, plus training facts, settings and timing.
     `on_eval(trainer, {"step", "val_loss"})` is called after each evaluation.
     """
@@ -360,10 +362,15 @@ def finetune(model: str | Path | None = None, task: str | None = None, train: st
         raise DlforgeError("out is required: the folder for the run, OUT/model and OUT/report.json")
     out = Path(out)
     run_file = out / "run.json"
-    run = open_run(out, resume, "fine-tuning run")
+    run = open_run(out, resume, "fine-tuning run", overwrite=overwrite)
     if run is not None:
-        model, task, train, eval, method = run["model"], run["task"], run["train"], run["eval"], run["method"]
-        s = FinetuneSettings(**run["settings"])
+        try:
+            model, task, train, eval, method = run["model"], run["task"], run["train"], run["eval"], run["method"]
+            s = FinetuneSettings(**run["settings"])
+        except (KeyError, TypeError) as e:
+            raise DlforgeError(f"{run_file} is not a fine-tuning run's settings ({type(e).__name__}: {e}): resume "
+                               "it with the command that started it, or start again in a new folder") from None
+        s = replace(s, **{k: settings[k] for k in ("max_steps", "minutes") if settings.get(k) is not None})
     else:
         if model is None or task is None or train is None:
             raise DlforgeError("model, task and train are required (the encoder, the task name and the training "
