@@ -138,8 +138,9 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, locked: bool = False) -> list[Path]:
-    """Delete the temporaries that dead processes left in `folder` (not in its subfolders); return them.
+def remove_stale_temporaries(folder: str | os.PathLike, locked: bool = False, recursive: bool = False) -> list[Path]:
+    """Delete the temporaries that dead processes left in `folder` (and its subfolders, with `recursive`); return
+    them.
 
     Only names of the form `atomic_path` / `atomic_directory` / `remove_tree` make are touched, and only when
     the process id in the name is not running. `locked`: the caller holds the folder's run lock, so no other
@@ -156,6 +157,8 @@ def remove_stale_temporaries(folder: str | os.PathLike, locked: bool = False) ->
             if pid == os.getpid() or (not locked and _process_alive(pid)):
                 continue
         elif not (locked and _ANY_TEMPORARY.match(entry.name)):
+            if recursive and entry.is_dir() and not entry.is_symlink():
+                removed += remove_stale_temporaries(entry, locked, recursive)
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

@@ -25,7 +25,12 @@ FAST = ["--epochs", "5", "--batch-size", "16", "--precision", "fp32", "--seed", 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cli_finetune")
+    return make_review_data(tmp_path_factory.mktemp("cli_finetune"))
+
+
+def make_review_data(root: Path) -> Path:
+    """Review files (train.tsv, dev.jsonl) whose label a clue word gives, a tiny random-init BERT (root/tiny) and
+    GPT (root/gpt) with their WordPiece tokenizer."""
     rng = random.Random(1)
 
     def example():

@@ -66,6 +66,16 @@ def test_nan_loss_stops_before_the_step_and_keeps_the_good_checkpoints(tmp_path)
     assert (run / "checkpoints" / "best" / "model.safetensors").is_file()
 
 
+def test_after_a_nan_stop_resume_with_on_nan_skip_finishes(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(DlforgeError, match="step 8"):
+        Trainer(PoisonableGPT(), config(max_steps=12, eval_interval=5), poisoned({7}), run, progress=False).fit()
+    result = Trainer(PoisonableGPT(), config(max_steps=12, eval_interval=5, on_nan="skip"), poisoned({7}), run,
+                     progress=False).fit(resume=True)
+    assert result["step"] == 12 and result["skipped_steps"] == 1
+    assert (run / "checkpoints" / "LATEST").read_text().strip() == "step-0000012"
+
+
 def test_on_nan_skip_skips_the_batch_and_finishes(tmp_path):
     trainer = Trainer(PoisonableGPT(), config(max_steps=12, eval_interval=6, on_nan="skip"), poisoned({3, 8}),
                       tmp_path / "run", progress=False)

@@ -288,7 +288,7 @@ def test_lora_training_lowers_loss_and_changes_only_adapters_and_head(tmp_path):
     initial_val = trainer.evaluate()
     result = trainer.fit()
     train_losses = [row["train_loss"] for row in trainer.log.rows if row["train_loss"] is not None]
-    assert len(train_losses) == 8
+    assert len(train_losses) == 10  # every 5 steps, and the evaluations at a third and two thirds (14, 27)
     # measured: train loss 0.69 -> 0.17 over the last 5 steps, val loss 0.69 -> 0.11
     assert train_losses[-1] < 0.5 * train_losses[0], train_losses
     assert result["val_loss"] < 0.5 * initial_val, (initial_val, result)

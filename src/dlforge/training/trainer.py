@@ -37,8 +37,10 @@ from ..hub.checkpoint import write_model_files
 from ..hub.weights import load_into, load_state_dict
 from ..io import (
     atomic_directory,
+    atomic_write_json,
     atomic_write_text,
     claim_folder,
+    release_folder,
     remove_stale_temporaries,
     remove_tree,
 )
@@ -105,8 +107,9 @@ def open_run(out: Path, resume: bool, what: str = "run", overrides: dict | None 
     """The settings saved in OUT/run.json when resuming; None for a new run (after checking `out` may hold one).
 
     Every command that trains (train gpt/bert/seq2seq, finetune) keeps what it was started with in run.json, so
-    `--resume` rebuilds the same run from the folder alone. Of `overrides`, a resumed run takes only a new length
-    (max_steps, max_minutes, see `Trainer.schedule_progress`) and on_nan for its training settings.
+    `--resume` rebuilds the same run from the folder alone. Of `overrides`, a resumed run takes only
+    RESUMABLE_SETTINGS: a new length (max_steps, max_minutes, see `Trainer.schedule_progress`), on_nan, and a new
+    peak learning rate (lr, min_lr: what a run that diverged needs to go on from its last good checkpoint).
 
     The folder is locked for this process's life (a second process gets a one-line error). A new run may not go
     into a folder that already holds a run with a checkpoint (resume it instead), nor into a non-empty folder
@@ -128,8 +131,12 @@ def open_run(out: Path, resume: bool, what: str = "run", overrides: dict | None 
             if not isinstance(run.get(key), kind):
                 raise DlforgeError(f"{run_file} is not a {what}'s settings (its {key!r} is missing or of the wrong "
                                    "type): resume it with the command that started it, or start again elsewhere")
-        if overrides and isinstance(run.get("train"), dict):  # the recipes keep TrainConfig's fields in "train"
-            run["train"].update({k: v for k, v in overrides.items() if k in ("max_steps", "max_minutes", "on_nan")})
+        changes = {k: v for k, v in (overrides or {}).items() if k in RESUMABLE_SETTINGS}
+        if changes and isinstance(run.get("train"), dict):  # the recipes keep TrainConfig's fields in "train"
+            run["train"].update(changes)
+            TrainConfig(**run["train"])  # checked before it is kept: a later --resume goes on with the new values
+            if os.environ.get("RANK", "0") == "0":
+                atomic_write_json(run_file, run)
         return run
     if (out / "checkpoints" / "LATEST").exists():
         raise DlforgeError(f"{out} already holds a {what}: pass --resume to continue it, or choose another --out")
@@ -141,6 +148,7 @@ def open_run(out: Path, resume: bool, what: str = "run", overrides: dict | None 
     return None
 
 
+RESUMABLE_SETTINGS = ("max_steps", "max_minutes", "on_nan", "lr", "min_lr")
 RUN_FILES = ("run.json", "checkpoints", "metrics.csv", "loss.png")  # what a run that never saved may have left
 
 
@@ -329,9 +337,6 @@ class Trainer:
     def _non_finite_step(self, loss: float, grad_norm: float, lr: float) -> tuple[None, int, dict]:
         """A batch whose loss or gradient is NaN/inf, caught before the weights changed: skip it or stop."""
         what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {grad_norm}"
-        pointer = self.checkpoint_root / "LATEST"
-        kept = (f"the last good checkpoint ({pointer.read_text().strip()}) is kept" if pointer.is_file()
-                else "no checkpoint was saved yet")
         if self.config.on_nan == "skip" and self.skipped_in_a_row + 1 < MAX_SKIPPED_IN_A_ROW:
             self.skipped_in_a_row += 1
             self.skipped_steps += 1
@@ -342,8 +347,16 @@ class Trainer:
                  else "the data or the model settings produce it from the first batch")
         repeated = (f" ({MAX_SKIPPED_IN_A_ROW} batches in a row)" if self.config.on_nan == "skip" else "")
         raise DlforgeError(f"training stopped at step {self.step + 1}: {what}{repeated}, so {cause} (lr {lr:.3g}); "
-                           f"{kept}: lower the learning rate (--set lr=...) and start again, or --resume with "
-                           "--on-nan skip to skip bad batches")
+                           + self._how_to_go_on(" or skip bad batches (--on-nan skip)"))
+
+    def _how_to_go_on(self, alternative: str = "") -> str:
+        """After a divergence: which checkpoint is kept and the command that goes on from it."""
+        pointer = self.checkpoint_root / "LATEST"
+        lower = f"--set lr={self.config.lr / 10:.2g}"
+        if not pointer.is_file():
+            return f"no checkpoint was saved: start again with a lower rate ({lower}),{alternative}".rstrip(",")
+        return (f"the last good checkpoint ({pointer.read_text().strip()}) is kept: go on from it with a lower rate "
+                f"(--resume {lower}),{alternative}").rstrip(",")
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -406,10 +419,18 @@ class Trainer:
         the end of the schedule. A non-finite loss or gradient norm stops the run (or skips the batch, with
         on_nan=skip) before the optimizer applies it; the last good checkpoint stays LATEST and best.
         """
+        if not self.dist.is_main:
+            return self._fit(resume)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        claim_folder(self.run_dir)  # one process per run folder (re-entrant: the recipe may hold it already)
+        try:
+            remove_stale_temporaries(self.run_dir, locked=True, recursive=True)
+            return self._fit(resume)
+        finally:
+            release_folder(self.run_dir)  # (the OS frees it too if the process dies)
+
+    def _fit(self, resume: bool) -> dict:
         c = self.config
-        if self.dist.is_main:
-            claim_folder(self.run_dir)  # one process per run folder; released when this process ends
-            remove_stale_temporaries(self.checkpoint_root, locked=True)
         if resume:
             self.load_checkpoint()
         elif self.dist.is_main and (self.checkpoint_root / "LATEST").exists():
@@ -474,12 +495,9 @@ class Trainer:
         val_loss = self.evaluate()
         if not math.isfinite(val_loss) or not all(torch.isfinite(p).all() for p in self.model.parameters()):
             # weights that went non-finite are never saved: LATEST and best keep pointing at good ones
-            pointer = self.checkpoint_root / "LATEST"
-            kept = (f"the last good checkpoint ({pointer.read_text().strip()}) is kept" if pointer.is_file()
-                    else "no checkpoint was saved")
             raise DlforgeError(f"training stopped at step {self.step}: the validation loss is {val_loss} (the "
                                f"weights diverged; the learning rate is probably too high, lr {self.current_lr:.3g})"
-                               f"; {kept}: lower the learning rate (--set lr=...) and start again")
+                               "; " + self._how_to_go_on())
         score = -val_loss if self.eval_metric is None else self.last_metric
         improved = score > self.best_score or self.latest_is_best
         self.best_val = min(self.best_val, val_loss)
