@@ -96,7 +96,9 @@ def main():
                 continue
             plans = [(f"{corpus}: baby, 2000 iterations", "baby", {"eval_interval": 2000})
                      for _ in args.reference if _ == "steps"]
-            plans += [(f"{corpus}: baby, {args.minutes:g} min", "baby", {"max_minutes": args.minutes})
+            # the baby recipe for the whole budget: its step cap lifted, so the time budget sets its length
+            plans += [(f"{corpus}: baby, {args.minutes:g} min", "baby", {"max_minutes": args.minutes,
+                                                                          "max_steps": 1_000_000})
                       for _ in args.reference if _ == "minutes"]
             plans.append((f"{corpus}: {args.preset}, {args.minutes:g} min", args.preset,
                           {"max_minutes": args.minutes, **parse_overrides(args.set)}))

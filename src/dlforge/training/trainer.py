@@ -287,8 +287,9 @@ class Trainer:
         (None, 0, {}).
         """
         c, model = self.config, self.ddp or self.model
-        # every process must use the same learning rate: the time share differs by microseconds between them
-        position = self.dist.mean(self._schedule_step(), self.device)
+        position = self._schedule_step()
+        if c.max_minutes:  # every process must use the same rate: the time share differs by microseconds between them
+            position = self.dist.mean(position, self.device)
         lr = learning_rate(position, c.lr, c.min_lr if c.min_lr is not None else c.lr / 10, c.warmup_steps,
                            self.schedule_steps, c.decay)
         self.current_lr = lr
