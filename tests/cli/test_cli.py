@@ -205,6 +205,24 @@ def test_stream_prints_the_same_text(cli, run_dir):
     assert no_cache == plain
 
 
+def test_stop_takes_escapes_as_the_readme_writes_them(cli, run_dir):
+    """`--stop "\\n\\n"` as a shell passes it (backslash, n) means a newline, as in --prompt."""
+    args = ("generate", run_dir, "--prompt", "the", "--seed", "4", "--max-new-tokens", "200")
+    _, full, _ = cli(*args)
+    assert "\n" in full[3:].rstrip("\n")
+    _, escaped, _ = cli(*args, "--stop", "\\n")
+    _, real, _ = cli(*args, "--stop", "\n")
+    assert escaped == real and len(escaped) < len(full)
+    assert escaped.rstrip("\n") == full[: full.index("\n", 3)]
+
+
+def test_stream_with_several_samples_streams_each(cli, run_dir):
+    common = ("generate", run_dir, "--prompt", "love", "--max-new-tokens", "20", "--seed", "10", "--num-samples", "2")
+    _, plain, _ = cli(*common)
+    _, streamed, _ = cli(*common, "--stream")
+    assert streamed == plain and streamed.count("--- sample") == 2
+
+
 def test_generate_past_the_context_window(cli, run_dir):
     code, out, _ = cli("generate", run_dir, "--prompt", "a", "--seed", "0",
                            "--max-new-tokens", str(3 * BLOCK))

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from importlib import resources
@@ -51,6 +52,15 @@ def _seed(text: str) -> int:
     if not 0 <= value < 2**63:
         raise argparse.ArgumentTypeError(f"expected a seed from 0 to 2**63 - 1, got {value}")
     return value
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def _text(text: str) -> str:
+    """A text flag with the shell-friendly escapes \\n, \\t, \\r and \\\\ decoded (`--stop "\\n\\n"`), the same
+    way for every text flag that takes them; other backslashes stay as written."""
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 
 def _number(text: str) -> float:
@@ -131,21 +141,19 @@ def cmd_generate(args) -> int:
         raise DlforgeError(f"{args.model} has no tokenizer files (tokenizer.json or vocab.json + merges.txt)")
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, repetition_penalty=args.repetition_penalty, use_cache=not args.no_cache)
-    prompt = args.prompt.replace("\\n", "\n")
-    if args.stream:
-        sys.stdout.write(prompt)
-        for piece in generate_text(model, tokenizer, prompt, stream=True, stop=args.stop, seed=args.seed,
-                                   **options):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-    else:
-        for i in range(args.num_samples):
-            text = generate_text(model, tokenizer, prompt, stop=args.stop,
-                                 seed=None if args.seed is None else args.seed + i, **options)
-            if args.num_samples > 1:
-                print(f"--- sample {i + 1}")
-            print(prompt + text)
+    prompt = args.prompt
+    for i in range(args.num_samples):
+        seed = None if args.seed is None else args.seed + i
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1}", flush=True)
+        if args.stream:  # each sample as it is generated, one after the other
+            sys.stdout.write(prompt)
+            for piece in generate_text(model, tokenizer, prompt, stream=True, stop=args.stop, seed=seed, **options):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        else:
+            print(prompt + generate_text(model, tokenizer, prompt, stop=args.stop, seed=seed, **options))
     return 0
 
 
@@ -372,13 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="continue a prompt with a trained GPT or a Hugging Face GPT-2",
                          description="Generate text from a dlforge run/model folder or a Hugging Face GPT-2 folder.")
     gen.add_argument("model", help="dlforge run folder, model folder, or Hugging Face GPT-2 folder")
-    gen.add_argument("--prompt", default="\n", help="text to continue (default: a newline); \\n is a newline")
+    gen.add_argument("--prompt", type=_text, default="\n",
+                     help="text to continue (default: a newline); \\n is a newline, \\t a tab")
     gen.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
     gen.add_argument("--temperature", type=_number, default=0.8, help="0 = greedy; higher = more random (default 0.8)")
     gen.add_argument("--top-k", type=_positive_int, help="sample only from the k most likely tokens")
     gen.add_argument("--top-p", type=_number, help="nucleus sampling: smallest set with probability >= p, in (0, 1]")
     gen.add_argument("--repetition-penalty", type=_number, default=1.0, help="> 1 discourages repeats (default 1)")
-    gen.add_argument("--stop", action="append", help="stop when this text appears (repeatable)")
+    gen.add_argument("--stop", type=_text, action="append",
+                     help="stop when this text appears (repeatable; \\n is a newline: --stop '\\n\\n')")
     gen.add_argument("--num-samples", type=_positive_int, default=1, help="independent samples (default 1)")
     gen.add_argument("--seed", type=_seed, help="random seed for reproducible sampling")
     gen.add_argument("--stream", action="store_true", help="print text as it is generated")
@@ -412,9 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--context", help="question-answering: the text the questions are answered from")
     pipe.add_argument("--candidate-labels", action="append", metavar="LABELS",
                       help="zero-shot-classification: labels, comma-separated or the option repeated")
-    pipe.add_argument("--hypothesis-template", help="zero-shot-classification: sentence with {} for the label "
-                                                    "(default 'This example is {}.'; 'This text is about {}.' "
-                                                    "for embedding models)")
+    pipe.add_argument("--hypothesis-template", type=_text,
+                      help="zero-shot-classification: sentence with {} for the label (default 'This example is {}.'; "
+                           "'This text is about {}.' for embedding models)")
     pipe.add_argument("--multi-label", action="store_true",
                       help="zero-shot-classification: score each label on its own (several may fit)")
     pipe.add_argument("--function-to-apply", choices=("softmax", "sigmoid", "none"),
@@ -452,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="beam search: stop at num_beams finished hypotheses (true), by the heuristic (false, "
                           "default) or never")
     gen.add_argument("--num-return-sequences", type=_positive_int, help="outputs per input (<= --num-beams)")
-    gen.add_argument("--prefix", help="text put before every input (default: the T5 checkpoint's task prefix)")
+    gen.add_argument("--prefix", type=_text,
+                     help="text put before every input (default: the T5 checkpoint's task prefix)")
     pipe.add_argument("--batch-size", type=_positive_int, default=32, help="inputs per forward pass")
     pipe.add_argument("--device", help="where the model runs: cpu (default), cuda, cuda:N or auto")
     pipe.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
