@@ -28,7 +28,7 @@ try:  # POSIX advisory locks; elsewhere a folder is not locked
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-# `.NAME.PID.XXXXXXXX.tmp` / `.old`: what the helpers below leave behind when a process dies mid-write
+# `.NAME.PID.RANDOM.tmp` / `.old`: what the helpers below leave behind when a process dies mid-write
 _TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.(?:tmp|old)$")
 _ANY_TEMPORARY = re.compile(r"^\..+\.(?:tmp|old)$")  # also the names of older dlforge versions (no pid)
 

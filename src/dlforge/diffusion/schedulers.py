@@ -159,7 +159,7 @@ class NoiseScheduler:
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: torch.Generator | None = None) -> SchedulerOutput:
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: each scheduler defines its own step
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(num_train_timesteps={self.num_train_timesteps}, beta_schedule="

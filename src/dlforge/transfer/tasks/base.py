@@ -154,7 +154,8 @@ class FinetuneTask(ABC):
     def batch_score(self, output, batch: dict, labels: list[str] | None) -> tuple[float, float]:
         """(summed score, items) of one evaluation batch, for `selection_metric`; the metric is the ratio of
         the sums over the whole pass. `labels`: the model's label names in id order."""
-        raise NotImplementedError(f"task {self.name} has no selection metric")
+        # abstract: tasks with a selection metric override it
+        raise NotImplementedError(f"task {self.name} has no selection metric")  # abstract
 
     def check_requirements(self) -> None:
         """Raise a DlforgeError before training if scoring this task needs a package that is missing."""
