@@ -12,7 +12,6 @@ classification head differ. Separate query/key/value matrices are concatenated i
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from ..errors import DlforgeError
 from ..models.bert import Bert, BertConfig
 from ..paths import resolve_inside
+from .checkpoint import read_json_object
 from .weights import fuse_qkv, load_into, load_state_dict
 
 FAMILIES = ("bert", "roberta", "distilbert")
@@ -106,20 +106,13 @@ def config_from_hf(hf: dict) -> BertConfig:
                       classifier_activation="tanh", **common)
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DlforgeError(f"{path} is not valid JSON ({e}): the model folder is damaged") from e
-
-
 def sentence_transformers_pooling(directory: str | Path) -> str | None:
     """The pooling (one of `models.bert.POOLINGS`) a sentence-transformers folder declares, or None when the
     folder has no modules.json or no Pooling module in it (a plain Hugging Face or dlforge folder)."""
     directory = Path(directory)
     if not (directory / "modules.json").is_file():
         return None
-    modules = _read_json(directory / "modules.json")
+    modules = read_json_object(directory / "modules.json", "the model folder is damaged", expected=list)
     poolers = [m for m in modules if isinstance(m, dict) and str(m.get("type", "")).rsplit(".", 1)[-1] == "Pooling"]
     if not poolers:
         return None
@@ -130,7 +123,7 @@ def sentence_transformers_pooling(directory: str | Path) -> str | None:
     if not (folder / "config.json").is_file():
         raise DlforgeError(f"{folder} has no config.json: the sentence-transformers folder is incomplete; "
                            "give the pooling explicitly (e.g. --option pooling=mean)")
-    config = _read_json(folder / "config.json")
+    config = read_json_object(folder / "config.json", "the model folder is damaged")
     if "pooling_mode" in config:  # sentence-transformers >= 5: one name or a list of names
         named = config["pooling_mode"]
         names = [str(n) for n in named] if isinstance(named, list) else [str(named)]

@@ -89,16 +89,17 @@ def resolve_model_dir(path: str | Path) -> Path:
     return path
 
 
-def read_json_object(path: Path, damaged: str = "the checkpoint is damaged") -> dict:
-    """A JSON file that must hold an object; anything else is a one-line DlforgeError naming the file."""
+def read_json_object(path: Path, damaged: str = "the checkpoint is damaged", expected: type = dict):
+    """A JSON file that must hold an object (or, with `expected=list`, an array); anything else is a one-line
+    DlforgeError naming the file and ending with `damaged` (what to do)."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DlforgeError(f"{path} is not valid JSON ({e}): {damaged}") from e
-    if not isinstance(value, dict):
-        found = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}.get(type(value),
-                                                                                                 "a number")
-        raise DlforgeError(f"{path} holds {found}, not a JSON object of settings: {damaged}")
+    if not isinstance(value, expected):
+        names = {dict: "an object", list: "an array", str: "a string", bool: "true or false", type(None): "null"}
+        wanted = "a JSON object of settings" if expected is dict else f"a JSON {names[expected].split()[1]}"
+        raise DlforgeError(f"{path} holds {names.get(type(value), 'a number')}, not {wanted}: {damaged}")
     return value
 
 

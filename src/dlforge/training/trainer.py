@@ -19,7 +19,6 @@ Run folder layout (only rank 0 writes):
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import re
@@ -33,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..errors import DlforgeError
-from ..hub.checkpoint import write_model_files
+from ..hub.checkpoint import read_json_object, write_model_files
 from ..hub.weights import load_into, load_state_dict
 from ..io import (
     atomic_directory,
@@ -126,7 +125,7 @@ def open_run(out: Path, resume: bool, what: str = "run", overrides: dict | None 
     if resume:
         if not run_file.is_file():
             raise DlforgeError(f"nothing to resume in {out}: it has no run.json (start it without --resume)")
-        run = read_run_file(run_file)
+        run = read_json_object(run_file, "the run folder is damaged; start the run again in a new folder")
         for key, kind in (required or {}).items():
             if not isinstance(run.get(key), kind):
                 raise DlforgeError(f"{run_file} is not a {what}'s settings (its {key!r} is missing or of the wrong "
@@ -150,19 +149,6 @@ def open_run(out: Path, resume: bool, what: str = "run", overrides: dict | None 
 
 RESUMABLE_SETTINGS = ("max_steps", "max_minutes", "on_nan", "lr", "min_lr")
 RUN_FILES = ("run.json", "checkpoints", "metrics.csv", "loss.png")  # what a run that never saved may have left
-
-
-def read_run_file(path: Path) -> dict:
-    """run.json as a dict, or a one-line error for a damaged or foreign file."""
-    try:
-        run = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DlforgeError(f"{path} is damaged ({type(e).__name__}): it is not the JSON a dlforge run writes; "
-                           "start the run again in a new folder") from None
-    if not isinstance(run, dict):
-        raise DlforgeError(f"{path} is not a dlforge run's settings (a JSON object): start the run again in a new "
-                           "folder")
-    return run
 
 
 def check_model_fits(build: Callable[[], torch.nn.Module], what: str = "the model") -> int:
