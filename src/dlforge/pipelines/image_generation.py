@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import resolve_device
 from ..errors import DlforgeError
 from ..hub.checkpoint import load_pretrained, resolve_model_dir
 
@@ -118,7 +119,6 @@ class ImageGeneration:
         if isinstance(model, (str, Path)):
             model, class_names = load_image_model(model, GENERATIVE_KINDS, "image-generation")
         if device is not None:
-            from ..training.trainer import resolve_device
 
             model = model.to(resolve_device(str(device)))
         self.model, self.class_names = model.eval(), class_names

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..devices import resolve_device
 from ..errors import DlforgeError
 from ..hub.checkpoint import load_pretrained
 
@@ -30,7 +31,6 @@ class Pipeline:
         if tokenizer is None:
             raise DlforgeError("this model folder has no tokenizer (tokenizer.json): pass tokenizer=...")
         if device is not None:  # as Hugging Face: an int is a CUDA index, -1 the CPU
-            from ..training.trainer import resolve_device  # late: the training package imports the pipelines
 
             name = ("cpu" if device < 0 else f"cuda:{device}") if isinstance(device, int) else str(device)
             model = model.to(resolve_device(name))

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..data.processor import ImageProcessor, expand_image_paths
+from ..devices import resolve_device
 from ..errors import DlforgeError
 from ..hub.checkpoint import load_pretrained
 from .tasks import Pipeline
@@ -37,7 +38,6 @@ class ImagePipeline(Pipeline):
         if model.kind not in VISION_KINDS:
             raise DlforgeError(f"{self.task_name} needs a ViT or ResNet model, but this one is a {model.kind} model")
         if device is not None:
-            from ..training.trainer import resolve_device  # late: the training package imports the pipelines
 
             name = ("cpu" if device < 0 else f"cuda:{device}") if isinstance(device, int) else str(device)
             model = model.to(resolve_device(name))
