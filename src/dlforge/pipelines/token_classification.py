@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import DlforgeError
+from ..text.answer_spans import pad_windows
 from .tasks import Pipeline
-from .zero_shot import _padded
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 
@@ -88,7 +88,7 @@ class TokenClassification(Pipeline):
         out = []
         for start in range(0, len(windows), self.batch_size):
             batch = windows[start:start + self.batch_size]
-            inputs = [_padded(batch, key, fill).to(device) for key, fill in
+            inputs = [pad_windows(batch, key, fill).to(device) for key, fill in
                       (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0))]
             probs = self.model(*inputs).logits.float().softmax(-1).cpu()  # (b, width, num_labels)
             out += [p[:len(w["input_ids"])] for p, w in zip(probs, batch)]

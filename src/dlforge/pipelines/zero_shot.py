@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import DlforgeError
+from ..text.answer_spans import pad_windows
 from .tasks import FeatureExtraction, SentenceSimilarity
 
 # Hugging Face's default for NLI models; for embeddings, a topic phrasing that sentence encoders match better
@@ -96,8 +97,8 @@ class ZeroShotClassification(SentenceSimilarity):  # a SentenceSimilarity for it
                 max_length=min(self.max_length, self._context()), truncation="only_first")
             batch = [w[0] for w in windows]  # a long premise is cut, not split: keep its first window
             pad_id = self.tokenizer.pad_token_id or 0
-            inputs = self._on_device(_padded(batch, "input_ids", pad_id), _padded(batch, "attention_mask", 0),
-                                     _padded(batch, "token_type_ids", 0))
+            inputs = self._on_device(pad_windows(batch, "input_ids", pad_id), pad_windows(batch, "attention_mask", 0),
+                                     pad_windows(batch, "token_type_ids", 0))
             logits.append(self.model(*inputs).logits.float().cpu())
         logits = torch.cat(logits).view(len(texts), len(hypotheses), -1)  # (B, L, num_labels)
         if multi:
@@ -108,9 +109,3 @@ class ZeroShotClassification(SentenceSimilarity):  # a SentenceSimilarity for it
     def _similarity_scores(self, texts: list[str], vectors: torch.Tensor, multi: bool) -> torch.Tensor:
         cos = self.embed(texts) @ vectors.t()  # (B, L): both sides are unit vectors
         return (cos + 1) / 2 if multi else (cos / self.temperature).softmax(-1)
-
-
-def _padded(windows: list[dict], key: str, fill: int) -> torch.Tensor:
-    """The `key` lists of encoded windows, right-padded with `fill` to the longest: (b, width)."""
-    width = max(len(w[key]) for w in windows)
-    return torch.tensor([w[key] + [fill] * (width - len(w[key])) for w in windows])

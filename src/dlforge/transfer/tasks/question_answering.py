@@ -11,7 +11,7 @@ Training features: one per window of "[CLS] question [SEP] context [SEP]", with 
 answer points both at [CLS] (index 0), as in Hugging Face's run_qa.py.
 
 Evaluation: each question's best span over all its windows, decoded exactly as the question-answering
-pipeline decodes it (`pipelines.question_answering.answer_questions`), scored with the official SQuAD v1.1
+pipeline decodes it (`text.answer_spans.answer_questions`), scored with the official SQuAD v1.1
 rules (`metrics.squad`): exact match and token F1 (x100, best over the gold answers). OUT/predictions.json
 holds {id: predicted answer}, the input of the official evaluate-v1.1.py.
 """
@@ -27,7 +27,7 @@ from ...data.records import read_utf8
 from ...errors import DlforgeError
 from ...io import atomic_write_json
 from ...metrics.squad import squad_scores
-from ...pipelines.question_answering import answer_questions
+from ...text.answer_spans import answer_questions
 from . import register
 from .base import FinetuneTask
 
