@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers", reason="the parity tests compare against transformers")
 
 from dlforge.errors import DlforgeError  # noqa: E402
-from dlforge.hub import load_pretrained  # noqa: E402
+from dlforge.hub import load_pretrained, save_pretrained  # noqa: E402
 from dlforge.hub import t5 as hub_t5  # noqa: E402
 from dlforge.text.seq2seq_generation import generate_text2text  # noqa: E402
 from dlforge.text.tokenizers import load_tokenizer  # noqa: E402
@@ -47,9 +47,9 @@ CASES = {
              dict(d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4, decoder_attention_heads=4,
                   encoder_ffn_dim=40, decoder_ffn_dim=40, max_position_embeddings=40),
              dict()),
-    "bart-scaled": ("BartConfig", "BartForConditionalGeneration",
+    "bart-scaled": ("BartConfig", "BartForConditionalGeneration",  # stacks of different depths, heads and widths
                     dict(d_model=32, encoder_layers=3, decoder_layers=2, encoder_attention_heads=2,
-                         decoder_attention_heads=2, encoder_ffn_dim=56, decoder_ffn_dim=56, max_position_embeddings=30,
+                         decoder_attention_heads=4, encoder_ffn_dim=56, decoder_ffn_dim=40, max_position_embeddings=30,
                          scale_embedding=True, activation_function="relu"),
                     dict()),
 }
@@ -159,7 +159,8 @@ EXPECTED = {
     "bart": dict(tie_embeddings=True, scale_embedding=False, activation="gelu", max_position=40, position_offset=2,
                  pre_ln=False, forced_eos_token_id=2, forced_bos_token_id=None, decoder_start_token_id=2),
     "bart-scaled": dict(scale_embedding=True, activation="relu", n_head=2, d_ff=56, n_encoder_layers=3,
-                        n_decoder_layers=2, forced_bos_token_id=0, bos_token_id=0, pad_token_id=1),
+                        n_decoder_layers=2, decoder_n_head=4, decoder_d_ff=40, forced_bos_token_id=0, bos_token_id=0,
+                        pad_token_id=1),
 }
 
 
@@ -364,10 +365,19 @@ def test_unknown_feed_forward_is_named(t5_dir, edit_config):
         load_pretrained(t5_dir)
 
 
-def test_bart_with_different_stack_sizes_is_refused(bart_dir, edit_config):
-    edit_config(bart_dir, lambda c: c.update(decoder_ffn_dim=64))
-    with pytest.raises(DlforgeError, match="decoder_ffn_dim"):
-        load_pretrained(bart_dir)
+@pytest.mark.parametrize("pair", ["bart-scaled", "t5-v1.1"], indirect=True)
+def test_stacks_of_different_sizes_keep_them_when_saved_and_loaded_again(pair, tmp_path):
+    """BART with its own decoder heads and widths, T5 v1.1 with a deeper decoder: dlforge's own directory
+    holds the per-stack sizes, and the model loaded back from it gives the same logits."""
+    hf, model, ids, mask, _ = pair
+    save_pretrained(model, tmp_path)
+    again, _ = load_pretrained(tmp_path)
+    assert again.config == model.config
+    assert again.config.stack_shape(decoder=True) != again.config.stack_shape(decoder=False)
+    decoder_ids = decoder_inputs(hf.config, seed=3)
+    with torch.no_grad():
+        assert torch.equal(again(ids, mask, decoder_input_ids=decoder_ids).logits,
+                           model(ids, mask, decoder_input_ids=decoder_ids).logits)
 
 
 def test_wrong_kind_is_refused(t5_dir, bart_dir):

@@ -94,11 +94,32 @@ def test_relative_position_buckets_follow_t5s_rule():
     assert both.max().item() == 31
 
 
+def test_the_decoder_may_have_its_own_heads_and_width():
+    """decoder_n_head / decoder_d_ff shape the decoder's blocks (self- and cross-attention, MLP) and its cache;
+    unset, the decoder takes the encoder's sizes, as every config written before these fields existed."""
+    same = small()
+    assert same.config.stack_shape(decoder=True) == (3, 4, 48) and same.config.stack_shape(decoder=False) == (2, 4, 48)
+    model = small(decoder_n_head=2, decoder_d_ff=24)
+    encoder_block, decoder_block = model.encoder.layers[0], model.decoder.layers[0]
+    assert (encoder_block.attn.n_heads, encoder_block.mlp.c_fc.weight.shape[0]) == (4, 48)
+    assert (decoder_block.attn.n_heads, decoder_block.cross_attn.n_heads) == (2, 2)
+    assert decoder_block.mlp.c_fc.weight.shape[0] == 24
+    cache = model.new_kv_cache(1, 8)
+    assert len(cache.keys) == 3 and cache.keys[0].shape == (1, 2, 8, 16)  # (B, decoder heads, positions, head_dim)
+    ids = torch.randint(3, 40, (2, 6))
+    cached = model.generate(ids, max_new_tokens=5)
+    assert cached.tolist() == model.generate(ids, max_new_tokens=5, use_cache=False).tolist()
+
+
 def test_bad_configs_and_inputs_say_what_to_fix():
     with pytest.raises(DlforgeError, match="positional"):
         Seq2SeqConfig(positional="rotary")
     with pytest.raises(DlforgeError, match="divisible"):
         Seq2SeqConfig(d_model=30, n_head=4)
+    with pytest.raises(DlforgeError, match="decoder_n_head"):
+        Seq2SeqConfig(d_model=32, n_head=4, decoder_n_head=3)
+    with pytest.raises(DlforgeError, match="decoder_d_ff"):
+        Seq2SeqConfig(decoder_d_ff=0)
     model = small()
     with pytest.raises(DlforgeError, match="max_position"):
         model(torch.randint(3, 40, (1, 40)), labels=torch.randint(3, 40, (1, 3)))

@@ -2,7 +2,8 @@
 
 BART is a post-LN encoder–decoder with biases everywhere, learned positions counted from 2
 (`embed_positions` has max_position_embeddings + 2 rows), a LayerNorm on the embeddings of each
-stack, no final norm, and a bias buffer on the logits. Weights sit under `model.`
+stack, no final norm, and a bias buffer on the logits. The encoder and the decoder may differ in depth, heads
+and feed-forward width (`encoder_*` / `decoder_*` sizes). Weights sit under `model.`
 (BartForConditionalGeneration) or at the top (BartModel). Separate q/k/v projections are
 concatenated into dlforge's fused ones (`attn.c_attn` = q,k,v rows; `cross_attn.kv_proj` = k,v rows).
 """
@@ -39,17 +40,13 @@ SKIPPED = re.compile(r"^(encoder|decoder)\.embed_tokens\.weight$")  # copies of 
 
 
 def config_from_hf(hf: dict) -> Seq2SeqConfig:
-    for encoder_name, decoder_name in (("encoder_attention_heads", "decoder_attention_heads"),
-                                       ("encoder_ffn_dim", "decoder_ffn_dim")):
-        if hf.get(encoder_name) != hf.get(decoder_name):
-            raise DlforgeError(f"BART with {encoder_name}={hf.get(encoder_name)} != {decoder_name}="
-                               f"{hf.get(decoder_name)} is not supported: dlforge's stacks share these sizes")
     activation = hf.get("activation_function", "gelu")
     if activation not in ACTIVATIONS:
         raise DlforgeError(f"BART activation {activation!r} is not supported (known: {', '.join(ACTIVATIONS)})")
     return Seq2SeqConfig(
         vocab_size=hf["vocab_size"], d_model=hf["d_model"], n_encoder_layers=hf["encoder_layers"],
         n_decoder_layers=hf["decoder_layers"], n_head=hf["encoder_attention_heads"], d_ff=hf["encoder_ffn_dim"],
+        decoder_n_head=hf["decoder_attention_heads"], decoder_d_ff=hf["decoder_ffn_dim"],
         dropout=hf.get("dropout", 0.1), activation=ACTIVATIONS[activation], norm="layernorm", norm_eps=1e-5,
         pre_ln=False, final_norm=False, bias=True, positional="learned",
         max_position=hf["max_position_embeddings"], position_offset=2,

@@ -14,6 +14,8 @@ One config covers the three families:
   1/√d score scaling, ReLU or gated-GELU MLP, final norms, output scaled by d^-0.5 when tied;
 - BART (Lewis et al., 2020): learned positions counted from 2, a LayerNorm on the embeddings,
   post-LN blocks, GELU, an extra bias on the output logits.
+The decoder may have its own depth, heads and feed-forward width (`n_decoder_layers`, `decoder_n_head`,
+`decoder_d_ff`; None = the encoder's), as BART and T5 checkpoints may.
 
 Training: `forward(input_ids, attention_mask, labels=...)` shifts the labels right behind
 `decoder_start_token_id` (teacher forcing) and returns label-smoothed cross-entropy. Decoding is in
@@ -49,8 +51,10 @@ class Seq2SeqConfig(ModelConfig):
     d_model: int = 512
     n_encoder_layers: int = 6
     n_decoder_layers: int = 6
-    n_head: int = 8
-    d_ff: int = 2048
+    n_head: int = 8  # attention heads of the encoder (and of the decoder unless decoder_n_head is set)
+    d_ff: int = 2048  # feed-forward width of the encoder (and of the decoder unless decoder_d_ff is set)
+    decoder_n_head: int | None = None  # the decoder's heads (self- and cross-attention); None = n_head
+    decoder_d_ff: int | None = None  # the decoder's feed-forward width; None = d_ff
     attn_inner_dim: int | None = None  # width of all heads together; None = d_model (T5: n_head·d_kv)
     dropout: float = 0.1
     activation: str = "relu"  # relu | gelu | gelu_new | swiglu | geglu
@@ -79,18 +83,27 @@ class Seq2SeqConfig(ModelConfig):
     forced_eos_token_id: int | None = None  # BART: the last allowed step must produce this
 
     def __post_init__(self):
-        check_model_config(self, at_least_one=("vocab_size", "d_model", "n_head", "d_ff", "max_position"))
+        check_model_config(self, at_least_one=("vocab_size", "d_model", "n_head", "d_ff", "max_position",
+                                                "decoder_n_head", "decoder_d_ff"))
         if self.positional not in POSITIONAL_KINDS:
             raise DlforgeError(f"positional must be one of {', '.join(POSITIONAL_KINDS)}, got {self.positional!r}")
-        if (self.attn_inner_dim or self.d_model) % self.n_head:
-            raise DlforgeError(f"the attention width ({self.attn_inner_dim or self.d_model}) must be divisible "
-                               f"by n_head ({self.n_head})")
+        for name, heads in (("n_head", self.n_head), ("decoder_n_head", self.stack_shape(decoder=True)[1])):
+            if (self.attn_inner_dim or self.d_model) % heads:
+                raise DlforgeError(f"the attention width ({self.attn_inner_dim or self.d_model}) must be divisible "
+                                   f"by {name} ({heads})")
         if not 0 <= self.label_smoothing < 1:
             raise DlforgeError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
     @property
     def shared_vocabulary(self) -> bool:
         return self.source_vocab_size is None
+
+    def stack_shape(self, decoder: bool) -> tuple[int, int, int]:
+        """(layers, attention heads, feed-forward width) of the decoder or of the encoder stack."""
+        if decoder:
+            heads = self.n_head if self.decoder_n_head is None else self.decoder_n_head
+            return self.n_decoder_layers, heads, self.d_ff if self.decoder_d_ff is None else self.decoder_d_ff
+        return self.n_encoder_layers, self.n_head, self.d_ff
 
 
 def relative_position_bucket(relative: torch.Tensor, bidirectional: bool, n_buckets: int,
@@ -134,19 +147,19 @@ class Stack(nn.Module):
         self.config, self.decoder = c, decoder
         self.embed_tokens = embed_tokens
         self.embed_scale = math.sqrt(c.d_model) if c.scale_embedding else 1.0
+        n_layers, n_head, d_ff = c.stack_shape(decoder)
         n_positions = c.max_position + c.position_offset
         if c.positional == "learned":
             self.embed_positions = nn.Embedding(n_positions, c.d_model)
         elif c.positional == "sinusoidal":
             self.embed_positions = SinusoidalPositionalEncoding(n_positions, c.d_model)
         else:
-            self.relative_bias = RelativePositionBias(c.relative_buckets, c.relative_max_distance, c.n_head,
+            self.relative_bias = RelativePositionBias(c.relative_buckets, c.relative_max_distance, n_head,
                                                       bidirectional=not decoder)
         self.embed_norm = make_norm(c.norm, c.d_model, c.norm_eps, c.bias) if c.embedding_norm else None
         self.drop = nn.Dropout(c.dropout)
-        n_layers = c.n_decoder_layers if decoder else c.n_encoder_layers
         self.layers = nn.ModuleList([
-            TransformerBlock(c.d_model, c.n_head, c.d_ff, c.activation, c.norm, c.norm_eps, pre_ln=c.pre_ln,
+            TransformerBlock(c.d_model, n_head, d_ff, c.activation, c.norm, c.norm_eps, pre_ln=c.pre_ln,
                              bias=c.bias, dropout=c.dropout, cross_attention=decoder,
                              attn_inner_dim=c.attn_inner_dim, attn_scale=c.attn_scale)
             for _ in range(n_layers)])
@@ -249,8 +262,9 @@ class Seq2Seq(nn.Module):
 
     def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
         c, param = self.config, self.shared.weight
+        n_layers, n_head, _ = c.stack_shape(decoder=True)
         inner = c.attn_inner_dim or c.d_model
-        return KVCache(c.n_decoder_layers, batch_size, c.n_head, max_len, inner // c.n_head,
+        return KVCache(n_layers, batch_size, n_head, max_len, inner // n_head,
                        dtype=param.dtype, device=param.device)
 
     def decode(self, decoder_input_ids, encoder_out=None, encoder_mask=None, kv_cache: KVCache | None = None,
