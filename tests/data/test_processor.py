@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -59,17 +60,36 @@ def test_save_and_read_preprocessor_config(tmp_path):
     processor = ImageProcessor(image_size=32, channels=3, image_mean=[0.485, 0.456, 0.406],
                                image_std=[0.229, 0.224, 0.225])
     raw = json.loads(processor.save(tmp_path).read_text())
-    assert raw["size"] == {"height": 32, "width": 32} and raw["image_mean"] == [0.485, 0.456, 0.406]
-    assert ImageProcessor.read_preprocessor_config(tmp_path) == {
-        "image_size": 32, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+    # dlforge's own processing in Hugging Face's terms: the shorter side to 32, then the centre 32 × 32
+    assert raw["size"] == {"shortest_edge": 32} and raw["do_center_crop"] is True
+    assert raw["crop_size"] == {"height": 32, "width": 32} and raw["image_mean"] == [0.485, 0.456, 0.406]
+    read = ImageProcessor.from_preprocessor_config(raw, image_size=224, channels=3)
+    assert read.settings() == processor.settings() and read.image_std == [0.229, 0.224, 0.225]
     # dlforge's own [-1, 1] scaling is written as mean = std = 0.5, which is the same mapping
     signed = ImageProcessor(image_size=8, channels=1)
-    signed.save(tmp_path)
-    read = ImageProcessor(8, 1, **{k: v for k, v in ImageProcessor.read_preprocessor_config(tmp_path).items()
-                                   if k != "image_size"})
-    image = gradient_image(8, 8)[:1]
+    raw = json.loads(signed.save(tmp_path).read_text())
+    read = ImageProcessor.from_preprocessor_config(raw, image_size=8, channels=1)
+    assert read.image_mean == [0.5] and raw["do_convert_rgb"] is False
+    image = gradient_image(12, 9)[:1]
     torch.testing.assert_close(read(image), signed(image))
-    assert ImageProcessor.read_preprocessor_config(tmp_path / "nothing") == {}
+
+
+def test_a_model_config_carries_its_processing():
+    """from_config follows the config's `preprocessing` settings; without them, dlforge's own processing."""
+    from dlforge.models import ViTConfig
+
+    image = gradient_image(20, 30)
+    plain = ViTConfig(image_size=16, patch_size=8, hidden_size=8, n_layer=1, n_head=2, intermediate_size=8)
+    torch.testing.assert_close(ImageProcessor.from_config(plain)(image), ImageProcessor(16, 3)(image))
+    stretch = ImageProcessor(16, 3, size={"height": 16, "width": 16}, resample=3)
+    config = replace(plain, preprocessing=stretch.settings())
+    out = ImageProcessor.from_config(config)(image)
+    torch.testing.assert_close(out, stretch(image))
+    assert not torch.allclose(out, ImageProcessor(16, 3)(image))  # stretched, not cropped
+    with pytest.raises(DlforgeError, match="unknown preprocessing settings colour"):
+        replace(plain, preprocessing={"colour": "red"})
+    with pytest.raises(DlforgeError, match="resample"):
+        replace(plain, preprocessing={**stretch.settings(), "resample": 9})
 
 
 def test_folders_expand_to_their_images(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 transformers = pytest.importorskip("transformers")
 
+from dlforge.data.processor import ImageProcessor  # noqa: E402
 from dlforge.errors import DlforgeError  # noqa: E402
 from dlforge.hub.vit import load_hf_vit, save_hf_vit, state_dict_to_hf  # noqa: E402
 from dlforge.models.vit import ViT, ViTConfig  # noqa: E402
@@ -158,6 +160,13 @@ def test_preprocessor_config_and_dtype(tmp_path):
     x = pixels(3, 48)
     ref = hf(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state
     assert max_diff(model.encode(x), ref) <= TOL
+    # a non-square processed size: the embeddings stay, each input interpolates them (HF's interpolate_pos_encoding)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({**pre, "size": {"height": 32, "width": 48}}))
+    model = load(tmp_path)
+    assert model.config.image_size == 32 and model.config.preprocessing["size"] == {"height": 32, "width": 48}
+    x = pixels(3, 32, 48)
+    ref = hf(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state
+    assert max_diff(model.encode(x), ref) <= TOL
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({**pre, "do_normalize": False}))
     assert load(tmp_path).config.image_mean == [0.0, 0.0, 0.0]
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5], "image_std": [0.25] * 3}))
@@ -204,9 +213,11 @@ def test_save_hf_vit_round_trip(tmp_path, head):
         assert max_diff(ref.last_hidden_state, model.encode(x)) <= TOL
         assert max_diff(ref.pooler_output, model.pool(x)) <= TOL
     pre = json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())
-    assert pre["image_mean"] == [0.4, 0.5, 0.6] and pre["size"] == {"height": 32, "width": 32}
+    # dlforge's own processing, spelled out: the shorter side to 32, then the centre square
+    assert pre["image_mean"] == [0.4, 0.5, 0.6] and pre["size"] == {"shortest_edge": 32}
+    assert pre["do_center_crop"] and pre["crop_size"] == {"height": 32, "width": 32}
     again = load(tmp_path / "hf")
-    assert again.config == config
+    assert again.config == replace(config, preprocessing=ImageProcessor.from_config(config).settings())
     assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
 
 

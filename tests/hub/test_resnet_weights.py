@@ -278,3 +278,32 @@ def test_hf_heads_and_errors(tmp_path, edit_weights):
     with pytest.raises(DlforgeError, match=r"missing 1 weight\(s\): layers.1.shortcut.1.weight.*"
                                            r"shape mismatch.*layers.3.conv2.weight \(16, 16, 1, 1\)"):
         load_hf_resnet(directory, raw)
+
+
+@torch.no_grad()
+def test_hf_folder_processes_non_square_images_as_transformers(tmp_path):
+    """A ResNet folder with microsoft/resnet-50's kind of preprocessor_config.json (ConvNeXt's processor under its
+    old feature-extractor name, a bare int size, crop_pct): on non-square pictures dlforge's processor and model
+    give transformers' pixel values and logits."""
+    transformers = pytest.importorskip("transformers")
+    from PIL import Image
+
+    from dlforge.data.processor import ImageProcessor
+
+    hf = hf_model("ForImageClassification", num_channels=3)
+    preprocessor = {"feature_extractor_type": "ConvNextFeatureExtractor", "size": 40, "crop_pct": 0.875,
+                    "resample": 3, "do_normalize": True, "image_mean": [0.485, 0.456, 0.406],
+                    "image_std": [0.229, 0.224, 0.225]}
+    directory, raw = save_hf(hf, tmp_path / "cls", preprocessor)
+    model = load_hf_resnet(directory, raw).eval()
+    assert model.config.image_size == 40 and model.config.preprocessing["crop_pct"] == 0.875
+    theirs = transformers.ConvNextImageProcessorPil.from_pretrained(str(directory))
+    ours = ImageProcessor.from_config(model.config)
+    rng = torch.Generator().manual_seed(3)
+    for width, height in ((71, 57), (57, 71), (300, 200)):
+        image = Image.fromarray(torch.randint(0, 256, (height, width, 3), generator=rng, dtype=torch.uint8).numpy())
+        expected = theirs(image, return_tensors="pt").pixel_values
+        pixels = ours(image)
+        assert pixels.shape == expected.shape == (1, 3, 40, 40)
+        assert (pixels - expected).abs().max().item() <= 1e-6
+        torch.testing.assert_close(model(pixels).logits, hf(pixel_values=expected).logits, atol=1e-4, rtol=1e-4)

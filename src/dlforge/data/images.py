@@ -125,11 +125,22 @@ def _open_picture(path: Path, size: int | None, mode: str | None):
         raise DlforgeError(f"cannot read image {path} ({type(e).__name__}): remove or replace the file") from e
     if mode is None:
         mode = "L" if picture.mode in ("1", "L", "LA", "I;16", "I") else "RGB"
-    picture = picture.convert(mode)
+    picture = picture_in_mode(picture, mode)
     if size is not None and picture.size != (size, size):
         # shorter side to `size`, then the centre square: no stretching
         picture = ImageOps.fit(picture, (size, size), method=Image.Resampling.BICUBIC)
     return picture
+
+
+def picture_in_mode(picture, mode: str):
+    """A PIL image in `mode` ("L" or "RGB"); transparency is laid over a white background first, as Hugging Face's
+    image processors do (`convert_to_rgb`), rather than dropped."""
+    from PIL import Image
+
+    if "A" in picture.getbands() or picture.info.get("transparency") is not None:
+        picture = picture.convert("RGBA")
+        picture = Image.alpha_composite(Image.new("RGBA", picture.size, (255, 255, 255, 255)), picture)
+    return picture.convert(mode)
 
 
 def _picture_tensor(picture) -> torch.Tensor:

@@ -36,7 +36,8 @@ config.json: num_channels, embedding_size (the stem width), hidden_sizes (each s
 bottleneck's width is hidden_size / 4), depths, layer_type; `downsample_in_bottleneck` (stride on the first 1×1
 conv) and `downsample_in_first_stage` (the first stage strides 2) are supported as the config fields
 `stride_in_1x1` and `downsample_in_first_stage`; a hidden_act other than relu is rejected. preprocessor_config.json
-gives image_size and image_mean / image_std; id2label the class names.
+gives image_size, image_mean / image_std and the processing (`config.preprocessing`: ConvNextImageProcessor's
+shortest_edge / crop_pct rule, as transformers applies it); id2label the class names.
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ from pathlib import Path
 
 import torch
 
+from ..data.processor import PREPROCESSOR_FILE, ImageProcessor
 from ..errors import DlforgeError
 from ..io import atomic_path
 from ..models.cnn import IMAGENET_MEAN, IMAGENET_STD, RESNET_PRESETS, ResNet, ResNetConfig
+from .checkpoint import read_json_object
 from .weights import _load_one, load_into, load_state_dict, save_state_dict
 
 TV_BLOCK = re.compile(r"layer(\d+)\.(\d+)\.(conv\d|bn\d|downsample\.[01])\.(\w+)")
@@ -267,12 +270,24 @@ def config_from_hf(hf: dict) -> dict:
                 downsample_in_first_stage=bool(hf.get("downsample_in_first_stage", False)))
 
 
+def hf_processing(directory: Path, channels: int) -> dict:
+    """ResNetConfig fields of a preprocessor_config.json (a ConvNextImageProcessor unless it names another):
+    image_size (the processed size), image_mean / image_std and the processing settings. Without the file: the
+    ImageNet mean / std for RGB (what Hugging Face's image processors assume) and dlforge's own processing."""
+    path = directory / PREPROCESSOR_FILE
+    if not path.is_file():
+        return dict(image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD) if channels == 3 else {}
+    processor = ImageProcessor.from_preprocessor_config(read_json_object(path), 224, channels, "ConvNextImageProcessor")
+    size = processor.output_size()
+    side = size[0] if size else processor.size.get("shortest_edge", processor.size.get("height"))
+    return dict(image_size=side, image_mean=processor.image_mean, image_std=processor.image_std,
+                preprocessing=processor.settings())
+
+
 def load_hf_resnet(directory: str | Path, raw_config: dict, task: str | None = None, num_labels: int | None = None,
                    labels: list[str] | None = None) -> ResNet:
     """A Hugging Face ResNet directory -> ResNet. task None keeps the checkpoint's head (ResNetModel: none);
     "image-classification" with num_labels / labels puts on a fresh head if the count differs; "none" drops it."""
-    from ..data.processor import PREPROCESSOR_FILE, ImageProcessor
-
     if raw_config.get("model_type") != "resnet":
         raise DlforgeError(f"{directory}: model_type {raw_config.get('model_type')!r} is not a ResNet")
     if task is not None and task not in TASKS:
@@ -292,8 +307,6 @@ def load_hf_resnet(directory: str | Path, raw_config: dict, task: str | None = N
     elif task == "image-classification" and not found and num_labels is None and labels is None:
         raise DlforgeError(f"{directory} has no classification head: give num_labels or labels for a new one")
     num_labels, labels, keep = _head(found, num_labels, labels, found_labels)
-    processing = ImageProcessor.read_preprocessor_config(directory)
-    if not (directory / PREPROCESSOR_FILE).is_file() and shape["channels"] == 3:  # HF's image processor default
-        processing.update(image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
-    config = ResNetConfig(**{"image_size": 224, **shape, **processing, "num_labels": num_labels, "labels": labels})
+    config = ResNetConfig(**{"image_size": 224, **shape, **hf_processing(directory, shape["channels"]),
+                             "num_labels": num_labels, "labels": labels})
     return _build(config, state, str(directory), keep)

@@ -5,8 +5,12 @@ writes) and transformers 5's in-memory names (`layers.N.attention.q_proj`), each
 ViTForImageClassification or bare as ViTModel. Separate query/key/value matrices are concatenated into the
 fused `c_attn` (and split again on saving). The pooler is kept when the checkpoint has one;
 `classifier` becomes `head`. preprocessor_config.json, when present, gives image_mean / image_std and the
-resolution. ViTForMaskedImageModeling (its encoder_stride decoder) and non-square images or patches are
-refused with a DlforgeError. Weights are loaded as float32 whatever `dtype` / `torch_dtype` says.
+processing (`config.preprocessing`, followed by `ImageProcessor.from_config`: a ViTImageProcessor resizes to its
+height × width whatever the image's shape, as transformers does); a square processed size other than image_size
+resizes the position embeddings to it, others are interpolated per input (HF's interpolate_pos_encoding).
+`save_hf_vit` writes the model's processing back as preprocessor_config.json. ViTForMaskedImageModeling (its
+encoder_stride decoder) and non-square `image_size` or patches are refused with a DlforgeError. Weights are loaded
+as float32 whatever `dtype` / `torch_dtype` says.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.processor import ImageProcessor
 from ..errors import DlforgeError
 from ..models.vit import ViT, ViTConfig
 from .checkpoint import read_json_object
@@ -88,34 +93,11 @@ def config_from_hf(hf: dict, preprocessor: dict | None = None) -> ViTConfig:
 
 
 def _with_preprocessing(config: ViTConfig, pre: dict) -> ViTConfig:
-    """image_mean / image_std of a preprocessor_config.json (a value shared by all channels is broadcast)."""
-    if not pre.get("do_rescale", True) or abs(pre.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-9:
-        raise DlforgeError("preprocessor_config.json does not rescale pixels by 1/255: dlforge images are "
-                           "floats in [0, 1] before normalisation")
-    if pre.get("do_normalize", True):
-        mean, std = pre.get("image_mean", [0.5]), pre.get("image_std", [0.5])
-    else:
-        mean, std = [0.0], [1.0]
-    def per_channel(values):  # one value, or the same value for every channel (a grey model, RGB defaults)
-        values = [float(v) for v in values]
-        return values[:1] * config.channels if len(set(values)) == 1 else values
-
-    return replace(config, image_mean=per_channel(mean), image_std=per_channel(std))
-
-
-def preprocessing_size(pre: dict | None) -> int | None:
-    """The square side images are resized (or cropped) to, from a preprocessor config; None if not given."""
-    if not pre:
-        return None
-    size = pre.get("crop_size") if pre.get("do_center_crop") else pre.get("size")
-    if isinstance(size, int):
-        return size
-    if isinstance(size, dict) and "height" in size and "width" in size:
-        if size["height"] != size["width"]:
-            raise DlforgeError(f"preprocessor_config.json resizes to a non-square {size}: only square images are "
-                               "supported")
-        return int(size["height"])
-    return None
+    """The config with the processing of a preprocessor_config.json (a ViTImageProcessor unless it names another):
+    image_mean / image_std and the resize / crop / rescale settings."""
+    processor = ImageProcessor.from_preprocessor_config(pre, config.image_size, config.channels, "ViTImageProcessor")
+    return replace(config, image_mean=processor.image_mean, image_std=processor.image_std,
+                   preprocessing=processor.settings())
 
 
 def convert_state_dict(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -178,9 +160,9 @@ def load_hf_vit(directory: str | Path, raw_config: dict, task: str | None = None
     preprocessor = _read_json(directory / "preprocessor_config.json")
     config, new_head = with_task(config_from_hf(raw_config, preprocessor), task, num_labels, labels)
     model = load_vit_weights(config, convert_state_dict(load_state_dict(directory)), directory, new_head)
-    size = preprocessing_size(preprocessor)
-    if size is not None and size != config.image_size:
-        model.resize_position_embeddings(size)
+    size = ImageProcessor.from_config(config).output_size()
+    if size is not None and size[0] == size[1] != config.image_size:
+        model.resize_position_embeddings(size[0])  # other shapes: the embeddings are interpolated per input
     return model
 
 
@@ -209,14 +191,6 @@ def config_to_hf(c: ViTConfig) -> dict:
         hf["id2label"] = {str(i): n for i, n in enumerate(names)}
         hf["label2id"] = {n: i for i, n in enumerate(names)}
     return hf
-
-
-def preprocessor_to_hf(c: ViTConfig) -> dict:
-    """A ViTImageProcessor config: resize to image_size, scale to [0, 1], normalise (None: to [-1, 1])."""
-    return {"image_processor_type": "ViTImageProcessor", "do_resize": True,
-            "size": {"height": c.image_size, "width": c.image_size}, "resample": 2, "do_rescale": True,
-            "rescale_factor": 1 / 255, "do_normalize": True,
-            "image_mean": c.image_mean or [0.5] * c.channels, "image_std": c.image_std or [0.5] * c.channels}
 
 
 def state_dict_to_hf(model: ViT) -> dict[str, torch.Tensor]:
@@ -258,5 +232,5 @@ def save_hf_vit(model: ViT, directory: str | Path) -> Path:
     with atomic_directory(directory) as tmp:
         save_state_dict(state_dict_to_hf(model), tmp / "model.safetensors")
         atomic_write_json(tmp / "config.json", hf_config)
-        atomic_write_json(tmp / "preprocessor_config.json", preprocessor_to_hf(model.config))
+        ImageProcessor.from_config(model.config).save(tmp)
     return directory

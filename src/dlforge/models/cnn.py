@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.processor import check_normalisation
+from ..data.processor import check_image_processing
 from ..errors import DlforgeError
 from ..settings import check_model_config
 from .config import ModelConfig
@@ -65,6 +65,9 @@ class ResNetConfig(ModelConfig):
     labels: list[str] | None = None  # class names in id order
     image_mean: list[float] | None = None  # per channel on [0, 1] pixels; None = images scaled to [-1, 1]
     image_std: list[float] | None = None
+    # how images are resized and cropped for the weights (`ImageProcessor.settings()`, Hugging Face's
+    # preprocessor_config.json names); None = the shorter side to image_size, then the centre square
+    preprocessing: dict | None = None
     dropout: float = 0.0  # before the head
     zero_init_residual: bool = False  # each block's last BN gain starts at 0
     stride_in_1x1: bool = False  # bottleneck: stride on the first 1×1 conv (ResNet v1) instead of the 3×3 (v1.5)
@@ -96,7 +99,7 @@ class ResNetConfig(ModelConfig):
         if self.labels is not None and len(self.labels) != self.num_labels:
             raise DlforgeError(f"{len(self.labels)} label names for num_labels={self.num_labels}: "
                                "give one name per class")
-        check_normalisation(self.image_mean, self.image_std, self.channels)
+        check_image_processing(self)
         if not 0.0 <= self.dropout < 1.0:
             raise DlforgeError(f"dropout must be in [0, 1), got {self.dropout}")
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.processor import check_normalisation
+from ..data.processor import check_image_processing
 from ..errors import DlforgeError
 from ..nn import Linear, TransformerBlock
 from ..nn.blocks import ACTIVATIONS
@@ -55,6 +55,9 @@ class ViTConfig(ModelConfig):
     labels: list[str] | None = None  # class names in id order
     image_mean: list[float] | None = None  # per-channel normalisation the weights expect; None = [-1, 1] input
     image_std: list[float] | None = None
+    # how images are resized and cropped for the weights (`ImageProcessor.settings()`, Hugging Face's
+    # preprocessor_config.json names); None = the shorter side to image_size, then the centre square
+    preprocessing: dict | None = None
 
     def __post_init__(self):
         check_model_config(self, at_least_one=("image_size", "patch_size", "channels", "hidden_size", "n_head",
@@ -79,7 +82,7 @@ class ViTConfig(ModelConfig):
         if self.labels is not None and len(self.labels) != self.num_labels:
             raise DlforgeError(f"{len(self.labels)} label names for num_labels={self.num_labels}: give one name "
                                "per class, or none")
-        check_normalisation(self.image_mean, self.image_std, self.channels)
+        check_image_processing(self)
 
     @property
     def grid_size(self) -> int:
