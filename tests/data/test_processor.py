@@ -86,6 +86,8 @@ def test_a_model_config_carries_its_processing():
     out = ImageProcessor.from_config(config)(image)
     torch.testing.assert_close(out, stretch(image))
     assert not torch.allclose(out, ImageProcessor(16, 3)(image))  # stretched, not cropped
+    with pytest.raises(DlforgeError, match="must be a dict"):
+        replace(plain, preprocessing="stretch")
     with pytest.raises(DlforgeError, match="unknown preprocessing settings colour"):
         replace(plain, preprocessing={"colour": "red"})
     with pytest.raises(DlforgeError, match="resample"):

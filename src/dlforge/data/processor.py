@@ -230,6 +230,8 @@ class ImageProcessor:
         """From a vision model's config: image_size, channels, image_mean / image_std and its `preprocessing`
         settings (None: dlforge's own processing at image_size)."""
         settings = getattr(config, "preprocessing", None) or {}
+        if not isinstance(settings, dict):
+            raise DlforgeError(f"preprocessing={settings!r} must be a dict of image-processor settings (or None)")
         unknown = sorted(set(settings) - set(SETTINGS))
         if unknown:
             raise DlforgeError(f"unknown preprocessing settings {', '.join(unknown)} in the model config: the config "
