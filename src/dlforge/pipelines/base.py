@@ -71,7 +71,10 @@ def device_of(device=None, device_map=None) -> torch.device | None:
         raise DlforgeError(f"device must be an int (-1 = CPU), 'cpu', 'cuda', 'cuda:N' or 'auto', got {where!r}")
     if isinstance(where, int):  # as Hugging Face: an int is a CUDA index, -1 the CPU
         where = "cpu" if where < 0 else f"cuda:{where}"
-    return resolve_device(str(where))
+    try:
+        return resolve_device(str(where))
+    except RuntimeError as e:  # torch's own message for a device string it cannot parse
+        raise DlforgeError(f"unknown device {where!r}: use 'cpu', 'cuda', 'cuda:N', 'auto' or an int") from e
 
 
 def dtype_of(torch_dtype=None, dtype=None) -> torch.dtype | None:

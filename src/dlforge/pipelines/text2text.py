@@ -5,9 +5,10 @@ They differ only in the key of their output, as in Hugging Face: `[{"generated_t
 inputs; a list per input when num_return_sequences > 1). Generation options use the Hugging Face
 keyword names (max_new_tokens, min_new_tokens, max_length, min_length, num_beams, do_sample,
 temperature, top_k, top_p, repetition_penalty, length_penalty, no_repeat_ngram_size, early_stopping,
-num_return_sequences) plus `seed` for sampling. A T5 checkpoint's task prefix ("translate English to
-German: ", "summarize: ") is put in front of each input when its config.json has one for the task
-(`translation_en_to_de` names the language pair); `prefix=` overrides it.
+num_return_sequences) plus dlforge's `seed` for sampling and `max_source_length` (source tokens kept; longer
+sources are truncated; default and upper bound: the model's positions, 512 for relative ones). A T5
+checkpoint's task prefix ("translate English to German: ", "summarize: ") is put in front of each input when
+its config.json has one for the task (`translation_en_to_de` names the language pair); `prefix=` overrides it.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ Hugging Face's call signature and outputs, computed the same way:
                         Face does; an int: it is cut into windows overlapping by `stride` tokens and the
                         windows' entities are merged (an overlap keeps the longer, else the more confident
                         one). Not with aggregation_strategy="none", whose token indices are per window.
+  max_length            the tokens per text (or per window); default and upper bound: the model's positions.
 `start`/`end` are character offsets into the text given; "word" is decoded from the tokens (lower-cased
 by an uncased tokenizer): text[start:end] is the exact span. The model must be a token classifier
 (config.task token-classification) with B-/I- (IOB) or bare label names.
