@@ -14,7 +14,8 @@ A task defines
   _forward(items, **kw)        a batch of preprocessed inputs -> one model output per input (the model runs here)
   postprocess(output, **kw)    one output -> the result the user sees
 Keywords given when the pipeline is built are defaults; the same keyword in a call wins for that call.
-Every pipeline also takes `batch_size` (inputs per forward pass) and `num_workers` (accepted for Hugging Face
+Every pipeline also takes `batch_size` (inputs per forward pass; a task that cuts an input into several
+windows or pairs runs at most the pipeline's batch_size of them at once) and `num_workers` (accepted for Hugging Face
 code; dlforge preprocesses in the calling thread), and, when built, `device` (an int is a CUDA index, -1 the
 CPU), `device_map` ("auto" or one device: the model is not split over devices), `torch_dtype` / `dtype` (a
 torch dtype, its name, or "auto" for the checkpoint's own).
@@ -96,6 +97,11 @@ def check_positive(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise DlforgeError(f"{name} must be an integer >= 1, got {value!r}")
     return value
+
+
+def option_name(value) -> str:
+    """A string option given as a string or as one of transformers' enums (its `.value`), lower-cased."""
+    return str(getattr(value, "value", value)).lower()
 
 
 def given(**options) -> dict:
@@ -182,10 +188,13 @@ class Pipeline:
         for item in items:
             batch.append(self.preprocess(item, **pre))
             if len(batch) == batch_size:
-                yield from (self.postprocess(out, **post) for out in self._forward(batch, **forward))
+                yield from self._run_batch(batch, forward, post)
                 batch = []
         if batch:
-            yield from (self.postprocess(out, **post) for out in self._forward(batch, **forward))
+            yield from self._run_batch(batch, forward, post)
+
+    def _run_batch(self, batch: list, forward: dict, post: dict) -> list:
+        return [self.postprocess(out, **post) for out in self._forward(batch, **forward)]
 
     def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """An input tensor moved to the model's device (floats also to its dtype)."""
@@ -215,6 +224,10 @@ class TextPipeline(Pipeline):
     def _context(self) -> int:
         """The most tokens the model reads at once."""
         return getattr(self.model.config, "max_position", getattr(self.model.config, "block_size", 512))
+
+    def token_limit(self, max_length: int | None = None) -> int:
+        """Tokens per input (or window): `max_length`, at most (and by default) the model's positions."""
+        return min(max_length or self._context(), self._context())
 
     @staticmethod
     def _tokenizer_options(truncation=None, padding=None, max_length=None, tokenizer_kwargs=None) -> dict:
@@ -246,7 +259,7 @@ class TextPipeline(Pipeline):
                                + (f" and {type(pair).__name__}" if pair is not None else ""))
         if not hasattr(self.tokenizer, "encode_windows"):
             raise DlforgeError(f"{self.task_name} needs a Hugging Face tokenizer (tokenizer.json or vocab.txt)")
-        limit = min(max_length or self._context(), self._context())
+        limit = self.token_limit(max_length)
         cut = truncation not in (False, "do_not_truncate")
         strategy = truncation if isinstance(truncation, str) and cut else None
         window = self.tokenizer.encode_windows([text], None if pair is None else [pair],

@@ -101,7 +101,7 @@ class QuestionAnswering(TextPipeline):
 
     def _forward(self, pairs, max_length=None, max_seq_len=None, **options):
         if max_seq_len is None:
-            max_seq_len = min(384, max_length or self._context(), self._context())
+            max_seq_len = min(384, self.token_limit(max_length))
         return answer_questions(self.model, self.tokenizer, [q for q, _ in pairs], [c for _, c in pairs],
                                 max_seq_len=max_seq_len, batch_size=self.batch_size, **options)
 

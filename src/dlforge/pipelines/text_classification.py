@@ -15,7 +15,7 @@ else softmax). Tokenizer keywords: truncation, padding, max_length, tokenizer_kw
 from __future__ import annotations
 
 from ..errors import DlforgeError
-from .base import TextPipeline
+from .base import TextPipeline, option_name
 
 FUNCTIONS = ("softmax", "sigmoid", "none")
 UNSET = ""  # top_k's default: "not given" (None means "every label", as in Hugging Face)
@@ -23,7 +23,7 @@ UNSET = ""  # top_k's default: "not given" (None means "every label", as in Hugg
 
 def function_name(function_to_apply) -> str:
     """"softmax", "sigmoid" or "none" from a name in any case (or Hugging Face's ClassificationFunction)."""
-    name = str(getattr(function_to_apply, "value", function_to_apply)).lower()
+    name = option_name(function_to_apply)
     if name not in FUNCTIONS:
         raise DlforgeError(f"function_to_apply must be one of {', '.join(FUNCTIONS)}, got {function_to_apply!r}")
     return name

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import DlforgeError
-from .base import TextPipeline, check_positive
+from .base import TextPipeline, check_positive, option_name
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 
@@ -55,7 +55,7 @@ class TokenClassification(TextPipeline):
         if max_length is not None:
             pre["max_length"] = check_positive("max_length", max_length)
         if aggregation_strategy is not None:
-            post["strategy"] = str(getattr(aggregation_strategy, "value", aggregation_strategy)).lower()
+            post["strategy"] = option_name(aggregation_strategy)
             if post["strategy"] not in STRATEGIES:
                 raise DlforgeError(f"aggregation_strategy must be one of {', '.join(STRATEGIES)}, got "
                                    f"{aggregation_strategy!r}")
@@ -70,13 +70,10 @@ class TokenClassification(TextPipeline):
             post["ignore"] = [ignore_labels] if isinstance(ignore_labels, str) else list(ignore_labels)
         return pre, {}, post
 
-    def _max_tokens(self, max_length: int | None = None) -> int:
-        return min(max_length or self._context(), self._context())
-
     def preprocess(self, text, stride=None, max_length=None):
         if not isinstance(text, str):
             raise DlforgeError(f"token-classification takes texts (strings), got {type(text).__name__}")
-        limit = self._max_tokens(max_length)
+        limit = self.token_limit(max_length)
         if stride is not None and not 0 <= stride < limit:
             raise DlforgeError(f"stride must be >= 0 and below the max length {limit}, got {stride}")
         windows = self.tokenizer.encode_windows([text], max_length=limit, stride=stride or 0)[0]
