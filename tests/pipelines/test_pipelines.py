@@ -139,3 +139,36 @@ def test_device_argument_follows_hugging_face():
     if not torch.cuda.is_available():
         with pytest.raises(DlforgeError, match="no CUDA GPU is available"):
             dlforge.pipeline("sentence-similarity", model=MINILM_DIR, device=0)
+
+
+class Records:
+    """A dataset-like iterable (not a list): pipelines stream it."""
+
+    def __init__(self, texts):
+        self.texts = texts
+
+    def __len__(self):
+        return len(self.texts)
+
+    def __iter__(self):
+        return iter(self.texts)
+
+
+def test_base_keywords_streams_and_bad_values():
+    sim = dlforge.pipeline("sentence-similarity", model=MINILM_DIR, batch_size=2, num_workers=0)
+    texts = ["a cat", "a dog", "tax law", "rain"]
+    streamed = sim(Records(texts), batch_size=3, others=["a kitten"])
+    assert not isinstance(streamed, list)
+    torch.testing.assert_close(torch.tensor(list(streamed)), torch.tensor(sim(texts, others=["a kitten"])))
+    with pytest.raises(DlforgeError, match="batch_size must be an integer >= 1"):
+        sim(texts, batch_size=0)
+    for device, message in (("tpu", "unknown device 'tpu'"), (True, "device must be an int"),
+                            (1.5, "device must be an int")):
+        with pytest.raises(DlforgeError, match=message):
+            dlforge.pipeline("sentence-similarity", model=MINILM_DIR, device=device)
+    with pytest.raises(DlforgeError, match="sentence-similarity got an unknown keyword 'top_k'"):
+        sim("a cat", top_k=2)
+    with pytest.raises(DlforgeError, match="others must be a non-empty list"):
+        sim("a cat", others="a kitten")
+    with pytest.raises(DlforgeError, match="takes texts"):
+        sim([3])

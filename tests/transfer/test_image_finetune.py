@@ -121,10 +121,10 @@ def test_pipelines_take_files_folders_and_give_vectors(backbones, pattern_mnist,
     folder = clf(tmp_path / "in", top_k=1)
     assert len(folder) == 6 and all(len(r) == 1 for r in folder)
     fx = dlforge.pipeline("image-feature-extraction", model=backbones["vit"])
-    vectors = fx([str(tmp_path / "in" / "0.png"), str(tmp_path / "in" / "1.png")])
+    vectors = fx([str(tmp_path / "in" / "0.png"), str(tmp_path / "in" / "1.png")], pool=True)
     model, _ = load_pretrained(backbones["vit"])
-    assert len(vectors) == 2 and len(vectors[0]) == model.config.hidden_size
-    tokens = fx(str(tmp_path / "in" / "0.png"), pool=False)
+    assert len(vectors) == 2 and len(vectors[0]) == 1 and len(vectors[0][0]) == model.config.hidden_size
+    tokens = fx(str(tmp_path / "in" / "0.png"))  # as transformers: every token's state by default, [1, T, hidden]
     assert len(tokens) == 1 and len(tokens[0]) == 1 + (28 // model.config.patch_size) ** 2
     with pytest.raises(DlforgeError, match="needs a ViT or ResNet"):
         dlforge.pipeline("image-classification", model=_gan(tmp_path))

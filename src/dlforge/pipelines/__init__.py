@@ -9,14 +9,16 @@ Tasks: text-classification (alias sentiment-analysis), token-classification (ali
 question-answering (question=/context= or {"question", "context"} records), feature-extraction,
 sentence-similarity, zero-shot-classification, text-generation; image-classification and
 image-feature-extraction (images: paths, folders, PIL images; see pipelines/vision.py); image-generation.
-Each accepts one input or a list (the result is then a list) and processes lists in batches.
+Each accepts one input or a list (the result is then a list), processes lists in batches, streams
+generators, and takes Hugging Face's keywords (see pipelines/base.py; an unknown keyword is a DlforgeError).
 `read_inputs(path, column=None)` reads a list of inputs from a .txt, .csv, .tsv or .jsonl file (a string
 passed to a pipeline is always a text).
 """
 
 from __future__ import annotations
 
+from .base import Pipeline, TextPipeline
 from .inputs import read_inputs
-from .tasks import PIPELINES, Pipeline, pipeline
+from .tasks import ALIASES, PIPELINES, pipeline
 
-__all__ = ["PIPELINES", "Pipeline", "pipeline", "read_inputs"]
+__all__ = ["ALIASES", "PIPELINES", "Pipeline", "TextPipeline", "pipeline", "read_inputs"]

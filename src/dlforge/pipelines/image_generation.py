@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from ..devices import resolve_device
 from ..errors import DlforgeError
 from ..hub.checkpoint import load_pretrained, resolve_model_dir
+from .base import Pipeline, given, is_model_path
 
 GENERATIVE_KINDS = ("diffusion", "gan", "vae")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -109,20 +109,33 @@ def _sample(model, n, labels, steps, scheduler, guidance_scale, eta, seed) -> to
     raise DlforgeError(f"a {model.kind} model does not generate images: use a diffusion, gan or vae run")
 
 
-class ImageGeneration:
-    """`pipeline("image-generation", model=RUN)`: `__call__(n, label=None, **options)` -> (n, C, H, W) in [-1, 1]."""
+class ImageGeneration(Pipeline):
+    """`pipeline("image-generation", model=RUN)`: `__call__(n, label=None, **options)` -> (n, C, H, W) in [-1, 1].
+
+    Options (at construction or call): steps, scheduler, guidance_scale, eta (diffusion only), seed (default 0),
+    precision ("auto", "fp32", "bf16"); see `sample_images`."""
 
     task_name = "image-generation"
 
-    def __init__(self, model, tokenizer=None, device: str | None = None, **_ignored):
-        class_names = None
-        if isinstance(model, (str, Path)):
-            model, class_names = load_image_model(model, GENERATIVE_KINDS, "image-generation")
-        if device is not None:
-
-            model = model.to(resolve_device(str(device)))
-        self.model, self.class_names = model.eval(), class_names
+    def _load(self, model, tokenizer):
+        self.class_names = None
+        if is_model_path(model):
+            model, self.class_names = load_image_model(model, GENERATIVE_KINDS, "image-generation")
+        return model, None
 
     def __call__(self, n: int = 1, label=None, **options) -> torch.Tensor:
-        labels = resolve_labels(self.model, label, n, self.class_names)
-        return sample_images(self.model, n, labels=labels, **options)
+        return super().__call__(n, **given(label=label), **options)
+
+    def _sanitize_parameters(self, label=None, steps=None, scheduler=None, guidance_scale=None, eta=None, seed=None,
+                             precision=None):
+        forward = given(steps=steps, scheduler=scheduler, guidance_scale=guidance_scale, eta=eta, seed=seed,
+                        precision=precision)
+        return given(label=label), forward, {}
+
+    def preprocess(self, n, label=None):
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise DlforgeError(f"image-generation takes the number of images to draw, got {n!r}")
+        return n, resolve_labels(self.model, label, n, self.class_names)
+
+    def _forward(self, requests, **options):
+        return [sample_images(self.model, n, labels=labels, **options) for n, labels in requests]

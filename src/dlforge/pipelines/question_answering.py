@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from ..errors import DlforgeError
 from ..text.answer_spans import answer_questions
-from .tasks import Pipeline
+from .base import TextPipeline, given, is_stream
 
 
 def qa_inputs(args: tuple, question=None, context=None) -> tuple[list[tuple[str, str]], bool]:
@@ -76,24 +76,35 @@ def qa_inputs(args: tuple, question=None, context=None) -> tuple[list[tuple[str,
     return pairs, single
 
 
-class QuestionAnswering(Pipeline):
+class QuestionAnswering(TextPipeline):
     task_name = "question-answering"
     needs = ("question-answering",)
 
-    def __call__(self, *args, question=None, context=None, top_k: int = 1, doc_stride: int | None = None,
-                 max_answer_len: int = 15, max_seq_len: int | None = None, max_question_len: int = 64,
-                 handle_impossible_answer: bool = False, align_to_words: bool = True):
+    def __call__(self, *args, question=None, context=None, **options):
+        if len(args) == 1 and is_stream(args[0]) and question is None and context is None:
+            return super().__call__(args[0], **options)  # a generator of {"question", "context"} dicts
         pairs, single = qa_inputs(args, question, context)
+        items = [{"question": q, "context": c} for q, c in pairs]
+        return super().__call__(items[0] if single else items, **options)
+
+    def _sanitize_parameters(self, top_k=None, doc_stride=None, max_answer_len=None, max_seq_len=None,
+                             max_question_len=None, handle_impossible_answer=None, align_to_words=None,
+                             max_length=None):
+        # max_question_len: accepted and unused, as by Hugging Face's pipeline with a fast tokenizer
+        forward = given(top_k=top_k, doc_stride=doc_stride, max_answer_len=max_answer_len, max_seq_len=max_seq_len,
+                        handle_impossible_answer=handle_impossible_answer, align_to_words=align_to_words,
+                        max_length=max_length)
+        return {}, forward, {} if top_k is None else {"top_k": top_k}
+
+    def preprocess(self, item):
+        return qa_inputs((item,))[0][0]  # (question, context), checked
+
+    def _forward(self, pairs, max_length=None, max_seq_len=None, **options):
         if max_seq_len is None:
-            max_seq_len = min(384, self.max_length, self._context())
-        results = []
-        for start in range(0, len(pairs), self.batch_size):
-            chunk = pairs[start:start + self.batch_size]
-            answers = answer_questions(self.model, self.tokenizer, [q for q, _ in chunk], [c for _, c in chunk],
-                                       top_k=top_k, doc_stride=doc_stride, max_answer_len=max_answer_len,
-                                       max_seq_len=max_seq_len, handle_impossible_answer=handle_impossible_answer,
-                                       align_to_words=align_to_words, batch_size=self.batch_size)
-            for found in answers:  # a context too short for any span answers nothing, with score 0
-                found = found or [{"score": 0.0, "start": 0, "end": 0, "answer": ""}]
-                results.append(found[0] if top_k == 1 else found)
-        return results[0] if single else results
+            max_seq_len = min(384, self.token_limit(max_length))
+        return answer_questions(self.model, self.tokenizer, [q for q, _ in pairs], [c for _, c in pairs],
+                                max_seq_len=max_seq_len, batch_size=self.batch_size, **options)
+
+    def postprocess(self, found, top_k=1):
+        found = found or [{"score": 0.0, "start": 0, "end": 0, "answer": ""}]  # a context too short for any span
+        return found[0] if top_k == 1 else found

@@ -15,6 +15,7 @@ Hugging Face's call signature and outputs, computed the same way:
                         Face does; an int: it is cut into windows overlapping by `stride` tokens and the
                         windows' entities are merged (an overlap keeps the longer, else the more confident
                         one). Not with aggregation_strategy="none", whose token indices are per window.
+  max_length            the tokens per text (or per window); default and upper bound: the model's positions.
 `start`/`end` are character offsets into the text given; "word" is decoded from the tokens (lower-cased
 by an uncased tokenizer): text[start:end] is the exact span. The model must be a token classifier
 (config.task token-classification) with B-/I- (IOB) or bare label names.
@@ -25,21 +26,17 @@ from __future__ import annotations
 import torch
 
 from ..errors import DlforgeError
-from ..text.answer_spans import pad_windows
-from .tasks import Pipeline
+from .base import TextPipeline, check_positive, option_name
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 
 
-class TokenClassification(Pipeline):
+class TokenClassification(TextPipeline):
     task_name = "token-classification"
     needs = ("token-classification",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if not hasattr(self.tokenizer, "encode_windows"):
-            raise DlforgeError("token-classification needs a Hugging Face tokenizer (tokenizer.json or vocab.txt) "
-                               "for the character offsets of each token")
         config = self.model.config
         self.labels = config.labels or [f"LABEL_{i}" for i in range(config.num_labels)]
         backend = self.tokenizer.tokenizer  # the `tokenizers.Tokenizer`
@@ -47,52 +44,53 @@ class TokenClassification(Pipeline):
         self.word_aware = bool(getattr(backend.model, "continuing_subword_prefix", None))
         self._decoder = backend.decoder
 
-    def __call__(self, inputs, aggregation_strategy: str = "none", ignore_labels: list[str] | None = None,
-                 stride: int | None = None):
-        strategy = str(getattr(aggregation_strategy, "value", aggregation_strategy)).lower()
-        if strategy not in STRATEGIES:
-            raise DlforgeError(f"aggregation_strategy must be one of {', '.join(STRATEGIES)}, got "
-                               f"{aggregation_strategy!r}")
+    def _check_model(self) -> None:
+        super()._check_model()
+        if not hasattr(self.tokenizer, "encode_windows"):
+            raise DlforgeError("token-classification needs a Hugging Face tokenizer (tokenizer.json or vocab.txt) "
+                               "for the character offsets of each token")
+
+    def _sanitize_parameters(self, aggregation_strategy=None, ignore_labels=None, stride=None, max_length=None):
+        pre, post = {}, {}
+        if max_length is not None:
+            pre["max_length"] = check_positive("max_length", max_length)
+        if aggregation_strategy is not None:
+            post["strategy"] = option_name(aggregation_strategy)
+            if post["strategy"] not in STRATEGIES:
+                raise DlforgeError(f"aggregation_strategy must be one of {', '.join(STRATEGIES)}, got "
+                                   f"{aggregation_strategy!r}")
         if stride is not None:
-            if strategy == "none":
+            if post.get("strategy", "none") == "none":
                 raise DlforgeError("stride splits long texts into windows whose entities are merged: choose an "
                                    "aggregation_strategy other than 'none' (simple, first, average or max)")
-            if not 0 <= stride < self._max_tokens():
-                raise DlforgeError(f"stride must be >= 0 and below the max length {self._max_tokens()}, got {stride}")
-        ignore = ["O"] if ignore_labels is None else list(ignore_labels)
-        return super().__call__(inputs, strategy=strategy, ignore=ignore, stride=stride)
+            if isinstance(stride, bool) or not isinstance(stride, int):
+                raise DlforgeError(f"stride must be an integer >= 0, got {stride!r}")
+            pre["stride"] = stride
+        if ignore_labels is not None:
+            post["ignore"] = [ignore_labels] if isinstance(ignore_labels, str) else list(ignore_labels)
+        return pre, {}, post
 
-    def _max_tokens(self) -> int:
-        return min(self.max_length, self._context())
+    def preprocess(self, text, stride=None, max_length=None):
+        if not isinstance(text, str):
+            raise DlforgeError(f"token-classification takes texts (strings), got {type(text).__name__}")
+        limit = self.token_limit(max_length)
+        if stride is not None and not 0 <= stride < limit:
+            raise DlforgeError(f"stride must be >= 0 and below the max length {limit}, got {stride}")
+        windows = self.tokenizer.encode_windows([text], max_length=limit, stride=stride or 0)[0]
+        return text, windows if stride is not None else windows[:1]  # without stride: truncated, as Hugging Face
 
-    def _run(self, texts, strategy, ignore, stride):
-        windows = self.tokenizer.encode_windows(texts, max_length=self._max_tokens(), stride=stride or 0)
-        if stride is None:
-            windows = [w[:1] for w in windows]  # truncated, as Hugging Face without stride
-        probs = iter(self._probabilities([w for per_text in windows for w in per_text]))
-        out = []
-        for text, per_text in zip(texts, windows):
-            entities = []
-            for window in per_text:
-                tokens = self._tokens(text, window, next(probs), strategy)
-                grouped = self._aggregate(tokens, strategy)
-                entities += [e for e in grouped if e.get("entity", e.get("entity_group")) not in ignore]
-            out.append(_merge_overlaps(entities) if len(per_text) > 1 else entities)
-        return out
+    def _forward(self, items):
+        flat = [w for _, windows in items for w in windows]
+        probs = iter(self.run_windows(flat, lambda *inputs: self.model(*inputs).logits.float().softmax(-1)))
+        return [(text, [(w, next(probs)) for w in windows]) for text, windows in items]  # probs (T, num_labels)
 
-    @torch.no_grad()
-    def _probabilities(self, windows: list[dict]) -> list[torch.Tensor]:
-        """Per window, the label probabilities of its tokens: (T_window, num_labels)."""
-        pad_id = self.tokenizer.pad_token_id or 0
-        device = next(self.model.parameters()).device
-        out = []
-        for start in range(0, len(windows), self.batch_size):
-            batch = windows[start:start + self.batch_size]
-            inputs = [pad_windows(batch, key, fill).to(device) for key, fill in
-                      (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0))]
-            probs = self.model(*inputs).logits.float().softmax(-1).cpu()  # (b, width, num_labels)
-            out += [p[:len(w["input_ids"])] for p, w in zip(probs, batch)]
-        return out
+    def postprocess(self, output, strategy="none", ignore=("O",)):
+        text, windows = output
+        entities = []
+        for window, probs in windows:
+            grouped = self._aggregate(self._tokens(text, window, probs, strategy), strategy)
+            entities += [e for e in grouped if e.get("entity", e.get("entity_group")) not in ignore]
+        return _merge_overlaps(entities) if len(windows) > 1 else entities
 
     def _tokens(self, text: str, window: dict, probs: torch.Tensor, strategy: str) -> list[dict]:
         """The window's non-special tokens: word piece, probabilities, offsets, index, whether a sub-word."""

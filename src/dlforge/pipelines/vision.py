@@ -5,11 +5,15 @@
     clf(["a.png", pil_image, "folder/"])  # one list per image; a folder stands for its image files (sorted)
 
     fx = dlforge.pipeline("image-feature-extraction", model="runs/resnet/model")
-    fx("a.png")                          # the pooled vector the classification head reads: [hidden] floats
-    fx("a.png", pool=False)              # ViT: every token's final hidden state, [1, 1 + patches, hidden]
+    fx("a.png")                          # Hugging Face's last_hidden_state: ViT [1, 1 + patches, hidden],
+                                         # ResNet [1, channels, height, width] (the last feature map)
+    fx("a.png", pool=True)               # Hugging Face's pooler_output: ViT [1, hidden] (its pooler when the
+                                         # checkpoint has one, else the vector its head reads), ResNet [1, C, 1, 1]
 
 Images (paths, PIL images, uint8 tensors or arrays) are converted to the model's channels and size and normalised
-as its weights expect (`dlforge.data.processor.ImageProcessor`).
+as its weights expect (`dlforge.data.processor.ImageProcessor`). Keywords: image-classification top_k (default
+5, at most the number of labels; None: all), function_to_apply (as text-classification's), timeout (accepted:
+dlforge reads local files only); image-feature-extraction pool, return_tensors (a tensor instead of lists).
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from pathlib import Path
 import torch
 
 from ..data.processor import ImageProcessor, expand_image_paths
-from ..devices import resolve_device
 from ..errors import DlforgeError
 from ..hub.checkpoint import load_pretrained
-from .tasks import Pipeline
+from .base import Pipeline, is_model_path
+from .text_classification import function_name, label_names, ranked_labels, score
 
 VISION_KINDS = ("vit", "resnet")
 
@@ -30,34 +34,33 @@ VISION_KINDS = ("vit", "resnet")
 class ImagePipeline(Pipeline):
     """Loads a vision model once; `__call__` takes one image or a list (folders expand to their images)."""
 
-    def __init__(self, model, tokenizer=None, batch_size: int = 32, device=None, **unused):
-        if unused:
-            raise DlforgeError(f"{self.task_name} has no option {sorted(unused)[0]!r}")
-        if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+    def _load(self, model, processor):
+        if is_model_path(model):
             model, _ = load_pretrained(model)
         if model.kind not in VISION_KINDS:
             raise DlforgeError(f"{self.task_name} needs a ViT or ResNet model, but this one is a {model.kind} model")
-        if device is not None:
+        # a processor may come as tokenizer=, as Hugging Face's image pipelines take it
+        return model, processor if isinstance(processor, ImageProcessor) else ImageProcessor.from_config(model.config)
 
-            name = ("cpu" if device < 0 else f"cuda:{device}") if isinstance(device, int) else str(device)
-            model = model.to(resolve_device(name))
-        self.model, self.batch_size = model.eval(), batch_size
-        given = tokenizer if isinstance(tokenizer, ImageProcessor) else None  # a processor may come as tokenizer=
-        self.processor = given or ImageProcessor.from_config(model.config)
-        self._check_model()
-
-    def _check_model(self) -> None:
-        return None
+    @property
+    def processor(self) -> ImageProcessor:
+        return self.tokenizer
 
     def __call__(self, inputs, **options):
-        single = not isinstance(inputs, (list, tuple)) and not (isinstance(inputs, (str, Path))
-                                                                 and Path(inputs).is_dir())
-        items = expand_image_paths(inputs)
-        results = []
-        for start in range(0, len(items), self.batch_size):
-            pixels = self.processor(items[start:start + self.batch_size])  # (B, C, H, W)
-            results.extend(self._run(*self._on_device(pixels), **options))
-        return results[0] if single else results
+        folder = isinstance(inputs, (str, Path)) and Path(inputs).is_dir()
+        if folder or isinstance(inputs, (list, tuple)):
+            inputs = expand_image_paths(inputs)  # a folder is a list of its images
+        return super().__call__(inputs, **options)
+
+    def preprocess(self, image, timeout=None):
+        return self.processor([image])[0]  # (C, H, W)
+
+    def _forward(self, images, **options):
+        with torch.no_grad():  # (B, ...) -> B × (...)
+            return list(self._run(self._on_device(torch.stack(images)), **options).float().cpu())
+
+    def _run(self, pixels: torch.Tensor, **options) -> torch.Tensor:
+        raise TypeError(f"{type(self).__name__} defines no _run")  # abstract
 
 
 class ImageClassification(ImagePipeline):
@@ -68,24 +71,38 @@ class ImageClassification(ImagePipeline):
             raise DlforgeError("image-classification needs a model with a classification head, but this one is a "
                                "bare backbone: fine-tune one with `dlforge finetune --task image-classification`")
 
-    @torch.no_grad()
-    def _run(self, pixels, top_k: int | None = 5):
-        scores = self.model(pixels).logits.float().softmax(-1).cpu()  # (B, num_labels)
-        names = self.model.config.labels or [f"LABEL_{i}" for i in range(scores.size(-1))]
-        out = []
-        for row in scores.tolist():
-            ranked = sorted(zip(names, row), key=lambda p: -p[1])
-            out.append([{"label": n, "score": s} for n, s in ranked[:top_k]])
-        return out
+    def _sanitize_parameters(self, top_k=None, function_to_apply=None, timeout=None):
+        post = {} if top_k is None else {"top_k": top_k}
+        if function_to_apply is not None:
+            post["function_to_apply"] = function_name(function_to_apply)
+        return ({} if timeout is None else {"timeout": timeout}), {}, post
+
+    def _run(self, pixels):
+        return self.model(pixels).logits  # (B, num_labels)
+
+    def postprocess(self, logits, top_k=5, function_to_apply=None):
+        if function_to_apply is None:
+            function_to_apply = "sigmoid" if logits.size(-1) == 1 else "softmax"
+        names = label_names(self.model.config, logits.size(-1))
+        return ranked_labels(score(logits, function_to_apply), names,
+                             None if top_k is None else min(top_k, len(names)))
 
 
 class ImageFeatureExtraction(ImagePipeline):
     task_name = "image-feature-extraction"
 
-    @torch.no_grad()
-    def _run(self, pixels, pool: bool = True):
-        if pool:
-            return self.model.features(pixels).float().cpu().tolist()  # (B, hidden)
-        if not hasattr(self.model, "encode"):
-            raise DlforgeError("pool=False returns token states, which only a ViT has; use pool=True")
-        return [[states] for states in self.model.encode(pixels).float().cpu().tolist()]  # B × [1, T, hidden]
+    def _sanitize_parameters(self, pool=None, return_tensors=None, timeout=None):
+        forward = {} if pool is None else {"pool": bool(pool)}
+        post = {} if return_tensors is None else {"return_tensors": bool(return_tensors)}
+        return ({} if timeout is None else {"timeout": timeout}), forward, post
+
+    def _run(self, pixels, pool=False):
+        model = self.model
+        if model.kind == "resnet":  # Hugging Face's ResNetModel: the last feature map, or it average-pooled
+            return model.features(pixels)[..., None, None] if pool else model.feature_map(pixels)
+        if not pool:
+            return model.encode(pixels)  # (B, 1 + patches, hidden)
+        return model.pool(pixels) if model.pooler is not None else model.features(pixels)  # (B, hidden)
+
+    def postprocess(self, features, return_tensors=False):
+        return features[None] if return_tensors else [features.tolist()]

@@ -24,8 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import DlforgeError
-from ..text.answer_spans import pad_windows
-from .tasks import FeatureExtraction, SentenceSimilarity
+from .feature_extraction import SentenceSimilarity
 
 # Hugging Face's default for NLI models; for embeddings, a topic phrasing that sentence encoders match better
 # (all-MiniLM-L6-v2, SST-2 dev with positive/negative: 66.2% vs 63.5% accuracy; 5 of 5 vs 4 of 5 on the
@@ -46,66 +45,79 @@ def parse_labels(candidate_labels) -> list[str]:
 
 class ZeroShotClassification(SentenceSimilarity):  # a SentenceSimilarity for its `embed`
     task_name = "zero-shot-classification"
-    needs = FeatureExtraction.needs
     temperature = 0.05  # embedding-similarity, single-label: softmax(cos / temperature)
 
     def __init__(self, *args, **kwargs):
+        self._hypothesis_vectors: dict[tuple[str, ...], torch.Tensor] = {}  # embedding-similarity, per label set
         super().__init__(*args, **kwargs)
+
+    def _check_model(self) -> None:
+        super()._check_model()
         config = self.model.config
         names = config.labels if config.task == "sequence-classification" and config.labels else []
         # as Hugging Face: the first label whose name starts with "entail", in any case
         self.entailment_id = next((i for i, n in enumerate(names) if n.lower().startswith("entail")), None)
         self.method = "nli" if self.entailment_id is not None else "embedding-similarity"
-        if self.method == "nli" and not hasattr(self.tokenizer, "encode_windows"):
-            raise DlforgeError("zero-shot-classification with an NLI model needs a Hugging Face tokenizer "
-                               "(tokenizer.json or vocab.txt) to encode sentence pairs")
 
-    def __call__(self, sequences, candidate_labels=None, hypothesis_template: str | None = None,
-                 multi_label: bool = False):
-        labels = parse_labels(candidate_labels)
-        hypothesis_template = hypothesis_template or DEFAULT_TEMPLATES[self.method]
+    def __call__(self, sequences, *args, **kwargs):
+        if len(args) == 1 and "candidate_labels" not in kwargs:  # zs(text, ["a", "b"]), as Hugging Face
+            kwargs["candidate_labels"] = args[0]
+        elif args:
+            raise DlforgeError("zero-shot-classification takes the sequences and the candidate labels as arguments; "
+                               "give other options by keyword")
+        return super().__call__(sequences, **kwargs)
+
+    def _sanitize_parameters(self, candidate_labels=None, hypothesis_template=None, multi_label=None,
+                             max_length=None):
+        pre = self._tokenizer_options(max_length=max_length)
+        if candidate_labels is not None:
+            pre["labels"] = parse_labels(candidate_labels)
+        if hypothesis_template is not None:
+            pre["hypothesis_template"] = hypothesis_template
+        return pre, {}, {} if multi_label is None else {"multi_label": bool(multi_label)}
+
+    def preprocess(self, sequence, labels=None, hypothesis_template=None, **tokenizer_options):
+        labels = parse_labels(labels)
+        template = hypothesis_template or DEFAULT_TEMPLATES[self.method]
         try:
-            hypotheses = [hypothesis_template.format(label) for label in labels]
+            hypotheses = [template.format(label) for label in labels]
         except (IndexError, KeyError, ValueError) as e:
-            raise DlforgeError(f"hypothesis_template {hypothesis_template!r} cannot be filled ({e}): use one {{}} "
+            raise DlforgeError(f"hypothesis_template {template!r} cannot be filled ({e}): use one {{}} "
                                "where the label goes, e.g. 'This example is {}.'") from e
-        if hypotheses[0] == hypothesis_template:
-            raise DlforgeError(f"hypothesis_template {hypothesis_template!r} has no {{}}: put one where the label "
+        if hypotheses[0] == template:
+            raise DlforgeError(f"hypothesis_template {template!r} has no {{}}: put one where the label "
                                "goes, e.g. 'This example is {}.'")
-        multi = multi_label or len(labels) == 1  # one label: a yes/no question (as Hugging Face)
-        vectors = self.embed(hypotheses) if self.method == "embedding-similarity" else None  # (L, C), once
-        return super().__call__(sequences, labels=labels, hypotheses=hypotheses, multi=multi, vectors=vectors)
+        if self.method == "nli":  # every (premise=sequence, hypothesis) pair; a long premise is cut, not split
+            windows = [self.encode(sequence, h, truncation="only_first", **tokenizer_options) for h in hypotheses]
+        else:
+            windows = [self.encode(sequence, **tokenizer_options)]
+        return {"sequence": sequence, "labels": labels, "hypotheses": hypotheses, "windows": windows}
 
-    def _run(self, texts, labels, hypotheses, multi, vectors):
-        scores = self._nli_scores(texts, hypotheses, multi) if vectors is None else \
-            self._similarity_scores(texts, vectors, multi)  # (B, L)
-        out = []
-        for text, row in zip(texts, scores.tolist()):
-            order = sorted(range(len(labels)), key=lambda i: -row[i])
-            out.append({"sequence": text, "labels": [labels[i] for i in order], "scores": [row[i] for i in order],
-                        "method": self.method})
-        return out
+    def _forward(self, items):
+        flat = [w for item in items for w in item["windows"]]
+        if self.method == "nli":
+            logits = iter(self.run_windows(flat, lambda *inputs: self.model(*inputs).logits, per_token=False))
+            return [(item, torch.stack([next(logits) for _ in item["windows"]])) for item in items]  # (L, labels)
+        vectors = self.embed_windows(flat)  # one (hidden,) per sequence
+        return [(item, self._hypotheses_embedded(item["hypotheses"]) @ v) for item, v in zip(items, vectors)]
 
-    @torch.no_grad()
-    def _nli_scores(self, texts: list[str], hypotheses: list[str], multi: bool) -> torch.Tensor:
-        premises = [t for t in texts for _ in hypotheses]  # every (sequence, hypothesis) pair, sequence-major
-        pairs = hypotheses * len(texts)
-        logits = []
-        for start in range(0, len(pairs), self.batch_size):
-            windows = self.tokenizer.encode_windows(
-                premises[start:start + self.batch_size], pairs[start:start + self.batch_size],
-                max_length=min(self.max_length, self._context()), truncation="only_first")
-            batch = [w[0] for w in windows]  # a long premise is cut, not split: keep its first window
-            pad_id = self.tokenizer.pad_token_id or 0
-            inputs = self._on_device(pad_windows(batch, "input_ids", pad_id), pad_windows(batch, "attention_mask", 0),
-                                     pad_windows(batch, "token_type_ids", 0))
-            logits.append(self.model(*inputs).logits.float().cpu())
-        logits = torch.cat(logits).view(len(texts), len(hypotheses), -1)  # (B, L, num_labels)
-        if multi:
+    def _hypotheses_embedded(self, hypotheses: list[str]) -> torch.Tensor:
+        """(L, hidden) unit vectors of the filled templates; embedded once per label set."""
+        key = tuple(hypotheses)
+        if key not in self._hypothesis_vectors:
+            self._hypothesis_vectors = {key: self.embed(hypotheses)}
+        return self._hypothesis_vectors[key]
+
+    def postprocess(self, output, multi_label=False):
+        item, values = output  # nli: logits (L, num_labels); embedding-similarity: cosines (L,)
+        multi = multi_label or len(item["labels"]) == 1  # one label: a yes/no question (as Hugging Face)
+        if self.method == "nli" and multi:
             contradiction = -1 if self.entailment_id == 0 else 0  # Hugging Face's choice
-            return logits[..., [contradiction, self.entailment_id]].softmax(-1)[..., 1]
-        return logits[..., self.entailment_id].softmax(-1)
-
-    def _similarity_scores(self, texts: list[str], vectors: torch.Tensor, multi: bool) -> torch.Tensor:
-        cos = self.embed(texts) @ vectors.t()  # (B, L): both sides are unit vectors
-        return (cos + 1) / 2 if multi else (cos / self.temperature).softmax(-1)
+            scores = values[:, [contradiction, self.entailment_id]].softmax(-1)[:, 1]
+        elif self.method == "nli":
+            scores = values[:, self.entailment_id].softmax(-1)
+        else:
+            scores = (values + 1) / 2 if multi else (values / self.temperature).softmax(-1)
+        order = sorted(range(len(item["labels"])), key=lambda i: -scores[i].item())
+        return {"sequence": item["sequence"], "labels": [item["labels"][i] for i in order],
+                "scores": [scores[i].item() for i in order], "method": self.method}

@@ -22,20 +22,28 @@ MASKED = -10000.0  # Hugging Face's fill for logits outside the context (exp und
 
 
 @torch.no_grad()
-def window_logits(model, windows: list[dict], pad_id: int = 0, batch_size: int = 32) -> list[torch.Tensor]:
-    """Start/end logits (T, 2), float32 on the CPU, for each encoded window (batched by similar length)."""
-    device = next(model.parameters()).device
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i]["input_ids"]))  # little padding
+def window_outputs(run, windows: list[dict], pad_id: int = 0, batch_size: int = 32, device=None,
+                   per_token: bool = True) -> list[torch.Tensor]:
+    """`run(input_ids, attention_mask, token_type_ids)` on right-padded batches of encoded windows (batched by
+    similar length, so little padding): per window, float32 on the CPU, the rows of its own tokens (T, ...) of
+    a per-token output (b, width, ...), or its row of a per-sequence output (b, ...)."""
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i]["input_ids"]))
     out: list[torch.Tensor] = [None] * len(windows)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         batch = [windows[i] for i in rows]
         inputs = [pad_windows(batch, key, fill).to(device)
                   for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0))]
-        logits = model(*inputs).logits.float().cpu()  # (b, width, 2)
+        outputs = run(*inputs).float().cpu()
         for row, i in enumerate(rows):
-            out[i] = logits[row, :len(windows[i]["input_ids"])]
+            out[i] = outputs[row, :len(windows[i]["input_ids"])] if per_token else outputs[row]
     return out
+
+
+def window_logits(model, windows: list[dict], pad_id: int = 0, batch_size: int = 32) -> list[torch.Tensor]:
+    """Start/end logits (T, 2), float32 on the CPU, for each encoded window."""
+    return window_outputs(lambda *inputs: model(*inputs).logits, windows, pad_id, batch_size,
+                          next(model.parameters()).device)
 
 
 def best_spans(logits: torch.Tensor, window: dict, top_k: int = 1, max_answer_len: int = 15,
