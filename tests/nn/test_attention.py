@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dlforge.errors import DlforgeError
 from dlforge.nn import KVCache, MultiHeadAttention, RotaryEmbedding, attention_reference, build_attention_mask
 from dlforge.nn.attention import (
     FEW_QUERIES,
@@ -272,7 +273,7 @@ def test_self_attention_matches_manual_computation():
 
 
 def test_width_not_divisible_by_heads_raises():
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(DlforgeError, match="divisible"):
         MultiHeadAttention(30, 4)
 
 
@@ -395,5 +396,5 @@ def test_kv_cache_stores_in_place_and_rejects_overflow():
     # bitwise: the buffers are uninitialised and may hold NaN patterns
     assert torch.equal(cache.keys[0].view(torch.int32), layer0_before.view(torch.int32))  # other layers untouched
     cache.advance(1)
-    with pytest.raises(ValueError, match="full"):
+    with pytest.raises(DlforgeError, match="full"):
         cache.update(0, k2, k2)
