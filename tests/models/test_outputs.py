@@ -285,3 +285,23 @@ def test_seq2seq_outputs_match_transformers(family, tmp_path):
     assert_all_close(out.decoder_attentions, ref.decoder_attentions)
     assert_all_close(out.cross_attentions, ref.cross_attentions)
     assert (out.logits - ref.logits).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("head", ["ResNetModel", "ResNetForImageClassification"])
+def test_resnet_outputs_match_transformers(head, tmp_path):
+    torch.manual_seed(0)
+    hf = perturbed(getattr(transformers, head)(transformers.ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8, 12, 16], depths=[1, 2, 1], layer_type="basic",
+        num_labels=3)))
+    model = loaded(hf, tmp_path)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = hf(pixel_values=pixels, output_hidden_states=True)
+        out = model(pixels, output_hidden_states=True)
+    assert len(out.hidden_states) == 4  # the stem's output, then each of the 3 stages'
+    assert_all_close(out.hidden_states, ref.hidden_states)
+    if head == "ResNetModel":
+        assert out.logits is None
+        assert_all_close((out.last_hidden_state, out.pooler_output), (ref.last_hidden_state, ref.pooler_output))
+    else:
+        assert (out.logits - ref.logits).abs().max() <= TOL
