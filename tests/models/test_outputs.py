@@ -126,6 +126,8 @@ def test_bare_encoders_return_last_hidden_state_and_no_logits():
     assert out.logits is None and out.keys() == ["last_hidden_state", "hidden_states"]
     torch.testing.assert_close(out.last_hidden_state, bert.encode(ids))
     assert len(out.hidden_states) == 3 and out.hidden_states[-1] is out.last_hidden_state
+    with pytest.raises(DlforgeError, match="no task head"):
+        bert(ids, labels=torch.zeros(2, dtype=torch.long))
     vit = ViT(ViTConfig(image_size=8, patch_size=4, channels=1, hidden_size=16, n_layer=2, n_head=2,
                         intermediate_size=32, pooler=True)).eval()
     pixels = torch.randn(2, 1, 8, 8)

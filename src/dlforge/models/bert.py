@@ -222,10 +222,13 @@ class Bert(nn.Module):
         A bare encoder (task "none") returns `last_hidden_state` (B, T, C) and no logits; a head returns logits
         and, with labels, the loss. output_hidden_states / output_attentions add every layer's states /
         attention probabilities."""
+        task = self.config.task
+        if task == "none" and (labels is not None or start_positions is not None):
+            raise DlforgeError("this encoder has no task head to score labels with: load or build it with a task "
+                               "(e.g. task='sequence-classification') to train it")
         outputs = StackOutputs(output_hidden_states, output_attentions)
         hidden = self.encode(input_ids, attention_mask, token_type_ids, outputs)  # (B, T, C)
         recorded = outputs.fields()
-        task = self.config.task
         if task == "none":
             return ModelOutput(last_hidden_state=hidden, **recorded)
         if task == "masked-lm":
