@@ -307,3 +307,19 @@ def test_resnet_outputs_match_transformers(head, tmp_path):
         assert_all_close((out.last_hidden_state, out.pooler_output), (ref.last_hidden_state, ref.pooler_output))
     else:
         assert (out.logits - ref.logits).abs().max() <= TOL
+
+
+def test_bert_question_answering_loss_ignores_answers_past_the_end_as_transformers(tmp_path):
+    torch.manual_seed(0)
+    hf = perturbed(transformers.BertForQuestionAnswering(eager(
+        "BertConfig", vocab_size=VOCAB, hidden_size=24, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=40, max_position_embeddings=20)))
+    model = loaded(hf, tmp_path)
+    ids = torch.randint(3, VOCAB, (3, 8))
+    start, end = torch.tensor([2, 30, 5]), torch.tensor([4, 31, 9])  # row 2: cut off by truncation; row 3: end
+    with torch.no_grad():
+        ref = hf(input_ids=ids, start_positions=start, end_positions=end)
+        out = model(ids, start_positions=start, end_positions=end)
+        only_first = model(ids[:1], start_positions=start[:1], end_positions=end[:1])
+    assert abs(out.loss.item() - ref.loss.item()) <= TOL
+    assert abs(out.loss.item() - only_first.loss.item()) > 1e-3  # row 3's start still counts
