@@ -15,6 +15,7 @@ from dlforge.nn.attention import (
     SCORE_CHUNK_ELEMENTS,
     attention_batch_chunks,
     attention_upcast,
+    attention_weights,
     cpu_inference_attention,
 )
 
@@ -239,6 +240,30 @@ def test_cross_attention_matches_manual_projection():
         y = _manual_attention(q, k, v, torch.ones(3, 4, dtype=torch.bool))
         expected = mha.c_proj(y.transpose(1, 2).reshape(1, 3, DIM))
     assert (out - expected).abs().max() <= TOL
+
+
+def test_weights_into_receives_the_probabilities_and_leaves_the_output_unchanged():
+    """Asked for its probabilities, a layer returns the same output and hands over softmax rows (B, H, T, S); with
+    keys given once per source for 3 beams each, every beam's rows come back as if its keys had been copied."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(DIM, HEADS, cross=True, context_dim=12).eval()
+    x, ctx = torch.randn(6, 4, DIM), torch.randn(2, 7, 12)  # 2 sources × 3 beams, 4 queries, 7 context tokens
+    ctx_mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    ctx_mask[1, ..., 5:] = False
+    with torch.no_grad():
+        k, v = mha.project_context(ctx)  # (2, H, 7, D), once per source
+        plain = mha(x, context=(k, v), attn_mask=ctx_mask)
+        shared = []
+        out = mha(x, context=(k, v), attn_mask=ctx_mask, weights_into=shared)
+        copied = []
+        rows = torch.arange(2).repeat_interleave(3)  # beam b reads source b // 3
+        mha(x, context=(k[rows], v[rows]), attn_mask=ctx_mask[rows], weights_into=copied)
+        q = mha.q_proj(x).view(6, 4, HEADS, HEAD_DIM).transpose(1, 2)
+        expected = attention_weights(q, k[rows], ctx_mask[rows])
+    assert (out - plain).abs().max() <= TOL
+    assert len(shared) == 1 and shared[0].shape == (6, HEADS, 4, 7)
+    assert (shared[0] - copied[0]).abs().max() <= TOL and (shared[0] - expected).abs().max() <= TOL
+    assert torch.all(shared[0][3:, ..., 5:] == 0)  # the second source's padding gets no attention
 
 
 def test_rotary_self_attention_sdpa_matches_reference():
