@@ -196,12 +196,11 @@ class Bert(nn.Module):
         x = self.embeddings(input_ids, token_type_ids)
         T = input_ids.size(1)
         mask = None if bool(attention_mask.all()) else build_attention_mask(T, T, False, attention_mask)
-        if outputs is not None:
-            outputs.add_hidden_state(x)
+        outputs = outputs if outputs is not None else StackOutputs()  # collects nothing unless asked
+        outputs.add_hidden_state(x)
         for layer in self.layers:
             x = layer(x, attn_mask=mask, outputs=outputs)
-            if outputs is not None:
-                outputs.add_hidden_state(x)
+            outputs.add_hidden_state(x)
         return x
 
     def embed(self, input_ids, attention_mask=None, token_type_ids=None, pooling: str = "mean",
@@ -248,7 +247,7 @@ class Bert(nn.Module):
         if start_positions is not None:
             if end_positions is None:
                 raise DlforgeError("question answering needs end_positions with start_positions")
-            beyond = start.size(1)  # answers cut off by truncation point past the end and are ignored (as HF)
+            beyond = start.size(1)  # a position past the end (an answer cut off by truncation) is ignored, as HF
             loss = (F.cross_entropy(start, start_positions.clamp(0, beyond), ignore_index=beyond)
                     + F.cross_entropy(end, end_positions.clamp(0, beyond), ignore_index=beyond)) / 2
         return ModelOutput(loss=loss, logits=torch.stack([start, end], dim=-1), **recorded)

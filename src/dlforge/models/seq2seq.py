@@ -195,20 +195,18 @@ class Stack(nn.Module):
         mask = self._self_attention_mask(T, past, padding_mask, ids.device)
         if mask is not None and mask.dtype != torch.bool:
             mask = mask.to(x.dtype)
-        if outputs is not None:
-            outputs.add_hidden_state(x)
+        outputs = outputs if outputs is not None else StackOutputs()  # collects nothing unless asked
+        outputs.add_hidden_state(x)
         for i, layer in enumerate(self.layers):
             ctx = cross_kv[i] if cross_kv is not None else context
             x = layer(x, attn_mask=mask, causal=self.decoder and mask is None, kv_cache=kv_cache, layer_idx=i,
                       context=ctx, context_mask=context_mask, outputs=outputs)
-            if outputs is not None:
-                outputs.add_hidden_state(x)
+            outputs.add_hidden_state(x)
         if kv_cache is not None:
             kv_cache.advance(T)
         if self.final_norm is not None:
             x = self.final_norm(x)
-            if outputs is not None:
-                outputs.final_hidden_state(x)
+            outputs.final_hidden_state(x)
         return x
 
 

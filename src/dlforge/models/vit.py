@@ -199,12 +199,11 @@ class ViT(nn.Module):
         every layer's states (before the final LayerNorm, as HF's ViT reports them) and attentions."""
         self._check(pixel_values)
         x = self.embeddings(pixel_values.to(self.embeddings.patch_embeddings.weight.dtype))  # (B, 1 + N, D)
-        if outputs is not None:
-            outputs.add_hidden_state(x)
+        outputs = outputs if outputs is not None else StackOutputs()  # collects nothing unless asked
+        outputs.add_hidden_state(x)
         for layer in self.layers:
             x = layer(x, outputs=outputs)
-            if outputs is not None:
-                outputs.add_hidden_state(x)
+            outputs.add_hidden_state(x)
         return self.norm(x)
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
