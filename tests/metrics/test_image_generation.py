@@ -117,4 +117,11 @@ def test_with_the_dlforge_classifier():
     features = classifier_features(model, images, batch_size=4)
     assert features.shape == (10, 8)
     torch.testing.assert_close(features, model.eval().features(images))
-    assert 0.0 <= evaluate_samples(model, images, labels=torch.arange(10), reference_features=features)["accuracy"] <= 1
+    with torch.no_grad():
+        predicted = model(images).logits.argmax(-1)  # (10,)
+    assert torch.equal(classify(model, images, batch_size=3), predicted)
+    # labels that agree with the classifier on exactly the first 7 images score 0.7; the set against its own
+    # features is at distance 0
+    labels = torch.cat([predicted[:7], (predicted[7:] + 1) % 10])
+    scores = evaluate_samples(model, images, labels=labels, reference_features=features)
+    assert scores["accuracy"] == pytest.approx(0.7) and scores["frechet"] == pytest.approx(0.0, abs=1e-6)

@@ -27,11 +27,11 @@ def tiny_gpt(seed: int = 0, **overrides) -> GPT:
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="positional"):
+    with pytest.raises(DlforgeError, match="positional"):
         GPTConfig(positional="alibi")
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(DlforgeError, match="divisible"):
         GPTConfig(n_embd=30, n_head=4)
-    with pytest.raises(ValueError, match="unknown GPT config keys: bogus"):
+    with pytest.raises(DlforgeError, match="unknown GPT config keys: bogus"):
         GPTConfig.from_dict({"n_layer": 2, "bogus": 1})
     assert GPTConfig.from_dict({"n_layer": 3, "positional": "rotary"}) == GPTConfig(n_layer=3, positional="rotary")
     assert MODEL_CLASSES["gpt"] is GPT and GPT.config_class is GPTConfig
@@ -116,7 +116,7 @@ def test_loss_backward_reaches_every_parameter():
 
 def test_sequence_longer_than_context_raises():
     model = tiny_gpt()
-    with pytest.raises(ValueError, match="longer than the context"):
+    with pytest.raises(DlforgeError, match="longer than the model.s context"):
         model(torch.zeros(1, 17, dtype=torch.long))
     model(torch.zeros(1, 16, dtype=torch.long))  # exactly block_size is fine
 
@@ -204,7 +204,7 @@ def test_cached_forward_matches_full_forward():
     parts += [model(ids[:, t:t + 1], kv_cache=cache).logits for t in range(4, 10)]
     assert cache.length == 10
     assert (torch.cat(parts, 1) - full).abs().max() <= 1e-5
-    with pytest.raises(ValueError, match="longer than the context"):
+    with pytest.raises(DlforgeError, match="longer than the model.s context"):
         model(ids[:, :7], kv_cache=cache)  # 10 cached + 7 > 16
 
 

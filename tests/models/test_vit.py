@@ -87,6 +87,7 @@ def test_with_head_replaces_the_head_and_keeps_the_backbone():
         model.with_head(3, labels=["a"])
     model.with_head(0)
     assert model.head is None and model(x).logits is None
+    assert torch.equal(model(x).last_hidden_state, model.encode(x))  # a backbone returns its states
     with pytest.raises(DlforgeError, match="no classification head"):
         model(x, labels=torch.tensor([0, 1]))
 
@@ -94,7 +95,8 @@ def test_with_head_replaces_the_head_and_keeps_the_backbone():
 def test_backbone_without_head_and_pooler():
     model = tiny_vit(num_labels=0, pooler=True)
     x = images()
-    assert model.head is None and model(x).logits is None
+    out = model(x)
+    assert model.head is None and out.logits is None and torch.equal(out.pooler_output, model.pool(x))
     with pytest.raises(DlforgeError, match="no classification head"):
         model(x, labels=torch.tensor([0, 1]))
     pooled = model.pool(x)

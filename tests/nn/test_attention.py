@@ -8,12 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dlforge.errors import DlforgeError
 from dlforge.nn import KVCache, MultiHeadAttention, RotaryEmbedding, attention_reference, build_attention_mask
 from dlforge.nn.attention import (
     FEW_QUERIES,
     SCORE_CHUNK_ELEMENTS,
     attention_batch_chunks,
     attention_upcast,
+    attention_weights,
     cpu_inference_attention,
 )
 
@@ -240,6 +242,30 @@ def test_cross_attention_matches_manual_projection():
     assert (out - expected).abs().max() <= TOL
 
 
+def test_weights_into_receives_the_probabilities_and_leaves_the_output_unchanged():
+    """Asked for its probabilities, a layer returns the same output and hands over softmax rows (B, H, T, S); with
+    keys given once per source for 3 beams each, every beam's rows come back as if its keys had been copied."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(DIM, HEADS, cross=True, context_dim=12).eval()
+    x, ctx = torch.randn(6, 4, DIM), torch.randn(2, 7, 12)  # 2 sources × 3 beams, 4 queries, 7 context tokens
+    ctx_mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    ctx_mask[1, ..., 5:] = False
+    with torch.no_grad():
+        k, v = mha.project_context(ctx)  # (2, H, 7, D), once per source
+        plain = mha(x, context=(k, v), attn_mask=ctx_mask)
+        shared = []
+        out = mha(x, context=(k, v), attn_mask=ctx_mask, weights_into=shared)
+        copied = []
+        rows = torch.arange(2).repeat_interleave(3)  # beam b reads source b // 3
+        mha(x, context=(k[rows], v[rows]), attn_mask=ctx_mask[rows], weights_into=copied)
+        q = mha.q_proj(x).view(6, 4, HEADS, HEAD_DIM).transpose(1, 2)
+        expected = attention_weights(q, k[rows], ctx_mask[rows])
+    assert (out - plain).abs().max() <= TOL
+    assert len(shared) == 1 and shared[0].shape == (6, HEADS, 4, 7)
+    assert (shared[0] - copied[0]).abs().max() <= TOL and (shared[0] - expected).abs().max() <= TOL
+    assert torch.all(shared[0][3:, ..., 5:] == 0)  # the second source's padding gets no attention
+
+
 def test_rotary_self_attention_sdpa_matches_reference():
     torch.manual_seed(0)
     rotary = RotaryEmbedding(HEAD_DIM, max_len=32)
@@ -272,7 +298,7 @@ def test_self_attention_matches_manual_computation():
 
 
 def test_width_not_divisible_by_heads_raises():
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(DlforgeError, match="divisible"):
         MultiHeadAttention(30, 4)
 
 
@@ -395,5 +421,5 @@ def test_kv_cache_stores_in_place_and_rejects_overflow():
     # bitwise: the buffers are uninitialised and may hold NaN patterns
     assert torch.equal(cache.keys[0].view(torch.int32), layer0_before.view(torch.int32))  # other layers untouched
     cache.advance(1)
-    with pytest.raises(ValueError, match="full"):
+    with pytest.raises(DlforgeError, match="full"):
         cache.update(0, k2, k2)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from dlforge.errors import DlforgeError
 from dlforge.nn import MLP, RMSNorm, TransformerBlock, make_norm
 
 DIM, HEADS = 16, 4
@@ -49,9 +50,9 @@ def test_make_norm_kinds():
 
 
 def test_unknown_norm_raises():
-    with pytest.raises(ValueError, match="unknown norm"):
+    with pytest.raises(DlforgeError, match="unknown norm"):
         make_norm("batchnorm", DIM)
-    with pytest.raises(ValueError, match="unknown norm"):
+    with pytest.raises(DlforgeError, match="unknown norm"):
         TransformerBlock(DIM, HEADS, norm="groupnorm")
 
 
@@ -98,9 +99,9 @@ def test_gelu_variants_differ():
 
 
 def test_unknown_activation_raises():
-    with pytest.raises(ValueError, match="unknown activation"):
+    with pytest.raises(DlforgeError, match="unknown activation"):
         MLP(DIM, 32, "tanh")
-    with pytest.raises(ValueError, match="unknown activation"):
+    with pytest.raises(DlforgeError, match="unknown activation"):
         TransformerBlock(DIM, HEADS, activation="sigmoid")
 
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from dlforge.errors import DlforgeError
 from dlforge.nn import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding, sinusoidal_table
 
 
@@ -141,5 +142,5 @@ def test_rotary_per_row_positions():
 
 
 def test_rotary_odd_head_dim_raises():
-    with pytest.raises(ValueError, match="even"):
+    with pytest.raises(DlforgeError, match="even"):
         RotaryEmbedding(7, max_len=10)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 import time
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +60,16 @@ def assert_same_tensors(saved: dict, expected: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------- learning
-def test_loss_decreases_on_real_text(shakespeare_small, tmp_path):
-    text = shakespeare_small.read_text(encoding="utf-8")
+def bundled_shakespeare(n_bytes: int = 100_000) -> str:
+    """The first ~100 KB of the tiny Shakespeare that ships with dlforge (`dlforge demo`'s corpus), cut after
+    a newline: real text that every checkout has."""
+    packed = resources.files("dlforge").joinpath("assets/tinyshakespeare.txt.gz").read_bytes()
+    head = gzip.decompress(packed)[:n_bytes].decode("utf-8", errors="ignore")
+    return head[: head.rfind("\n") + 1]
+
+
+def test_loss_decreases_on_real_text(tmp_path):
+    text = bundled_shakespeare()
     tok = CharTokenizer.train(text)
     ids = np.asarray(tok.encode(text), dtype=np.uint16)
     torch.manual_seed(0)

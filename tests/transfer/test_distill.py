@@ -204,11 +204,22 @@ def test_distillation_run_folder_loads_as_the_student(tmp_path):
         assert torch.equal(loaded.state_dict()[k], v), k
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_distiller_trains_on_gpu_with_a_cpu_built_teacher(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_distiller_trains_on_the_trainers_device_with_a_cpu_built_teacher(device, tmp_path):
     student, teacher = tiny_bert(1, n_layer=1), tiny_bert(0, n_layer=2)
-    Trainer(Distiller(student, teacher), config(max_steps=2, eval_interval=2, device="cuda"), ToyClassification(),
-            tmp_path / "run", progress=False).fit()
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in student.state_dict().items()}
+    result = Trainer(Distiller(student, teacher), config(max_steps=4, eval_interval=4, device=device),
+                     ToyClassification(), tmp_path / "run", progress=False).fit()
+    # the teacher went to the trainer's device with the student and ran there, frozen
+    assert {p.device.type for p in (*student.parameters(), *teacher.parameters())} == {device}
+    assert all(torch.equal(v.cpu(), teacher_before[k]) for k, v in teacher.state_dict().items())
+    assert result["step"] == 4 and 0 < result["val_loss"] < 10
+    changed = [k for k, v in student.state_dict().items() if not torch.equal(v.cpu(), student_before[k])]
+    assert "head.out_proj.weight" in changed and "layers.0.attn.c_attn.weight" in changed
+    loaded, _ = load_pretrained(tmp_path / "run")  # the run folder holds the trained student
+    assert all(torch.equal(loaded.state_dict()[k], v.cpu()) for k, v in student.state_dict().items())
 
 
 def test_distiller_moves_the_teacher_with_it():

@@ -15,7 +15,9 @@ Heads, chosen by `task`:
   pools (a head trained on such vectors by `dlforge finetune --method features` then reads them again);
 - `token-classification`: a linear layer per token (NER);
 - `question-answering`: start/end logits per token (extractive QA);
-- `none`: the encoder alone; `embed()` gives sentence embeddings pooled the same ways.
+- `none`: the encoder alone: forward returns `last_hidden_state` (as Hugging Face's BertModel, without a
+  pooler: BERT's pooler belongs to the sequence-classification head here); `embed()` gives sentence embeddings
+  pooled the same ways.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DlforgeError
-from ..nn import Linear, SinusoidalPositionalEncoding, TransformerBlock, build_attention_mask
+from ..nn import Linear, SinusoidalPositionalEncoding, StackOutputs, TransformerBlock, build_attention_mask
 from ..nn.linear import ACTIVATION_FUNCTIONS
 from ..settings import check_model_config
 from .config import ModelConfig
@@ -155,7 +157,8 @@ class MaskedLMHead(nn.Module):
 
 
 class Bert(nn.Module):
-    """Encoder + the head of `config.task`. forward(**batch) returns loss (given labels) and logits."""
+    """Encoder + the head of `config.task`. forward(**batch) returns loss (given labels) and logits, or a bare
+    encoder's last_hidden_state."""
 
     kind = "bert"
     config_class = BertConfig
@@ -184,16 +187,20 @@ class Bert(nn.Module):
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
 
-    def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        """Final hidden states (B, T, hidden_size)."""
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None,
+               outputs: StackOutputs | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, hidden_size); `outputs` collects every layer's, when asked for."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         attention_mask = attention_mask.long()
         x = self.embeddings(input_ids, token_type_ids)
         T = input_ids.size(1)
         mask = None if bool(attention_mask.all()) else build_attention_mask(T, T, False, attention_mask)
+        outputs = outputs if outputs is not None else StackOutputs()  # collects nothing unless asked
+        outputs.add_hidden_state(x)
         for layer in self.layers:
-            x = layer(x, attn_mask=mask)
+            x = layer(x, attn_mask=mask, outputs=outputs)
+            outputs.add_hidden_state(x)
         return x
 
     def embed(self, input_ids, attention_mask=None, token_type_ids=None, pooling: str = "mean",
@@ -204,28 +211,46 @@ class Bert(nn.Module):
         return F.normalize(pooled, dim=-1) if normalize else pooled
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                start_positions=None, end_positions=None) -> ModelOutput:
-        hidden = self.encode(input_ids, attention_mask, token_type_ids)  # (B, T, C)
+                start_positions=None, end_positions=None, output_hidden_states: bool = False,
+                output_attentions: bool = False) -> ModelOutput:
+        """input_ids, attention_mask, token_type_ids: (B, T). labels as Hugging Face's heads take them: masked-LM
+        token ids (B, T) with -100 where nothing is masked, class ids (B,) (floats for regression or multi-label),
+        token-classification ids (B, T) with -100 off the scored tokens. start_positions / end_positions (B,)
+        for question answering; positions beyond the sequence are ignored, as in Hugging Face.
+
+        A bare encoder (task "none") returns `last_hidden_state` (B, T, C) and no logits; a head returns logits
+        and, with labels, the loss. output_hidden_states / output_attentions add every layer's states /
+        attention probabilities."""
         task = self.config.task
+        if task == "none" and (labels is not None or start_positions is not None):
+            raise DlforgeError("this encoder has no task head to score labels with: load or build it with a task "
+                               "(e.g. task='sequence-classification') to train it")
+        outputs = StackOutputs(output_hidden_states, output_attentions)
+        hidden = self.encode(input_ids, attention_mask, token_type_ids, outputs)  # (B, T, C)
+        recorded = outputs.fields()
         if task == "none":
-            return ModelOutput(logits=hidden)
+            return ModelOutput(last_hidden_state=hidden, **recorded)
         if task == "masked-lm":
             logits = self.head(hidden)  # (B, T, V); labels -100 where not masked
             loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
-            return ModelOutput(loss=loss, logits=logits)
+            return ModelOutput(loss=loss, logits=logits, **recorded)
         if task == "sequence-classification":
             logits = self.head(pool(hidden, attention_mask, self.config.classifier_pooling))  # (B, num_labels)
             return ModelOutput(loss=None if labels is None else self._classification_loss(logits, labels),
-                               logits=logits)
+                               logits=logits, **recorded)
         logits = self.head(self.dropout(hidden))
         if task == "token-classification":  # (B, T, num_labels)
             loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
-            return ModelOutput(loss=loss, logits=logits)
+            return ModelOutput(loss=loss, logits=logits, **recorded)
         start, end = logits.float().unbind(-1)  # question-answering: (B, T) each
         loss = None
         if start_positions is not None:
-            loss = (F.cross_entropy(start, start_positions) + F.cross_entropy(end, end_positions)) / 2
-        return ModelOutput(loss=loss, logits=torch.stack([start, end], dim=-1))
+            if end_positions is None:
+                raise DlforgeError("question answering needs end_positions with start_positions")
+            beyond = start.size(1)  # a position past the end (an answer cut off by truncation) is ignored, as HF
+            loss = (F.cross_entropy(start, start_positions.clamp(0, beyond), ignore_index=beyond)
+                    + F.cross_entropy(end, end_positions.clamp(0, beyond), ignore_index=beyond)) / 2
+        return ModelOutput(loss=loss, logits=torch.stack([start, end], dim=-1), **recorded)
 
     def _classification_loss(self, logits, labels):
         kind = self.config.problem_type

@@ -23,6 +23,7 @@ do not move the frozen layers' running statistics (freeze first, then call `trai
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -229,8 +230,9 @@ class ResNet(nn.Module):
             raise DlforgeError(f"this ResNet takes images of shape (B, {self.config.channels}, H, W), "
                                f"got {tuple(pixel_values.shape)}")
 
-    def feature_map(self, pixel_values) -> torch.Tensor:
-        """The last stage's activations (B, hidden, H', W') of normalised images (B, C, H, W)."""
+    def feature_map(self, pixel_values, hidden_states: list | None = None) -> torch.Tensor:
+        """The last stage's activations (B, hidden, H', W') of normalised images (B, C, H, W). `hidden_states`, a
+        list, receives the stem's output and each stage's (HF ResNetModel's hidden_states)."""
         self._check(pixel_values)
         if pixel_values.device.type == "cpu" and not torch.is_grad_enabled():
             # oneDNN's convolutions run fastest on channels-last activations: CPU inference of ResNet-50 (batch 8,
@@ -238,24 +240,36 @@ class ResNet(nn.Module):
             # as they are: the layout follows the input through every layer.
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         x = self.embeddings(pixel_values)  # (B, stem_width, H/4, W/4) with the imagenet stem
-        for block in self.layers:
+        stage_ends = set(itertools.accumulate(self.config.depths))  # block counts after which a stage is done
+        if hidden_states is not None:
+            hidden_states.append(x)
+        for i, block in enumerate(self.layers, start=1):
             x = block(x)
+            if hidden_states is not None and i in stage_ends:
+                hidden_states.append(x)
         return x
 
     def features(self, pixel_values) -> torch.Tensor:
         """Globally average-pooled last feature map (B, hidden): what the head reads."""
         return self.feature_map(pixel_values).mean(dim=(2, 3))
 
-    def forward(self, pixel_values, labels=None) -> ModelOutput:
-        """pixel_values (B, C, H, W) normalised; labels (B,) class ids or None. Logits (B, num_labels)."""
+    def forward(self, pixel_values, labels=None, output_hidden_states: bool = False) -> ModelOutput:
+        """pixel_values (B, C, H, W) normalised; labels (B,) class ids or None. With a head: logits (B, num_labels)
+        and, with labels, the cross-entropy loss. A backbone (num_labels=0) returns HF ResNetModel's fields:
+        last_hidden_state, the last feature map (B, hidden, H', W'), and pooler_output, its average (B, hidden, 1, 1).
+        output_hidden_states adds the stem's and every stage's output."""
+        if self.head is None and labels is not None:
+            raise DlforgeError("this model has no classification head: put one on with "
+                               "model.with_head(num_labels) before training it on labels")
+        hidden = [] if output_hidden_states else None
+        fmap = self.feature_map(pixel_values, hidden)  # (B, hidden, H', W')
+        pooled = fmap.mean(dim=(2, 3), keepdim=True)  # (B, hidden, 1, 1)
+        hidden_states = tuple(hidden) if hidden is not None else None
         if self.head is None:
-            if labels is not None:
-                raise DlforgeError("this model has no classification head: put one on with "
-                                   "model.with_head(num_labels) before training it on labels")
-            return ModelOutput(logits=None)
-        logits = self.head(self.dropout(self.features(pixel_values)))  # (B, num_labels)
+            return ModelOutput(last_hidden_state=fmap, pooler_output=pooled, hidden_states=hidden_states)
+        logits = self.head(self.dropout(pooled.flatten(1)))  # (B, num_labels)
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits)
+        return ModelOutput(loss=loss, logits=logits, hidden_states=hidden_states)
 
     def with_head(self, num_labels: int, labels: list[str] | None = None) -> ResNet:
         """Replace the head by a freshly initialised Linear(hidden, num_labels) (0: remove it)."""

@@ -7,6 +7,9 @@
 Module names follow the GPT-2 checkpoint keys (`transformer.wte`, `h.N.attn.c_attn`, `ln_f`,
 `lm_head`) so `dlforge.hub.gpt2` converts Hugging Face checkpoints with a short key mapping.
 Residual output projections are initialised with std 0.02/√(2L) as in GPT-2.
+
+The loss takes Hugging Face's `labels` (the sequence itself, shifted inside) or the pre-shifted `targets` that
+dlforge's language-model batches hold; both ignore -100.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ..nn import (
     Linear,
     RotaryEmbedding,
     SinusoidalPositionalEncoding,
+    StackOutputs,
     TransformerBlock,
     build_attention_mask,
     make_norm,
@@ -115,17 +119,25 @@ class GPT(nn.Module):
                        dtype=dtype or param.dtype, device=param.device)
 
     def forward(self, input_ids, targets=None, attention_mask=None, position_ids=None,
-                kv_cache: KVCache | None = None, last_only: bool = False) -> ModelOutput:
-        """input_ids: (B, T) token ids. targets: (B, T) next-token ids (-100 = ignore).
+                kv_cache: KVCache | None = None, last_only: bool = False, labels=None,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> ModelOutput:
+        """input_ids: (B, T) token ids.
 
-        attention_mask: (B, past + T), 1 on real tokens and 0 on padding (left padding for
-        batched prompts). position_ids: (B, T) or (T,); by default counted from the cache length.
-        last_only: compute logits for the last position only (generation).
+        labels: (B, T), Hugging Face's meaning: the ids of the sequence itself (usually input_ids), shifted
+        inside, so logits[:, i] is scored against labels[:, i + 1]; -100 = ignore. targets: (B, T) the
+        low-level form, already shifted: logits[:, i] against targets[:, i] (what `dlforge.data.text` batches
+        hold). attention_mask: (B, past + T), 1 on real tokens and 0 on padding (left padding for batched
+        prompts). position_ids: (B, T) or (T,); by default counted from the cache length. last_only: compute
+        logits for the last position only (generation; ignored with labels or targets).
+        output_hidden_states / output_attentions: also return every layer's states / attention probabilities
+        (see `ModelOutput`).
         """
         B, T = input_ids.shape
+        targets = self._next_token_targets(input_ids, targets, labels)
         past = kv_cache.length if kv_cache is not None else 0
         if past + T > self.config.block_size:
-            raise ValueError(f"sequence of {past + T} tokens is longer than the context ({self.config.block_size})")
+            raise DlforgeError(f"a sequence of {past + T} tokens is longer than the model's context "
+                               f"({self.config.block_size} tokens): truncate the input or generate fewer tokens")
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=input_ids.device)  # (T,)
         x = self.transformer.wte(input_ids)  # (B, T, C)
@@ -135,18 +147,37 @@ class GPT(nn.Module):
         mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
             mask = build_attention_mask(T, past + T, causal=True, key_padding_mask=attention_mask)
+        outputs = StackOutputs(output_hidden_states, output_attentions)
+        outputs.add_hidden_state(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, attn_mask=mask, causal=True, kv_cache=kv_cache, layer_idx=i, positions=position_ids)
+            x = block(x, attn_mask=mask, causal=True, kv_cache=kv_cache, layer_idx=i, positions=position_ids,
+                      outputs=outputs)
+            outputs.add_hidden_state(x)
         if kv_cache is not None:
             kv_cache.advance(T)
         x = self.transformer.ln_f(x)
+        outputs.final_hidden_state(x)
         if last_only and targets is None:
             x = x[:, -1:]  # (B, 1, C): generation needs only the next-token distribution
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        return ModelOutput(loss=loss, logits=logits)
+        return ModelOutput(loss=loss, logits=logits, **outputs.fields())
+
+    @staticmethod
+    def _next_token_targets(input_ids, targets, labels):
+        """The pre-shifted targets (B, T) the loss compares logits with: `targets` as given, or `labels` moved
+        one step left with -100 (ignored) at the end, as Hugging Face's causal-LM loss shifts them."""
+        if labels is None:
+            return targets
+        if targets is not None:
+            raise DlforgeError("give labels (unshifted, as Hugging Face) or targets (already shifted), not both")
+        if labels.shape != input_ids.shape:
+            raise DlforgeError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got "
+                               f"{tuple(labels.shape)}")
+        ignored = torch.full_like(labels[:, :1], -100)
+        return torch.cat([labels[:, 1:], ignored], dim=1)
 
     @torch.no_grad()
     def generate(self, input_ids, **kwargs):

@@ -35,7 +35,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DlforgeError
-from ..nn import KVCache, Linear, SinusoidalPositionalEncoding, TransformerBlock, build_attention_mask, make_norm
+from ..nn import (
+    KVCache,
+    Linear,
+    SinusoidalPositionalEncoding,
+    StackOutputs,
+    TransformerBlock,
+    build_attention_mask,
+    make_norm,
+)
 from ..nn.linear import linear_plus_bias
 from ..settings import check_model_config
 from .config import ModelConfig
@@ -181,9 +189,10 @@ class Stack(nn.Module):
         return bias if mask is None else bias.masked_fill(~mask, float("-inf"))
 
     def forward(self, ids, padding_mask=None, context=None, context_mask=None, kv_cache: KVCache | None = None,
-                cross_kv=None):
+                cross_kv=None, outputs: StackOutputs | None = None):
         """ids: (B, T). padding_mask: (B, past + T), 1 = real token (decoder: None when nothing is padding).
-        context: the encoder output (B, S, d); cross_kv: its per-layer `project_context`, to reuse."""
+        context: the encoder output (B, S, d); cross_kv: its per-layer `project_context`, to reuse.
+        outputs: collects every layer's states and attention probabilities, when asked for."""
         B, T = ids.shape
         past = kv_cache.length if kv_cache is not None else 0
         x = self.embed_tokens(ids) * self.embed_scale  # (B, T, d)
@@ -199,13 +208,19 @@ class Stack(nn.Module):
         mask = self._self_attention_mask(T, past, padding_mask, ids.device)
         if mask is not None and mask.dtype != torch.bool:
             mask = mask.to(x.dtype)
+        outputs = outputs if outputs is not None else StackOutputs()  # collects nothing unless asked
+        outputs.add_hidden_state(x)
         for i, layer in enumerate(self.layers):
             ctx = cross_kv[i] if cross_kv is not None else context
             x = layer(x, attn_mask=mask, causal=self.decoder and mask is None, kv_cache=kv_cache, layer_idx=i,
-                      context=ctx, context_mask=context_mask)
+                      context=ctx, context_mask=context_mask, outputs=outputs)
+            outputs.add_hidden_state(x)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return self.final_norm(x) if self.final_norm is not None else x
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+            outputs.final_hidden_state(x)
+        return x
 
 
 class Seq2Seq(nn.Module):
@@ -242,11 +257,13 @@ class Seq2Seq(nn.Module):
     def vocab_size(self) -> int:
         return self.config.vocab_size
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (B, S), attention_mask (B, S) 1 = real token -> encoder output (B, S, d)."""
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               outputs: StackOutputs | None = None) -> torch.Tensor:
+        """input_ids (B, S), attention_mask (B, S) 1 = real token -> encoder output (B, S, d); `outputs`
+        collects every layer's states and attentions, when asked for."""
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
-        return self.encoder(input_ids, padding_mask=attention_mask)
+        return self.encoder(input_ids, padding_mask=attention_mask, outputs=outputs)
 
     def cross_attention_mask(self, attention_mask: torch.Tensor | None):
         """(B, 1, 1, S) boolean mask over the source's real tokens, or None without padding."""
@@ -268,11 +285,13 @@ class Seq2Seq(nn.Module):
                        dtype=param.dtype, device=param.device)
 
     def decode(self, decoder_input_ids, encoder_out=None, encoder_mask=None, kv_cache: KVCache | None = None,
-               cross_kv=None, decoder_attention_mask=None, last_only: bool = False) -> torch.Tensor:
+               cross_kv=None, decoder_attention_mask=None, last_only: bool = False,
+               outputs: StackOutputs | None = None) -> torch.Tensor:
         """Logits (B, T, V) (or (B, 1, V) with last_only) for decoder inputs (B, T) given the encoder output
-        (or its `project_context`) and the source mask from `cross_attention_mask`."""
+        (or its `project_context`) and the source mask from `cross_attention_mask`; `outputs` collects the
+        decoder's states and attentions, when asked for."""
         x = self.decoder(decoder_input_ids, padding_mask=decoder_attention_mask, context=encoder_out,
-                         context_mask=encoder_mask, kv_cache=kv_cache, cross_kv=cross_kv)
+                         context_mask=encoder_mask, kv_cache=kv_cache, cross_kv=cross_kv, outputs=outputs)
         if last_only:
             x = x[:, -1:]
         if self.config.output_scale != 1.0:
@@ -288,23 +307,29 @@ class Seq2Seq(nn.Module):
         return shifted.masked_fill(shifted == -100, self.config.pad_token_id)
 
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, labels=None,
-                decoder_attention_mask=None) -> ModelOutput:
+                decoder_attention_mask=None, output_hidden_states: bool = False,
+                output_attentions: bool = False) -> ModelOutput:
         """input_ids (B, S) source tokens; labels (B, T) target tokens ending in EOS, -100 on padding.
 
-        Returns the label-smoothed cross-entropy over non-padding label positions and the logits (B, T, V).
+        Returns the label-smoothed cross-entropy over non-padding label positions, the logits (B, T, V) and
+        encoder_last_hidden_state (B, S, d); output_hidden_states / output_attentions add each stack's states
+        and attention probabilities (encoder_*, decoder_*, cross_attentions), as Hugging Face's seq2seq models.
         """
         if decoder_input_ids is None:
             if labels is None:
                 raise DlforgeError("give labels (for training) or decoder_input_ids")
             decoder_input_ids = self.shift_right(labels)
-        encoder_out = self.encode(input_ids, attention_mask)
+        encoder_outputs = StackOutputs(output_hidden_states, output_attentions)
+        encoder_out = self.encode(input_ids, attention_mask, encoder_outputs)
+        decoder_outputs = StackOutputs(output_hidden_states, output_attentions, cross_attentions=output_attentions)
         logits = self.decode(decoder_input_ids, encoder_out, self.cross_attention_mask(attention_mask),
-                             decoder_attention_mask=decoder_attention_mask)
+                             decoder_attention_mask=decoder_attention_mask, outputs=decoder_outputs)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
                                    label_smoothing=self.config.label_smoothing)
-        return ModelOutput(loss=loss, logits=logits)
+        return ModelOutput(loss=loss, logits=logits, encoder_last_hidden_state=encoder_out,
+                           **decoder_outputs.fields("decoder_"), **encoder_outputs.fields("encoder_"))
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, **options) -> torch.Tensor:

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..data.processor import check_image_processing
 from ..errors import DlforgeError
-from ..nn import Linear, TransformerBlock
+from ..nn import Linear, StackOutputs, TransformerBlock
 from ..nn.blocks import ACTIVATIONS
 from ..settings import check_model_config
 from .config import ModelConfig
@@ -196,13 +196,17 @@ class ViT(nn.Module):
             raise DlforgeError(f"images of {tuple(pixel_values.shape[-2:])} pixels are smaller than one "
                                f"{c.patch_size}×{c.patch_size} patch")
 
-    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def encode(self, pixel_values: torch.Tensor, outputs: StackOutputs | None = None) -> torch.Tensor:
         """Final-LayerNorm hidden states (B, 1 + N, D), [CLS] first (HF ViTModel's last_hidden_state).
-        Images of another size than config.image_size use interpolated position embeddings."""
+        Images of another size than config.image_size use interpolated position embeddings. `outputs` collects
+        every layer's states (before the final LayerNorm, as HF's ViT reports them) and attentions."""
         self._check(pixel_values)
         x = self.embeddings(pixel_values.to(self.embeddings.patch_embeddings.weight.dtype))  # (B, 1 + N, D)
+        outputs = outputs if outputs is not None else StackOutputs()  # collects nothing unless asked
+        outputs.add_hidden_state(x)
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, outputs=outputs)
+            outputs.add_hidden_state(x)
         return self.norm(x)
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -224,16 +228,27 @@ class ViT(nn.Module):
         """tanh(dense([CLS])) (B, D), HF ViTModel's pooler_output; needs config.pooler."""
         if self.pooler is None:
             raise DlforgeError("this ViT has no pooler (config.pooler=False): use features() for the [CLS] vector")
-        return torch.tanh(self.pooler(self.encode(pixel_values)[:, 0]))
+        return self._pooler_output(self.encode(pixel_values))
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
-        """pixel_values (B, C, H, W), normalised; labels (B,) class ids. Logits (B, num_labels); loss = CE."""
+    def _pooler_output(self, hidden: torch.Tensor) -> torch.Tensor:
+        """tanh(dense(h[:, 0])) (B, D) from the final hidden states (B, 1 + N, D)."""
+        return torch.tanh(self.pooler(hidden[:, 0]))
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> ModelOutput:
+        """pixel_values (B, C, H, W), normalised; labels (B,) class ids. With a head: logits (B, num_labels) and,
+        with labels, the cross-entropy loss. A backbone (num_labels=0) returns HF ViTModel's fields:
+        last_hidden_state (B, 1 + N, D) and, with config.pooler, pooler_output (B, D).
+        output_hidden_states / output_attentions add every layer's states / attention probabilities."""
+        if self.head is None and labels is not None:
+            raise DlforgeError("this model has no classification head: give num_labels (or call "
+                               "with_head(num_labels)) to train a classifier")
+        outputs = StackOutputs(output_hidden_states, output_attentions)
+        hidden = self.encode(pixel_values, outputs)
         if self.head is None:
-            if labels is not None:
-                raise DlforgeError("this model has no classification head: give num_labels (or call "
-                                   "with_head(num_labels)) to train a classifier")
-            return ModelOutput(logits=None)
-        return self.classify(self.features(pixel_values), labels)
+            pooled = self._pooler_output(hidden) if self.pooler is not None else None
+            return ModelOutput(last_hidden_state=hidden, pooler_output=pooled, **outputs.fields())
+        return replace(self.classify(self.pool_hidden(hidden), labels), **outputs.fields())
 
     @torch.no_grad()
     def predict(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,9 @@ Three paths compute the same thing:
 - `attention_upcast`, for bf16/fp16 inference on CPU with a few queries per row (decoding): the formula on fp32
   copies. Both the flash kernel and bf16's batched matmuls handle one query against a cache slowly; one query
   of 32 beams × 8 heads against 32 cached keys takes 470 µs in SDPA and 150 µs this way (RESULTS.md §11);
-- `attention_reference`, the formula written out, which the tests compare the fast paths against.
+- `attention_reference`, the formula written out, which the tests compare the fast paths against;
+  `attention_with_weights` is the same and also returns the probabilities, which a layer computes only when its
+  caller asks for them (`output_attentions=True`, see `dlforge.nn.outputs`).
 
 Masks follow the SDPA convention: a boolean tensor broadcastable to (B, H, T_q, T_k) where True
 means "this query may attend to this key". `build_attention_mask` combines a causal mask with a
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import DlforgeError
 from .linear import Linear
 from .positional import RotaryEmbedding
 
@@ -44,12 +47,18 @@ def attention_weights(q, k, attn_mask=None, is_causal=False, scale=None):
     return scores.softmax(dim=-1).to(q.dtype)
 
 
-def attention_reference(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, scale=None):
-    """softmax(QKᵀ·scale + mask) V written out. q: (B, H, Tq, D); k, v: (B, H, Tk, D)."""
+def attention_with_weights(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, scale=None):
+    """(softmax(QKᵀ·scale + mask) V, the probabilities (B, H, Tq, Tk) after dropout), written out.
+    q: (B, H, Tq, D); k, v: (B, H, Tk, D)."""
     weights = attention_weights(q, k, attn_mask, is_causal, scale)
     if dropout_p > 0:
         weights = F.dropout(weights, p=dropout_p)
-    return weights @ v
+    return weights @ v, weights
+
+
+def attention_reference(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, scale=None):
+    """softmax(QKᵀ·scale + mask) V written out. q: (B, H, Tq, D); k, v: (B, H, Tk, D)."""
+    return attention_with_weights(q, k, v, attn_mask, is_causal, dropout_p, scale)[0]
 
 
 SCORE_CHUNK_ELEMENTS = 1 << 20  # scores per chunk in `attention_batch_chunks`: 2 MiB of bf16, within L2
@@ -74,7 +83,7 @@ def cpu_inference_attention(q, k, attn_mask, dropout_p):
 def attention_upcast(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, scale=None):
     """`attention_reference` on fp32 copies of q, k, v, returned in q's dtype. Inference only: no dropout."""
     if dropout_p:
-        raise ValueError("attention_upcast is for inference; use scaled_dot_product_attention for dropout")
+        raise DlforgeError("attention_upcast is for inference: use scaled_dot_product_attention with dropout")
     return attention_reference(q.float(), k.float(), v.float(), attn_mask, is_causal, scale=scale).to(q.dtype)
 
 
@@ -83,7 +92,7 @@ def attention_batch_chunks(q, k, v, attn_mask=None, is_causal=False, dropout_p=0
 
     The masks are those of `attention_reference`; a float mask must have q's dtype. Inference only: no dropout."""
     if dropout_p:
-        raise ValueError("attention_batch_chunks is for inference; use scaled_dot_product_attention for dropout")
+        raise DlforgeError("attention_batch_chunks is for inference: use scaled_dot_product_attention with dropout")
     B, H, Tq, D = q.shape
     scale = 1 / math.sqrt(D) if scale is None else scale
     if is_causal:
@@ -148,7 +157,8 @@ class KVCache:
         """Store k, v (B, H, T, D) after the cached ones; return all keys and values so far."""
         start, end = self.length, self.length + k.size(2)
         if end > self.max_len:
-            raise ValueError(f"KV cache full: {end} tokens > max_len {self.max_len}")
+            raise DlforgeError(f"KV cache full: {end} tokens > max_len {self.max_len}; make the cache longer "
+                               "(new_kv_cache(max_len=...)) or generate fewer tokens")
         self.keys[layer_idx][:, :, start:end] = k
         self.values[layer_idx][:, :, start:end] = v
         return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
@@ -176,8 +186,8 @@ class MultiHeadAttention(nn.Module):
     them once per source, and `forward(context=(k, v))` reuses them at every decoding step. When x has
     c rows per source (beams), k and v may be given once per source: the c rows' queries then attend
     together (no copies of the keys, one larger attention call instead of c small ones).
-    With `record_weights = True` the layer computes attention written out and keeps the last
-    weights (B, H, Tq, Tk) in `last_weights`, for plots.
+    Given a list as `weights_into`, the layer computes attention written out and appends its probabilities
+    (B, H, Tq, Tk) to it (`output_attentions`); otherwise it takes a fast path.
     """
 
     def __init__(self, dim: int, n_heads: int, bias: bool = True, dropout: float = 0.0,
@@ -186,7 +196,8 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         inner = inner_dim or dim
         if inner % n_heads:
-            raise ValueError(f"width {inner} is not divisible by the number of heads {n_heads}")
+            raise DlforgeError(f"attention width {inner} is not divisible by the number of heads {n_heads}: "
+                               "choose a head count that divides it")
         self.n_heads, self.head_dim, self.cross, self.inner = n_heads, inner // n_heads, cross, inner
         if cross:
             self.q_proj = Linear(dim, inner, bias=bias)
@@ -199,8 +210,6 @@ class MultiHeadAttention(nn.Module):
         self.rotary = rotary
         self.scale = scale
         self.use_sdpa = True  # tests switch this off to compare against attention_reference
-        self.record_weights = False
-        self.last_weights: torch.Tensor | None = None
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -212,12 +221,12 @@ class MultiHeadAttention(nn.Module):
         return self._split_heads(k), self._split_heads(v)
 
     def forward(self, x, context=None, attn_mask=None, causal=False, kv_cache: KVCache | None = None,
-                layer_idx: int = 0, positions=None):
+                layer_idx: int = 0, positions=None, weights_into: list | None = None):
         """x: (B, T, dim). context: (B, S, context_dim) for cross-attention, or its `project_context`.
 
         attn_mask: boolean (B or 1, 1, T, Tk), True = may attend, or a float tensor added to the
         scores, or None. With no mask, `causal` selects the triangular mask (only used when queries
-        and keys have the same length).
+        and keys have the same length). weights_into: a list that receives the probabilities (B, H, T, Tk).
         """
         B, T, _ = x.shape
         if self.cross:
@@ -236,9 +245,12 @@ class MultiHeadAttention(nn.Module):
         copies = B // k.size(0)
         if copies > 1:  # beams of one source share its keys: all their queries attend in one row, (B/c, H, c·T, D)
             q = q.view(-1, copies, self.n_heads, T, self.head_dim).transpose(1, 2).flatten(2, 3)
-        if self.record_weights:
-            self.last_weights = attention_weights(q, k, attn_mask, is_causal, self.scale)
-            y = self.last_weights @ v
+        if weights_into is not None:  # the probabilities are asked for: SDPA never materialises them
+            y, weights = attention_with_weights(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                                dropout_p=dropout_p, scale=self.scale)
+            if copies > 1:  # (B/c, H, c·T, Tk) -> (B, H, T, Tk), one row per beam again
+                weights = weights.view(-1, self.n_heads, copies, T, weights.size(-1)).transpose(1, 2).flatten(0, 1)
+            weights_into.append(weights)
         else:
             if not self.use_sdpa:
                 attend = attention_reference

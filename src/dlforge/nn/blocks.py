@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import DlforgeError
 from .attention import MultiHeadAttention
 from .linear import Linear, linear_activation
+from .outputs import StackOutputs
 from .positional import RotaryEmbedding
 
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "swiglu", "geglu")
@@ -38,7 +40,7 @@ def make_norm(kind: str, dim: int, eps: float = 1e-5, bias: bool = True) -> nn.M
         return nn.LayerNorm(dim, eps=eps, bias=bias)
     if kind == "rmsnorm":
         return RMSNorm(dim, eps=eps)
-    raise ValueError(f"unknown norm {kind!r}: use 'layernorm' or 'rmsnorm'")
+    raise DlforgeError(f"unknown norm {kind!r}: use 'layernorm' or 'rmsnorm'")
 
 
 class MLP(nn.Module):
@@ -52,7 +54,7 @@ class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, activation: str = "gelu", bias: bool = True, dropout: float = 0.0):
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+            raise DlforgeError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
         self.activation = activation
         self.c_fc = Linear(dim, 2 * hidden if activation in GATES else hidden, bias=bias)
         self.c_proj = Linear(hidden, dim, bias=bias)
@@ -96,11 +98,15 @@ class TransformerBlock(nn.Module):
         return norm(x + sublayer(x, *args, **kwargs))
 
     def forward(self, x, attn_mask=None, causal=False, kv_cache=None, layer_idx=0, positions=None,
-                context=None, context_mask=None):
+                context=None, context_mask=None, outputs: StackOutputs | None = None):
         """x: (B, T, dim) -> (B, T, dim). context: the encoder output (B, S, d) or the cross-attention's
-        `project_context` of it; context_mask: boolean or additive mask over its S positions."""
-        x = self._residual(x, self.ln_1, self.attn, attn_mask=attn_mask, causal=causal,
-                           kv_cache=kv_cache, layer_idx=layer_idx, positions=positions)
+        `project_context` of it; context_mask: boolean or additive mask over its S positions. outputs: where
+        the attention probabilities go when they are asked for."""
+        self_weights = outputs.attentions if outputs is not None else None
+        x = self._residual(x, self.ln_1, self.attn, attn_mask=attn_mask, causal=causal, kv_cache=kv_cache,
+                           layer_idx=layer_idx, positions=positions, weights_into=self_weights)
         if self.cross_attn is not None:
-            x = self._residual(x, self.ln_cross, self.cross_attn, context=context, attn_mask=context_mask)
+            cross_weights = outputs.cross_attentions if outputs is not None else None
+            x = self._residual(x, self.ln_cross, self.cross_attn, context=context, attn_mask=context_mask,
+                               weights_into=cross_weights)
         return self._residual(x, self.ln_2, self.mlp)

@@ -15,6 +15,8 @@ import math
 import torch
 from torch import nn
 
+from ..errors import DlforgeError
+
 
 def sinusoidal_table(max_len: int, dim: int, base: float = 10000.0) -> torch.Tensor:
     """(max_len, dim) table with sin in even columns and cos in odd columns."""
@@ -51,7 +53,8 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
         super().__init__()
         if head_dim % 2:
-            raise ValueError(f"rotary embeddings need an even head dimension, got {head_dim}")
+            raise DlforgeError(f"rotary embeddings need an even head dimension, got {head_dim}: choose n_embd and "
+                               "n_head so that n_embd / n_head is even")
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (D/2,)
         angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (L, D/2)
         angles = torch.cat([angles, angles], dim=-1)  # (L, D): same angle for x_i and x_{i+D/2}

@@ -1,9 +1,9 @@
 """Where a translation looked: the cross-attention weights of an encoder–decoder model, as a heatmap.
 
 `cross_attention(model, tokenizer, source)` translates the source (greedy, or beam search with
-`num_beams`), then runs the decoder once more over its own output with every cross-attention layer
-recording its weights: (layers, heads, output tokens, source tokens), each row a distribution over the
-source. `plot_cross_attention` draws one layer/head, a layer averaged over heads, or all layers
+`num_beams`), then runs the decoder once more over its own output with `output_attentions=True`, which returns every
+cross-attention layer's weights: (layers, heads, output tokens, source tokens), each row a distribution over
+the source. `plot_cross_attention` draws one layer/head, a layer averaged over heads, or all layers
 averaged, with the tokens as tick labels. `dlforge attention RUN --source TEXT` does both.
 """
 
@@ -45,15 +45,8 @@ def cross_attention(model, tokenizer, source: str, num_beams: int = 1, max_new_t
     if eos in produced:
         produced = produced[:produced.index(eos) + 1]
     decoder_inputs = output[:1 + len(produced) - 1].unsqueeze(0)  # start token + all but the last produced
-    layers = [layer.cross_attn for layer in model.decoder.layers]
-    for attention in layers:
-        attention.record_weights = True
-    try:
-        model(ids, mask, decoder_input_ids=decoder_inputs)
-        weights = torch.stack([a.last_weights[0].float().cpu() for a in layers])  # (L, H, T_out, S)
-    finally:
-        for attention in layers:
-            attention.record_weights, attention.last_weights = False, None
+    out = model(ids, mask, decoder_input_ids=decoder_inputs, output_attentions=True)
+    weights = torch.stack([w[0].float().cpu() for w in out.cross_attentions])  # (L, H, T_out, S)
     return CrossAttention(weights, _token_labels(tokenizer, ids[0].tolist()), _token_labels(tokenizer, produced),
                           tokenizer.decode(produced, skip_special_tokens=True).strip())
 
