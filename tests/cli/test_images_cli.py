@@ -45,7 +45,7 @@ def _pixels(path) -> np.ndarray:
 
 def test_sample_grid_is_seeded_and_labelled(runs, tmp_path, cli):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        code, out, _ = cli("sample", runs / "diffusion", "--n", 6, "--steps", 3, "--label", "2",
+        code, out, _ = cli("sample", runs / "diffusion", "--n", 6, "--num-inference-steps", 3, "--label", "2",
                                "--guidance", 2, "--seed", seed, "--out", tmp_path / f"{name}.png",
                                "--each", tmp_path / name)
         assert code == 0 and "6 images" in out
@@ -58,7 +58,7 @@ def test_sample_grid_is_seeded_and_labelled(runs, tmp_path, cli):
 
 @pytest.mark.parametrize("argv, message", [
     (["sample", "{classifier}", "--n", "2"], "needs a diffusion or gan or vae model"),
-    (["sample", "{gan}", "--steps", "5"], "options of diffusion models only"),
+    (["sample", "{gan}", "--num-inference-steps", "5"], "options of diffusion models only"),
     (["sample", "{diffusion}", "--label", "cat"], "unknown label 'cat': this model knows 0, 1, 2"),
     (["img2img", "{gan}", "--image", "{digit}"], "needs a diffusion model"),
     (["anomaly", "score", "{diffusion}", "--data", "{data}"], "anomaly scoring needs an ae or vae run"),
@@ -74,7 +74,7 @@ def test_image_tasks_write_model_size_images(runs, digit_png, tmp_path, cli):
     mask = np.zeros((28, 28), dtype=np.uint8)
     mask[14:] = 255  # fill the lower half
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    common = ["--steps", "4", "--seed", "0"]
+    common = ["--num-inference-steps", "4", "--seed", "0"]
     assert cli("img2img", runs / "diffusion", "--image", digit_png, "--strength", 0.5,
                    "--out", tmp_path / "i2i.png", *common)[0] == 0
     assert cli("inpaint", runs / "diffusion", "--image", digit_png, "--mask", tmp_path / "mask.png",
@@ -134,7 +134,7 @@ def test_image_generation_pipeline_matches_the_cli(runs, tmp_path, cli):
     assert images.shape == (3, 1, 28, 28) and torch.equal(images, gen(3, label="1", steps=3, seed=4))
     exact = gen(3, label="1", steps=3, seed=4, precision="fp32")
     assert 0 < (exact - images).abs().max() < 0.2  # bf16 autocast (the CPU default) stays close to fp32
-    assert cli("sample", runs / "diffusion", "--n", 3, "--label", 1, "--steps", 3, "--seed", 4, "--nrow", 3,
+    assert cli("sample", runs / "diffusion", "--n", 3, "--label", 1, "--num-inference-steps", 3, "--seed", 4, "--nrow", 3,
                "--out", tmp_path / "g.png", "--each", tmp_path / "each")[0] == 0
     assert np.array_equal(_pixels(tmp_path / "each" / "0002-1.png"), to_uint8(images[2, 0]).numpy())
     with pytest.raises(DlforgeError, match="needs a diffusion or gan or vae model"):
@@ -144,7 +144,7 @@ def test_image_generation_pipeline_matches_the_cli(runs, tmp_path, cli):
 def test_autoencoder_tools(runs, digit_png, pattern_mnist, tmp_path, cli):
     code, out, _ = cli("latent-plot", runs / "vae", "--data", pattern_mnist, "--n", 40, "--out", tmp_path / "z.png")
     assert code == 0 and "40 images" in out and Image.open(tmp_path / "z.png").size[0] > 300
-    code, _, _ = cli("interpolate", runs / "vae", "--image", digit_png, "--image", digit_png, "--steps", 5,
+    code, _, _ = cli("interpolate", runs / "vae", "--image", digit_png, "--image", digit_png, "--nrow", 5,
                      "--scale", 1, "--out", tmp_path / "walk.png")
     walk = _pixels(tmp_path / "walk.png")
     assert code == 0 and walk.shape == (28 + 4, 5 * 30 + 2)

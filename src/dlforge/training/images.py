@@ -27,9 +27,10 @@ from ..data.processor import ImageProcessor
 from ..errors import DlforgeError
 from ..io import atomic_write_json, atomic_write_with
 from ..models.gan import DCGAN_TRAIN_SETTINGS
+from ..settings import setting_types
 from ..transfer.distill import FeatureMapDistiller
 from .distributed import init_distributed
-from .lm import parse_overrides, settable_fields, split_settings
+from .lm import split_settings
 from .trainer import EvalMetric, TrainConfig, Trainer, open_run, resolve_device
 
 # family -> (module, model class, config class) under dlforge.models, imported when used
@@ -137,15 +138,10 @@ def family_classes(kind: str) -> tuple[type, type]:
     return getattr(module, model_name), getattr(module, config_name)
 
 
-def field_types(kind: str) -> dict[str, str]:
-    """The keys `--set` accepts for a family (its model config, the data settings, the Trainer's)."""
+def field_types(kind: str) -> dict[str, type]:
+    """The keys `--set` accepts for a family (its model config, the data settings, the Trainer's), with types."""
     _, config_class = family_classes(kind)
-    return settable_fields(config_class, ImageDataConfig, TrainConfig,
-                           exclude={"num_classes", "num_labels", "labels"})
-
-
-def parse_image_overrides(kind: str, pairs: list[str]) -> dict:
-    return parse_overrides(pairs, field_types(kind))
+    return setting_types(config_class, ImageDataConfig, TrainConfig, exclude={"num_classes", "num_labels", "labels"})
 
 
 def resolve_settings(kind: str, preset: str, overrides: dict) -> tuple[dict, dict, dict]:

@@ -1,4 +1,4 @@
-"""Run-folder logging: metrics CSV, loss-curve PNG and (when installed) TensorBoard.
+"""Run-folder logging: metrics CSV, loss-curve PNG and, when asked for (`--tensorboard`), TensorBoard.
 
 The CSV and PNG are rewritten atomically from the in-memory history, so after a crash they match
 the last write, and a resumed run drops the rows logged after its checkpoint.
@@ -10,25 +10,30 @@ import csv
 import io
 from pathlib import Path
 
+from ..errors import DlforgeError
 from ..io import atomic_save_figure, atomic_write_text
 
 COLUMNS = ("step", "train_loss", "val_loss", "lr", "throughput", "elapsed_s")
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True,
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = False,
                  extra_columns: tuple[str, ...] = ()):
         self.run_dir, self.enabled = run_dir, enabled
         self.columns = COLUMNS[:3] + tuple(extra_columns) + COLUMNS[3:]  # e.g. val_accuracy beside val_loss
         self.rows: list[dict] = []
         self.writer = None
-        if enabled and tensorboard:
+        if enabled and tensorboard:  # asked for: a missing package or an unwritable folder is said, not skipped
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
+            except ImportError:
+                raise DlforgeError("--tensorboard needs the tensorboard package: pip install 'dlforge[tensorboard]'") \
+                    from None
+            try:
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-            except Exception:  # tensorboard not installed: CSV and PNG are enough
-                self.writer = None
+            except OSError as e:
+                raise DlforgeError(f"cannot write TensorBoard logs to {run_dir / 'tensorboard'}: "
+                                   f"{e.strerror or e}") from None
 
     @property
     def csv_path(self) -> Path:

@@ -32,6 +32,7 @@ from ..hub.bert import load_bert_weights, with_task
 from ..hub.checkpoint import load_pretrained
 from ..io import atomic_write_json, undo_on_failure
 from ..models.bert import Bert, BertConfig
+from ..settings import setting_types
 from ..text.tokenizers import (
     BPETokenizer,
     HFTokenizer,
@@ -40,7 +41,7 @@ from ..text.tokenizers import (
     load_tokenizer,
 )
 from .distributed import init_distributed
-from .lm import parse_overrides, settable_fields, split_settings
+from .lm import split_settings
 from .trainer import TrainConfig, Trainer, open_run, resolve_device
 
 
@@ -88,14 +89,9 @@ _NOT_SETTABLE = {"vocab_size", "task", "num_labels", "problem_type", "labels", "
 _DAPT_MODEL_KEYS = {"dropout"}  # the only encoder field that --init leaves free: the rest is the checkpoint's
 
 
-def field_types() -> dict[str, str]:
-    """Every key `--set` accepts for `train bert`, with its type annotation."""
-    return settable_fields(BertConfig, MLMDataConfig, TrainConfig, exclude=_NOT_SETTABLE)
-
-
-def parse_bert_overrides(pairs: list[str]) -> dict:
-    """["n_layer=6", "max_length=256"] -> {"n_layer": 6, "max_length": 256}, checked against the fields."""
-    return parse_overrides(pairs, field_types())
+def field_types() -> dict[str, type]:
+    """Every key `--set` accepts for `train bert`, with its type."""
+    return setting_types(BertConfig, MLMDataConfig, TrainConfig, exclude=_NOT_SETTABLE)
 
 
 def resolve_settings(preset: str | None, overrides: dict, init: str | None) -> tuple[dict, dict, dict, int | None]:

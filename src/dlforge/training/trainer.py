@@ -81,6 +81,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     on_nan: str = "stop"  # a non-finite loss or gradient: stop (keeping the last good checkpoint) | skip the batch
+    tensorboard: bool = False  # also log the metrics to OUT/tensorboard (needs the tensorboard package)
 
     def __post_init__(self):
         check_fields(self)
@@ -148,7 +149,7 @@ def open_run(out: Path, resume: bool, what: str = "run", overrides: dict | None 
     return None
 
 
-RESUMABLE_SETTINGS = ("max_steps", "max_minutes", "on_nan", "lr", "min_lr")
+RESUMABLE_SETTINGS = ("max_steps", "max_minutes", "on_nan", "lr", "min_lr", "tensorboard")
 RUN_FILES = ("run.json", "checkpoints", "metrics.csv", "loss.png")  # what a run that never saved may have left
 
 
@@ -220,7 +221,7 @@ class Trainer:
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay else None
         # extra training scalars the model reports in output.logs (a GAN's d_loss, g_loss, D(x), D(G(z)))
         self.log_names = tuple(getattr(model, "log_names", ()))
-        self.log = MetricsLog(self.run_dir, enabled=self.dist.is_main,
+        self.log = MetricsLog(self.run_dir, enabled=self.dist.is_main, tensorboard=config.tensorboard,
                               extra_columns=((f"val_{eval_metric.name}",) if eval_metric else ()) + self.log_names)
         self.progress = progress and self.dist.is_main
         # state that a checkpoint carries

@@ -49,6 +49,7 @@ from ..hub.checkpoint import deduplicated_state_dict, load_pretrained, save_pret
 from ..hub.weights import load_into, load_state_dict
 from ..io import atomic_write_json
 from ..models.outputs import ModelOutput
+from ..settings import parse_overrides
 from .distill import Distiller
 from .finetune import freeze_below, num_blocks
 from .lora import apply_lora, save_lora, strip_lora
@@ -151,11 +152,22 @@ class FinetuneSettings:
             raise DlforgeError("method distill needs teacher (a fine-tuned model folder) and student_layers (N)")
 
 
-def make_task(name: str, options: dict) -> FinetuneTask:
-    """The registered task `name`, built with `options` as keyword arguments."""
+def task_class(name: str) -> type[FinetuneTask]:
+    """The registered task class `name`, or a one-line error listing the tasks."""
     if name not in FINETUNE_TASKS:
         raise DlforgeError(f"unknown task {name!r}: choose one of {', '.join(sorted(FINETUNE_TASKS))}")
-    cls = FINETUNE_TASKS[name]
+    return FINETUNE_TASKS[name]
+
+
+def parse_task_options(name: str, pairs: list[str]) -> dict:
+    """`--option KEY=VALUE` texts -> task `name`'s keyword arguments, each typed from its `__init__` annotation
+    (an unknown option names the valid ones)."""
+    return parse_overrides(pairs, task_class(name), flag="--option")
+
+
+def make_task(name: str, options: dict) -> FinetuneTask:
+    """The registered task `name`, built with `options` as keyword arguments."""
+    cls = task_class(name)
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = [k for k in options if k not in accepted]
     if unknown:
