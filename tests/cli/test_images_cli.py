@@ -134,8 +134,8 @@ def test_image_generation_pipeline_matches_the_cli(runs, tmp_path, cli):
     assert images.shape == (3, 1, 28, 28) and torch.equal(images, gen(3, label="1", steps=3, seed=4))
     exact = gen(3, label="1", steps=3, seed=4, precision="fp32")
     assert 0 < (exact - images).abs().max() < 0.2  # bf16 autocast (the CPU default) stays close to fp32
-    assert cli("sample", runs / "diffusion", "--n", 3, "--label", 1, "--num-inference-steps", 3, "--seed", 4, "--nrow", 3,
-               "--out", tmp_path / "g.png", "--each", tmp_path / "each")[0] == 0
+    assert cli("sample", runs / "diffusion", "--n", 3, "--label", 1, "--num-inference-steps", 3, "--seed", 4,
+               "--nrow", 3, "--out", tmp_path / "g.png", "--each", tmp_path / "each")[0] == 0
     assert np.array_equal(_pixels(tmp_path / "each" / "0002-1.png"), to_uint8(images[2, 0]).numpy())
     with pytest.raises(DlforgeError, match="needs a diffusion or gan or vae model"):
         dlforge.pipeline("image-generation", model=runs / "classifier")
