@@ -84,7 +84,6 @@ def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
     handler.setFormatter(_LogFormatter())
     handler.dlforge_cli = True
     logger.addHandler(handler)
-    logger.propagate = False
     logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 

@@ -19,6 +19,7 @@ where a task head replaces the masked-LM head.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -43,6 +44,8 @@ from ..text.tokenizers import (
 from .distributed import init_distributed
 from .lm import split_settings
 from .trainer import TrainConfig, Trainer, open_run, resolve_device
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -261,8 +264,8 @@ def train_masked_lm(data: str | Path | None, out: str | Path, preset: str | None
                     raise DlforgeError(f"max_length {data_config.max_length} exceeds {init}'s "
                                        f"{model.config.max_position} positions: lower it with --set max_length=N")
                 if new_head:
-                    print(f"note: {init} has no masked-LM head weights; training a new head (its decoder is tied to "
-                          "the pretrained word embeddings)")
+                    log.warning(f"{init} has no masked-LM head weights; training a new head (its decoder is tied "
+                                "to the pretrained word embeddings)")
             else:
                 tok = train_tokenizer(run["tokenizer"], files, run["vocab_size"])
             tok.save(out)

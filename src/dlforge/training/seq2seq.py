@@ -16,13 +16,13 @@ At every evaluation, besides the validation loss, `eval_samples` validation sour
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.parallel import ParallelBatches, read_parallel
 from ..errors import DlforgeError
@@ -36,6 +36,8 @@ from ..text.tokenizers import BPETokenizer, SourceTargetTokenizer, load_tokenize
 from .distributed import init_distributed
 from .lm import split_settings
 from .trainer import TrainConfig, Trainer, open_run, resolve_device
+
+log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}  # ids 0–3 in this order
 TASKS = ("translation", "summarization")
@@ -139,7 +141,7 @@ class TranslationEvaluator:
             lines = [f"step {metrics['step']}: val loss {metrics['val_loss']:.3f}, {shown}"]
             for source, output, reference in list(zip(self.sources, outputs, self.references))[:3]:
                 lines += [f"  source: {source}", f"  output: {output}", f"  reference: {reference}"]
-            tqdm.write("\n".join(lines))
+            log.info("\n".join(lines))
 
 
 def check_lengths(config: Seq2SeqConfig, data: Seq2SeqDataConfig) -> None:

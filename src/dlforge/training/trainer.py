@@ -19,6 +19,7 @@ Run folder layout (only rank 0 writes):
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import re
@@ -50,6 +51,8 @@ from ..transfer.finetune import layerwise_lr_scales
 from .distributed import init_distributed
 from .metrics_log import MetricsLog
 from .optim import DECAYS, EMA, adam_beta1, learning_rate, make_adamw
+
+log = logging.getLogger(__name__)  # progress lines and warnings; the CLI sets the level (--quiet, --verbose)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ON_NAN = ("stop", "skip")
@@ -311,7 +314,7 @@ class Trainer:
         if self.config.on_nan == "skip" and self.skipped_in_a_row + 1 < MAX_SKIPPED_IN_A_ROW:
             self.skipped_in_a_row += 1
             self.skipped_steps += 1
-            tqdm.write(f"step {self.step + 1}: {what}; batch skipped (on_nan=skip)")
+            log.warning(f"step {self.step + 1}: {what}; batch skipped (on_nan=skip)")
             self.step += 1  # the next batch: batches are a function of the step
             return None, 0, {}
         cause = ("the learning rate is probably too high" if lr >= 1e-2 or self.step > 0
@@ -484,7 +487,7 @@ class Trainer:
         self.save_checkpoint(best=improved)
         if self.progress:
             metric = "" if self.eval_metric is None else f", {self.eval_metric.name} {self.last_metric:.4f}"
-            tqdm.write(f"step {self.step}: val loss {val_loss:.4f}{metric}" + (" (best)" if improved else ""))
+            log.info(f"step {self.step}: val loss {val_loss:.4f}{metric}" + (" (best)" if improved else ""))
         if self.on_eval is not None and self.dist.is_main:
             extra = {} if self.eval_metric is None else {self.eval_metric.name: self.last_metric}
             self.on_eval(self, {"step": self.step, "val_loss": val_loss, **extra})
