@@ -106,7 +106,7 @@ def load_sklearn_digits(split: str = "train") -> ImageSet:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise DlforgeError("sklearn-digits needs scikit-learn: pip install 'dlforge[sklearn]'") from None
+        raise DlforgeError("sklearn-digits needs scikit-learn: pip install 'dlforge[eval]'") from None
     digits = load_digits()
     images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # values 0..16 -> 0..255
     part = slice(0, 1500) if split == "train" else slice(1500, None)

@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 
 from ..errors import DlforgeError
-from ..io import atomic_save_figure, atomic_write_text
+from ..io import atomic_save_figure, atomic_write_text, can_plot, pyplot
 
 COLUMNS = ("step", "train_loss", "val_loss", "lr", "throughput", "elapsed_s")
 
@@ -71,10 +71,9 @@ class MetricsLog:
             self.writer.flush()
 
     def plot(self) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        if not can_plot("loss.png"):  # the CSV has the numbers; training goes on without the picture
+            return
+        plt = pyplot()
 
         train = [(r["step"], r["train_loss"]) for r in self.rows if r["train_loss"] is not None]
         val = [(r["step"], r["val_loss"]) for r in self.rows if r["val_loss"] is not None]
