@@ -116,6 +116,31 @@ def _diffusion_inputs(args, command: str):
     return model, image, labels
 
 
+def write_at_input_size(result, args, fill=None) -> str:
+    """Write a model-size result (C, S, S) in [-1, 1] at the size of the input picture `args.image`: resized to the
+    centre square the input was cropped to and put back over it, so a 28x28 picture gives a 28x28 one and a
+    larger or non-square picture keeps its size (and, outside that square, its pixels). `fill` (inpaint's mask at
+    the picture's size, (1, H, W) in {0, 1}): only those pixels change, the rest stays exactly the input's."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..data.images import load_image, write_image
+
+    picture = load_image(args.image, channels=result.shape[0])  # (C, H, W) in [-1, 1], as it is on disk
+    height, width = picture.shape[-2:]
+    side = min(height, width)
+    if result.shape[-1] != side:
+        result = F.interpolate(result[None].float(), size=(side, side), mode="bicubic", antialias=True,
+                               align_corners=False)[0].clamp(-1, 1)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = picture[:, top:top + side, left:left + side]  # a view: writing it writes the picture
+    if fill is None:
+        square[:] = result
+    else:
+        square[:] = torch.where(fill[:, top:top + side, left:left + side] > 0, result, square)
+    return write_image(picture, args.out)
+
+
 def _diffusion_options(args) -> dict:
     return dict(steps=args.num_inference_steps, scheduler=args.scheduler, guidance_scale=args.guidance, seed=args.seed)
 
@@ -127,19 +152,19 @@ def _precision(model, args):
 
 
 def cmd_img2img(args) -> int:
-    from ..data.images import write_image
     from ..diffusion.sampling import img2img
 
     model, image, labels = _diffusion_inputs(args, "img2img")
     with _precision(model, args):
         result = img2img(model, image.unsqueeze(0), strength=args.strength, labels=labels,
                          **_diffusion_options(args))
-    print(f"output: {write_image(result[0], args.out)}")
+    print(f"output: {write_at_input_size(result[0], args)}")
     return 0
 
 
-def read_mask(path: str | Path, image_path: str | Path, size: int):
-    """A mask image (white = fill) of the same size as the image -> (1, size, size) float in {0, 1}."""
+def read_mask(path: str | Path, image_path: str | Path, size: int | None):
+    """A mask image (white = fill) of the same size as the image -> (1, size, size) float in {0, 1} (size None: the
+    mask's own size)."""
     from PIL import Image
 
     from ..data.images import load_image
@@ -158,7 +183,6 @@ def read_mask(path: str | Path, image_path: str | Path, size: int):
 
 
 def cmd_inpaint(args) -> int:
-    from ..data.images import write_image
     from ..diffusion.sampling import inpaint
 
     model, image, labels = _diffusion_inputs(args, "inpaint")
@@ -166,19 +190,18 @@ def cmd_inpaint(args) -> int:
     with _precision(model, args):
         result = inpaint(model, image.unsqueeze(0), mask.unsqueeze(0), resample=args.resample, labels=labels,
                          **_diffusion_options(args))
-    print(f"output: {write_image(result[0], args.out)}")
+    print(f"output: {write_at_input_size(result[0], args, fill=read_mask(args.mask, args.image, None))}")
     return 0
 
 
 def cmd_outpaint(args) -> int:
-    from ..data.images import write_image
     from ..diffusion.sampling import outpaint
 
     model, image, labels = _diffusion_inputs(args, "outpaint")
     with _precision(model, args):
         result = outpaint(model, image.unsqueeze(0), pad=args.pad, resample=args.resample, labels=labels,
                           **_diffusion_options(args))
-    print(f"output: {write_image(result[0], args.out)}")
+    print(f"output: {write_at_input_size(result[0], args)}")
     return 0
 
 
@@ -418,7 +441,7 @@ def add_parsers(sub) -> None:
                              description="Noise the image part of the way (--strength) and denoise it back with a "
                                          "trained diffusion model: low strength keeps the layout, 1 ignores it.")
     img2img.add_argument("run", help="a `dlforge train diffusion` run or model folder")
-    img2img.add_argument("--image", required=True, help="input image (resized to the model's resolution)")
+    img2img.add_argument("--image", required=True, help="input image; the output has its size")
     img2img.add_argument("--strength", type=number, default=0.6, help="how far to noise it, in [0, 1] (default 0.6)")
     img2img.add_argument("--out", required=True, help="output PNG")
     _add_diffusion_flags(img2img)
@@ -428,7 +451,7 @@ def add_parsers(sub) -> None:
                              description="Regenerate the white part of --mask; the rest of the image is kept "
                                          "exactly. --resample > 1 harmonises the fill (RePaint).")
     inpaint.add_argument("run", help="a `dlforge train diffusion` run or model folder")
-    inpaint.add_argument("--image", required=True, help="input image")
+    inpaint.add_argument("--image", required=True, help="input image; the output has its size")
     inpaint.add_argument("--mask", required=True, help="mask image of the same size: white = fill, black = keep")
     inpaint.add_argument("--out", required=True, help="output PNG")
     inpaint.add_argument("--resample", type=positive_int, default=1,
@@ -440,7 +463,7 @@ def add_parsers(sub) -> None:
                               description="Shrink the image into the centre of a canvas of the model's size, "
                                           "leaving --pad pixels on each side, and inpaint the border.")
     outpaint.add_argument("run", help="a `dlforge train diffusion` run or model folder")
-    outpaint.add_argument("--image", required=True, help="input image")
+    outpaint.add_argument("--image", required=True, help="input image; the output has its size")
     outpaint.add_argument("--pad", type=positive_int, required=True, help="border to invent, in pixels per side")
     outpaint.add_argument("--out", required=True, help="output PNG")
     outpaint.add_argument("--resample", type=positive_int, default=1, help="RePaint resamplings per step")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -32,6 +33,8 @@ from ..transfer.distill import FeatureMapDistiller
 from .distributed import init_distributed
 from .lm import split_settings
 from .trainer import EvalMetric, TrainConfig, Trainer, open_run, resolve_device
+
+log = logging.getLogger(__name__)
 
 # family -> (module, model class, config class) under dlforge.models, imported when used
 FAMILIES = {
@@ -52,7 +55,7 @@ LABELS_FILE = "labels.json"
 
 @dataclass
 class ImageDataConfig:
-    image_size: int | None = None  # default: the data's own size (MNIST 28, digits 8), 64 for image folders
+    image_size: int | None = None  # default: the data's own size (MNIST 28, digits 8, a folder's shared size)
     channels: int | None = None  # default: the data's (1 for grayscale folders, else 3)
     conditional: bool = True  # GAN/diffusion: condition on the class labels when the data has them
     flip: bool = False  # random horizontal flips (not for digits)
@@ -297,6 +300,11 @@ def train_image_model(kind: str, data: str | Path | None, out: str | Path, prese
     train_config = TrainConfig(**run["train"])
     data_config = ImageDataConfig(**run["data_settings"])
     train_set = load_run_data(run)
+    if not resume:  # the size chosen from the data is kept, so a resume never depends on the default again
+        chosen = "set" if run["data_settings"].get("image_size") else "the data's own size"
+        run["data_settings"]["image_size"] = train_set.image_size
+        log.info(f"images: {train_set.image_size}x{train_set.image_size}, {train_set.channels} channel(s), "
+                 f"{len(train_set)} for training ({chosen}; --set image_size=N for another)")
     if kind in VISION_FAMILIES:  # a backbone pretrained on some classes knows just those
         train_set = select_classes(train_set, data_config.only_classes, relabel=True)
     config = _model_config(kind, run, train_set)
