@@ -51,6 +51,7 @@ def test_tensorboard_only_when_asked_and_a_missing_package_is_said(cli, syntheti
     code, _, err = cli("train", "gpt", "--data", synthetic_text_file, "--out", tmp_path / "tb", *tiny, "--tensorboard")
     assert code == 2
     assert err == "dlforge: error: --tensorboard needs the tensorboard package: pip install 'dlforge[tensorboard]'\n"
+    assert not (tmp_path / "tb").exists()  # said before the run wrote anything
 
 
 def test_extras_match_their_names():

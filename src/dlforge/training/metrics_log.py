@@ -16,6 +16,15 @@ from ..io import atomic_save_figure, atomic_write_text, can_plot, pyplot
 COLUMNS = ("step", "train_loss", "val_loss", "lr", "throughput", "elapsed_s")
 
 
+def tensorboard_writer_class():
+    """torch's SummaryWriter, or a one-line error saying how to install TensorBoard."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise DlforgeError("--tensorboard needs the tensorboard package: pip install 'dlforge[tensorboard]'") from None
+    return SummaryWriter
+
+
 class MetricsLog:
     def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = False,
                  extra_columns: tuple[str, ...] = ()):
@@ -24,13 +33,9 @@ class MetricsLog:
         self.rows: list[dict] = []
         self.writer = None
         if enabled and tensorboard:  # asked for: a missing package or an unwritable folder is said, not skipped
+            writer_class = tensorboard_writer_class()
             try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise DlforgeError("--tensorboard needs the tensorboard package: pip install 'dlforge[tensorboard]'") \
-                    from None
-            try:
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+                self.writer = writer_class(str(run_dir / "tensorboard"))
             except OSError as e:
                 raise DlforgeError(f"cannot write TensorBoard logs to {run_dir / 'tensorboard'}: "
                                    f"{e.strerror or e}") from None

@@ -49,7 +49,7 @@ from ..paths import resolve_inside
 from ..settings import check_fields, check_range
 from ..transfer.finetune import layerwise_lr_scales
 from .distributed import init_distributed
-from .metrics_log import MetricsLog
+from .metrics_log import MetricsLog, tensorboard_writer_class
 from .optim import DECAYS, EMA, adam_beta1, learning_rate, make_adamw
 
 log = logging.getLogger(__name__)  # progress lines and warnings; the CLI sets the level (--quiet, --verbose)
@@ -100,6 +100,8 @@ class TrainConfig:
                     above={"lr": 0, "max_minutes": 0, "grad_clip": 0, "ema_decay": 0, "layer_lr_decay": 0},
                     below={"beta1": 1, "beta2": 1, "ema_decay": 1, "seed": 2**63}, at_most={"layer_lr_decay": 1})
         check_range(self, at_least={"beta1": 0, "beta2": 0})
+        if self.tensorboard:  # asked for: a missing package is said now, before the run writes anything
+            tensorboard_writer_class()
 
     @classmethod
     def field_names(cls) -> set[str]:
