@@ -127,7 +127,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_tensorboard_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tensorboard", action="store_true",
+    parser.add_argument("--tensorboard", action="store_true", default=None,
                         help="also log the metrics for TensorBoard in OUT/tensorboard "
                              "(pip install 'dlforge[tensorboard]')")
 

@@ -7,14 +7,22 @@ import argparse
 from pathlib import Path
 
 from ..errors import DlforgeError
-from .common import add_deprecated_alias, add_output_flags, number, positive_float, positive_int, seed
+from .common import (
+    add_deprecated_alias,
+    add_output_flags,
+    add_tensorboard_flag,
+    number,
+    positive_float,
+    positive_int,
+    seed,
+)
 from .names import FINETUNE_METHODS, FINETUNE_TASKS
 
 # CLI flag (argparse dest) -> finetune setting of the same name; unset flags keep the method's defaults
 SETUP_SETTINGS = ("batch_size", "max_length", "top_k_layers", "lora_r", "lora_alpha", "lora_dropout", "precision",
                   "device", "seed")  # what both finetune and lr-find take
 SETTINGS = SETUP_SETTINGS + ("epochs", "max_steps", "minutes", "lr", "layer_lr_decay", "teacher", "student_layers",
-                             "select_by", "decay", "warmup_ratio")
+                             "select_by", "decay", "warmup_ratio", "tensorboard")
 
 
 def cmd_lr_find(args) -> int:
@@ -142,6 +150,7 @@ def add_parser(sub) -> None:
                    "--max-steps/--minutes stretches the rest of the learning-rate schedule over it)")
     p.add_argument("--overwrite", action="store_true",
                    help="write the run into a non-empty --out that holds no dlforge run (same-named files replaced)")
+    add_tensorboard_flag(p)
     add_output_flags(p)
     p.set_defaults(func=cmd_finetune)
 

@@ -19,6 +19,7 @@ from .common import (
     add_deprecated_alias,
     add_output_flags,
     add_run_flags,
+    add_tensorboard_flag,
     number,
     positive_float,
     positive_int,
@@ -312,7 +313,7 @@ def cmd_adapt(args) -> int:
     from ..transfer.domain import AdaptSettings, adapt_domain
 
     flags = {"steps": args.max_steps, "minutes": args.minutes, "lr": args.lr, "batch_size": args.batch_size,
-             "seed": args.seed}  # AdaptSettings field -> its flag's value
+             "seed": args.seed, "tensorboard": args.tensorboard}  # AdaptSettings field -> its flag's value
     settings = parse_overrides(args.set, AdaptSettings, exclude=("method", *flags))
     settings.update({name: value for name, value in flags.items() if value is not None})
     if not args.resume and (args.model is None or args.source is None or args.target is None):
@@ -353,6 +354,7 @@ def _add_adapt_parser(sub) -> None:
     adapt.add_argument("--overwrite", action="store_true",
                        help="write the run into a non-empty --out that holds no dlforge run "
                             "(same-named files replaced)")
+    add_tensorboard_flag(adapt)
     add_output_flags(adapt)
     adapt.set_defaults(func=cmd_adapt)
 

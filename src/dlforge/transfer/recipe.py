@@ -98,6 +98,7 @@ class FinetuneSettings:
     precision: str = "auto"  # auto = bf16 autocast on CPU and where the GPU supports it
     device: str = "auto"
     seed: int = 42
+    tensorboard: bool = False  # also log the metrics to OUT/tensorboard (the tensorboard package)
     options: dict = field(default_factory=dict)  # keyword arguments of the task class
 
     @classmethod
@@ -339,7 +340,7 @@ def prepare_finetune(model, task: str, train, eval, method: str, s: FinetuneSett
                          lr=s.lr, min_lr=0.0, warmup_steps=round(s.warmup_ratio * max_steps), decay=s.decay,
                          weight_decay=s.weight_decay, beta1=0.9, beta2=0.999, grad_clip=1.0, precision=s.precision,
                          eval_interval=interval, log_interval=min(10, interval), keep_last=1,
-                         layer_lr_decay=s.layer_lr_decay, seed=s.seed, device=s.device)
+                         layer_lr_decay=s.layer_lr_decay, seed=s.seed, device=s.device, tensorboard=s.tensorboard)
     return Prepared(s, task, method, the_task, train_path, eval_path, train_examples, eval_examples, labels, net,
                     tokenizer, trainable, trainable_parameters, train_features, eval_features, max_length, batches,
                     config, interval)
