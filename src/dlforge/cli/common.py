@@ -100,10 +100,11 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
-def add_budget_flags(parser: argparse.ArgumentParser, steps_help: str = "optimizer steps (the LR schedule ends "
-                     "here)") -> None:
-    """--max-steps (optimizer steps, everywhere) and --minutes; the old --steps still works where a command
-    used it for optimizer steps."""
+STEPS_HELP = "optimizer steps (the LR schedule ends here)"
+
+
+def add_budget_flags(parser: argparse.ArgumentParser, steps_help: str = STEPS_HELP) -> None:
+    """--max-steps (optimizer steps, the one name for them on every command) and --minutes."""
     parser.add_argument("--max-steps", type=positive_int, help=steps_help)
     parser.add_argument("--minutes", type=positive_float, help="wall-clock budget; the schedule is fitted to it")
 
@@ -127,6 +128,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_tensorboard_flag(parser: argparse.ArgumentParser) -> None:
+    """--tensorboard: TensorBoard logs only when asked for (default None: not given, so not a setting to pass)."""
     parser.add_argument("--tensorboard", action="store_true", default=None,
                         help="also log the metrics for TensorBoard in OUT/tensorboard "
                              "(pip install 'dlforge[tensorboard]')")
@@ -134,8 +136,8 @@ def add_tensorboard_flag(parser: argparse.ArgumentParser) -> None:
 
 def run_budget(args) -> dict:
     """--max-steps / --minutes / --on-nan / --tensorboard as Trainer overrides (only those given)."""
-    budget = {"max_steps": args.max_steps, "max_minutes": args.minutes, "on_nan": getattr(args, "on_nan", None),
-              "tensorboard": True if getattr(args, "tensorboard", False) else None}
+    budget = {"max_steps": args.max_steps, "max_minutes": args.minutes, "on_nan": args.on_nan,
+              "tensorboard": args.tensorboard}
     return {key: value for key, value in budget.items() if value is not None}
 
 

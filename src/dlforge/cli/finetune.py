@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import DlforgeError
 from .common import (
+    add_budget_flags,
     add_deprecated_alias,
     add_output_flags,
     add_tensorboard_flag,
@@ -126,8 +127,7 @@ def add_parser(sub) -> None:
                                   "the final report; for an MNIST folder or a train/+test/ image folder given as "
                                   "both --train and --eval, its test split")
     p.add_argument("--epochs", type=positive_float, help="passes over the training set (default 3; features 10)")
-    p.add_argument("--max-steps", type=positive_int, help="optimizer steps (overrides --epochs)")
-    p.add_argument("--minutes", type=positive_float, help="wall-clock budget; the schedule is fitted to it")
+    add_budget_flags(p, steps_help="optimizer steps (overrides --epochs)")
     p.add_argument("--lr", type=positive_float,
                    help="peak learning rate (default: full 5e-5, top-k 1e-4, lora 2e-4 with the head at 1e-3, "
                         "features 1e-3, distill 1e-4; `dlforge lr-find` suggests one); warmup 6 %%, then cosine "
