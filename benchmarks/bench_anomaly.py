@@ -20,8 +20,9 @@ from pathlib import Path
 
 from common import emit_json, machine, mnist_dir, print_table
 
+from dlforge.settings import parse_overrides
 from dlforge.training.anomaly import fit_anomaly_detector, score_anomalies
-from dlforge.training.images import parse_image_overrides
+from dlforge.training.images import field_types
 
 FIGURES = Path(__file__).resolve().parent / "figures"
 
@@ -37,7 +38,7 @@ def main() -> int:
     mnist = mnist_dir(fresh=args.out)
     if mnist is None:
         return 1
-    overrides = {"max_steps": args.steps, **parse_image_overrides("ae", args.set)}
+    overrides = {"max_steps": args.steps, **parse_overrides(args.set, field_types("ae"))}
     rows, aucs = [], []
     for digit in args.digits.split(","):
         run = args.out / f"normal-{digit}"

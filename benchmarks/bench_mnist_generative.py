@@ -37,7 +37,8 @@ from dlforge.data.images import load_image_set, save_grid, to_signed_unit, write
 from dlforge.hub import load_pretrained
 from dlforge.metrics.image_generation import evaluate_samples
 from dlforge.pipelines.image_generation import sample_images
-from dlforge.training.images import parse_image_overrides, train_image_model
+from dlforge.settings import parse_overrides
+from dlforge.training.images import field_types, train_image_model
 
 FIGURES = Path(__file__).resolve().parent / "figures"
 
@@ -99,7 +100,7 @@ def main() -> int:
     if not args.skip_training:
         if out.exists():
             shutil.rmtree(out)
-        overrides = {"max_minutes": minutes, **parse_image_overrides(args.kind, args.set)}
+        overrides = {"max_minutes": minutes, **parse_overrides(args.set, field_types(args.kind))}
         start = time.perf_counter()
         steps = train_image_model(args.kind, mnist, out, preset="mnist", seed=args.seed, overrides=overrides)["step"]
         train_minutes = (time.perf_counter() - start) / 60

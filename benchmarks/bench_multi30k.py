@@ -61,9 +61,10 @@ def main():
     m30k, out = data / "multi30k", Path(args.out)
     if out.exists():
         shutil.rmtree(out)
-    from dlforge.training.seq2seq import parse_seq2seq_overrides
+    from dlforge.settings import parse_overrides
+    from dlforge.training.seq2seq import field_types
 
-    overrides = {"max_minutes": args.minutes, **parse_seq2seq_overrides(args.set)}
+    overrides = {"max_minutes": args.minutes, **parse_overrides(args.set, field_types())}
     result = train_seq2seq(m30k / "train.de.gz", m30k / "train.en.gz", out, valid_source=m30k / "val.de.gz",
                            valid_target=m30k / "val.en.gz", preset="multi30k", overrides=overrides, seed=1337,
                            progress=not args.quiet)

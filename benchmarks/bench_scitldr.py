@@ -23,8 +23,9 @@ from common import emit_json, print_table, shared_data_dir
 
 from dlforge.hub import load_pretrained
 from dlforge.metrics.generation import rouge
+from dlforge.settings import parse_overrides
 from dlforge.text.seq2seq_generation import generate_text2text
-from dlforge.training.seq2seq import parse_seq2seq_overrides, train_seq2seq
+from dlforge.training.seq2seq import field_types, train_seq2seq
 
 SETTINGS = ["task=summarization", "max_source_length=320", "max_target_length=64", "max_position=320",
             "max_tokens=8000", "eval_samples=100", "eval_max_new_tokens=48", "eval_interval=200", "warmup_steps=200",
@@ -68,7 +69,7 @@ def main():
     splits = {name: read_split(data / "scitldr" / f"{name}.jsonl") for name in ("train", "dev", "test")}
     train_files = write_pairs(splits["train"], out / "data", "train")
     dev_files = write_pairs(splits["dev"], out / "data", "dev")
-    overrides = {"max_minutes": args.minutes, **parse_seq2seq_overrides(SETTINGS + args.set)}
+    overrides = {"max_minutes": args.minutes, **parse_overrides(SETTINGS + args.set, field_types())}
     result = train_seq2seq(*train_files, out / "run", valid_source=dev_files[0], valid_target=dev_files[1],
                            preset="multi30k", overrides=overrides, seed=1337, progress=not args.quiet)
     model, tokenizer = load_pretrained(out / "run")

@@ -85,7 +85,8 @@ def main():
     if data_dir is None:
         print("skipped: shared data not found (set DLFORGE_DATA or put shared/data beside the repo)")
         sys.exit(0)
-    from dlforge.training.lm import parse_overrides
+    from dlforge.settings import parse_overrides
+    from dlforge.training.lm import field_types
 
     rows, figures = [], {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,7 +102,7 @@ def main():
                                                                           "max_steps": 1_000_000})
                       for _ in args.reference if _ == "minutes"]
             plans.append((f"{corpus}: {args.preset}, {args.minutes:g} min", args.preset,
-                          {"max_minutes": args.minutes, **parse_overrides(args.set)}))
+                          {"max_minutes": args.minutes, **parse_overrides(args.set, field_types())}))
             for i, (name, preset, overrides) in enumerate(plans):
                 rows.append(run(name, preset, text, Path(tmp) / f"{corpus}-{i}", overrides))
                 print_table(rows[-1:], list(rows[-1].keys()))

@@ -38,9 +38,10 @@ def main() -> int:
     mnist = mnist_dir(fresh=args.out)
     if mnist is None:
         return 1
-    from dlforge.training.images import parse_image_overrides
+    from dlforge.settings import parse_overrides
+    from dlforge.training.images import field_types
 
-    overrides = {"max_minutes": args.minutes, **parse_image_overrides("vae", args.set)}
+    overrides = {"max_minutes": args.minutes, **parse_overrides(args.set, field_types("vae"))}
     start = time.perf_counter()
     result = train_image_model("vae", mnist, args.out, preset="mnist", seed=args.seed, overrides=overrides)
     minutes = (time.perf_counter() - start) / 60

@@ -35,7 +35,8 @@ import torch
 from common import emit_json, machine, mnist_dir, print_table
 
 from dlforge.hub.checkpoint import load_pretrained, save_pretrained
-from dlforge.training.images import parse_image_overrides, train_image_model
+from dlforge.settings import parse_overrides
+from dlforge.training.images import field_types, train_image_model
 from dlforge.transfer.recipe import finetune
 
 TARGET = "5,6,7,8,9"
@@ -109,11 +110,11 @@ def main() -> int:
         if kind == "vit-teacher":  # the ResNet backbone of this output folder, pretrained first if absent
             teacher = args.out / "resnet-digits-0-4"
             pretrain("resnet", mnist, teacher, args.resnet_minutes, args.seed,
-                     parse_image_overrides("resnet", args.resnet_set))
+                     parse_overrides(args.resnet_set, field_types("resnet")))
         start = time.perf_counter()
         backbone = args.out / f"{kind}-digits-0-4"
         minutes = args.resnet_minutes if kind == "resnet" else args.vit_minutes
-        overrides = parse_image_overrides(family, getattr(args, f"{family}_set"))
+        overrides = parse_overrides(getattr(args, f"{family}_set"), field_types(family))
         pretrain_accuracy = pretrain(family, mnist, backbone, minutes, args.seed, overrides, teacher)
         pretrain_minutes = (time.perf_counter() - start) / 60
         scratch = random_twin(backbone, args.out / f"{kind}-random")

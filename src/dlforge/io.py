@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -218,6 +219,37 @@ def release_folder(folder: str | os.PathLike) -> None:
     fd = _held_locks.pop(Path(folder).resolve(), None)
     if fd is not None:
         os.close(fd)  # closing the descriptor releases the flock
+
+
+# matplotlib is optional (pip install 'dlforge[plot]'): the plotting calls ask for it here, and only they need it
+PLOT_INSTALL_HINT = "pip install 'dlforge[plot]'"
+_skipped_plots: set[str] = set()
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or a one-line DlforgeError saying how to install it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise DlforgeError(f"drawing this plot needs matplotlib, which is not installed: {PLOT_INSTALL_HINT}") \
+            from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def can_plot(what: str) -> bool:
+    """For a plot drawn on the side of other work (a run's loss.png, a report's confusion matrix): whether
+    matplotlib is there; when it is not, the work goes on and a warning says once what is not drawn and why."""
+    try:
+        pyplot()
+    except DlforgeError:
+        if what not in _skipped_plots:
+            _skipped_plots.add(what)
+            logging.getLogger(__name__).warning(f"{what} not drawn: matplotlib is not installed ({PLOT_INSTALL_HINT})")
+        return False
+    return True
 
 
 def atomic_save_figure(fig, target: str | os.PathLike) -> Path:

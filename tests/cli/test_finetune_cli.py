@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dlforge.cli.finetune import parse_options, parse_value
 from dlforge.cli.main import main
 from dlforge.errors import DlforgeError
 from dlforge.hub import save_pretrained
 from dlforge.models import GPT, Bert, BertConfig, GPTConfig
 from dlforge.text.tokenizers import WordPieceTokenizer
+from dlforge.transfer.recipe import parse_task_options
 
 CLUES = {"good": ["great", "superb", "lovely"], "bad": ["awful", "dull", "boring"]}
 FILLER = ["the", "film", "was", "a", "story", "plot", "cast", "and", "its", "music"]
@@ -110,7 +110,7 @@ def test_lora_and_distill_from_the_command_line(data, trained, tmp_path, capsys)
 @pytest.mark.parametrize("change, message", [
     ({"--train": "missing.csv"}, "training file .*missing.csv does not exist"),
     ({"--option": "text_column=body"}, "has no column 'body'"),
-    ({"--option": "colour"}, "--option expects KEY=VALUE"),
+    ({"--option": "colour"}, "--option .colour.: write it as KEY=VALUE"),
     ({"--task": "poetry"}, "unknown task 'poetry'"),
     ({"--method": "magic"}, "unknown method 'magic'"),
     ({"--model": "GPT"}, "needs a bert model"),
@@ -146,9 +146,16 @@ def test_a_bad_input_in_a_real_process_prints_one_line(data, tmp_path, dlforge_c
     assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
 
 
-def test_option_values_are_typed():
-    assert [parse_value(v) for v in ("128", "0.5", "True", "false", "none", "review")] == [128, 0.5, True, False,
-                                                                                           None, "review"]
-    assert parse_options(["doc_stride=128", "text_column=a=b"]) == {"doc_stride": 128, "text_column": "a=b"}
+def test_option_values_are_typed_from_the_task():
+    assert parse_task_options("question-answering", ["doc_stride=128", "max_answer_len=15"]) == {
+        "doc_stride": 128, "max_answer_len": 15}
+    assert parse_task_options("text-classification", ["text_column=a=b", "text_pair_column=none"]) == {
+        "text_column": "a=b", "text_pair_column": None}
+    assert parse_task_options("image-classification", ["classes=5,6", "per_class=10", "flip=true"]) == {
+        "classes": "5,6", "per_class": 10, "flip": True}
     with pytest.raises(DlforgeError, match="KEY=VALUE"):
-        parse_options(["=3"])
+        parse_task_options("question-answering", ["=3"])
+    with pytest.raises(DlforgeError, match=r"--option doc_stride=wide: expected a whole number"):
+        parse_task_options("question-answering", ["doc_stride=wide"])
+    with pytest.raises(DlforgeError, match=r"--option colour: unknown key; valid keys: doc_stride, max_answer_len"):
+        parse_task_options("question-answering", ["colour=red"])

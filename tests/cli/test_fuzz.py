@@ -105,7 +105,7 @@ def _cases(tmp: Path, data: dict[str, Path]) -> list[tuple[str, list[str]]]:
                          "--repetition-penalty": BAD_NUMBERS + ["0", "-2"], "--num-samples": BAD_COUNTS}.items():
         for value in values:
             add(f"generate {flag} {value}", "generate", run, flag, value)
-    for flag, values in {"--n": BAD_COUNTS, "--steps": BAD_COUNTS, "--guidance": BAD_NUMBERS,
+    for flag, values in {"--n": BAD_COUNTS, "--num-inference-steps": BAD_COUNTS, "--guidance": BAD_NUMBERS,
                          "--eta": BAD_NUMBERS + ["-1"], "--seed": ["-1", "nan"]}.items():
         for value in values:
             add(f"sample {flag} {value}", "sample", diffusion, "--out", f"{out}/grid.png", flag, value)

@@ -45,7 +45,7 @@ def _pixels(path) -> np.ndarray:
 
 def test_sample_grid_is_seeded_and_labelled(runs, tmp_path, cli):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        code, out, _ = cli("sample", runs / "diffusion", "--n", 6, "--steps", 3, "--label", "2",
+        code, out, _ = cli("sample", runs / "diffusion", "--n", 6, "--num-inference-steps", 3, "--label", "2",
                                "--guidance", 2, "--seed", seed, "--out", tmp_path / f"{name}.png",
                                "--each", tmp_path / name)
         assert code == 0 and "6 images" in out
@@ -58,7 +58,7 @@ def test_sample_grid_is_seeded_and_labelled(runs, tmp_path, cli):
 
 @pytest.mark.parametrize("argv, message", [
     (["sample", "{classifier}", "--n", "2"], "needs a diffusion or gan or vae model"),
-    (["sample", "{gan}", "--steps", "5"], "options of diffusion models only"),
+    (["sample", "{gan}", "--num-inference-steps", "5"], "options of diffusion models only"),
     (["sample", "{diffusion}", "--label", "cat"], "unknown label 'cat': this model knows 0, 1, 2"),
     (["img2img", "{gan}", "--image", "{digit}"], "needs a diffusion model"),
     (["anomaly", "score", "{diffusion}", "--data", "{data}"], "anomaly scoring needs an ae or vae run"),
@@ -74,7 +74,7 @@ def test_image_tasks_write_model_size_images(runs, digit_png, tmp_path, cli):
     mask = np.zeros((28, 28), dtype=np.uint8)
     mask[14:] = 255  # fill the lower half
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    common = ["--steps", "4", "--seed", "0"]
+    common = ["--num-inference-steps", "4", "--seed", "0"]
     assert cli("img2img", runs / "diffusion", "--image", digit_png, "--strength", 0.5,
                    "--out", tmp_path / "i2i.png", *common)[0] == 0
     assert cli("inpaint", runs / "diffusion", "--image", digit_png, "--mask", tmp_path / "mask.png",
@@ -90,6 +90,31 @@ def test_image_tasks_write_model_size_images(runs, digit_png, tmp_path, cli):
     assert not np.array_equal(filled[14:], original[14:])
     strip = Image.open(tmp_path / "strip.png")
     assert strip.size[0] > 4 * 28 and strip.size[1] >= 2 * 28
+
+
+def test_image_tasks_return_the_inputs_size(runs, digit_png, tmp_path, cli):
+    """A picture larger than the 28x28 model, and not square, comes back at its own size: the model's result over
+    the centre square it was cropped to, the pixels outside that square untouched."""
+    digit = Image.open(digit_png).resize((56, 56), Image.Resampling.NEAREST)
+    wide = Image.new("L", (80, 56), 90)
+    wide.paste(digit, (12, 0))
+    wide.save(tmp_path / "wide.png")
+    mask = Image.new("L", (80, 56), 0)
+    mask.paste(255, (12, 28, 68, 56))  # fill the lower half of the digit
+    mask.save(tmp_path / "mask.png")
+    common = ["--image", tmp_path / "wide.png", "--num-inference-steps", "3", "--seed", "0"]
+    assert cli("img2img", runs / "diffusion", "--out", tmp_path / "i2i.png", *common)[0] == 0
+    assert cli("inpaint", runs / "diffusion", "--mask", tmp_path / "mask.png", "--out", tmp_path / "fill.png",
+               *common)[0] == 0
+    assert cli("outpaint", runs / "diffusion", "--pad", 4, "--out", tmp_path / "out.png", *common)[0] == 0
+    original = _pixels(tmp_path / "wide.png")
+    for name in ("i2i", "fill", "out"):
+        result = _pixels(tmp_path / f"{name}.png")
+        assert result.shape == (56, 80)
+        assert np.array_equal(result[:, :12], original[:, :12]) and np.array_equal(result[:, 68:], original[:, 68:])
+    filled = _pixels(tmp_path / "fill.png")
+    assert np.array_equal(filled[:28], original[:28])  # inpaint changes the white of the mask alone
+    assert not np.array_equal(filled[28:, 12:68], original[28:, 12:68])
 
 
 def test_bad_images_and_masks(runs, digit_png, tmp_path, cli):
@@ -134,8 +159,8 @@ def test_image_generation_pipeline_matches_the_cli(runs, tmp_path, cli):
     assert images.shape == (3, 1, 28, 28) and torch.equal(images, gen(3, label="1", steps=3, seed=4))
     exact = gen(3, label="1", steps=3, seed=4, precision="fp32")
     assert 0 < (exact - images).abs().max() < 0.2  # bf16 autocast (the CPU default) stays close to fp32
-    assert cli("sample", runs / "diffusion", "--n", 3, "--label", 1, "--steps", 3, "--seed", 4, "--nrow", 3,
-               "--out", tmp_path / "g.png", "--each", tmp_path / "each")[0] == 0
+    assert cli("sample", runs / "diffusion", "--n", 3, "--label", 1, "--num-inference-steps", 3, "--seed", 4,
+               "--nrow", 3, "--out", tmp_path / "g.png", "--each", tmp_path / "each")[0] == 0
     assert np.array_equal(_pixels(tmp_path / "each" / "0002-1.png"), to_uint8(images[2, 0]).numpy())
     with pytest.raises(DlforgeError, match="needs a diffusion or gan or vae model"):
         dlforge.pipeline("image-generation", model=runs / "classifier")
@@ -144,7 +169,7 @@ def test_image_generation_pipeline_matches_the_cli(runs, tmp_path, cli):
 def test_autoencoder_tools(runs, digit_png, pattern_mnist, tmp_path, cli):
     code, out, _ = cli("latent-plot", runs / "vae", "--data", pattern_mnist, "--n", 40, "--out", tmp_path / "z.png")
     assert code == 0 and "40 images" in out and Image.open(tmp_path / "z.png").size[0] > 300
-    code, _, _ = cli("interpolate", runs / "vae", "--image", digit_png, "--image", digit_png, "--steps", 5,
+    code, _, _ = cli("interpolate", runs / "vae", "--image", digit_png, "--image", digit_png, "--nrow", 5,
                      "--scale", 1, "--out", tmp_path / "walk.png")
     walk = _pixels(tmp_path / "walk.png")
     assert code == 0 and walk.shape == (28 + 4, 5 * 30 + 2)
@@ -193,3 +218,31 @@ def test_labels_json_that_is_not_a_list_of_names(crafted_run, tmp_path, cli):
                            "--each", tmp_path / "each")
         assert code == 2 and "labels.json must hold a list of class names" in err
         assert len(err.strip().splitlines()) == 1
+
+
+def _image_folder(root, sizes_by_class: dict[str, list[tuple[int, int]]]):
+    rng = np.random.default_rng(0)
+    for name, sizes in sizes_by_class.items():
+        (root / name).mkdir(parents=True)
+        for i, (width, height) in enumerate(sizes):
+            Image.fromarray(rng.integers(0, 255, (height, width), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_training_on_a_folder_uses_the_images_own_size(tmp_path, cli):
+    from dlforge.data.images import FOLDER_IMAGE_SIZE, load_image_set
+
+    folder = _image_folder(tmp_path / "digits", {"a": [(16, 16)] * 20, "b": [(16, 16)] * 20})
+    code, out, err = cli("train", "ae", "--data", folder, "--out", tmp_path / "run", "--preset", "tiny",
+                         "--max-steps", 2, "--set", "eval_interval=2", "--seed", 0)
+    assert code == 0, err
+    assert "images: 16x16, 1 channel(s), 40 for training (the data's own size; --set image_size=N for another)" in out
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["data_settings"]["image_size"] == 16
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "best" / "config.json").read_text())
+    assert saved["config"]["image_size"] == 16
+    code, out, err = cli("train", "ae", "--data", folder, "--out", tmp_path / "set", "--preset", "tiny",
+                         "--max-steps", 1, "--set", "image_size=24", "--quiet")
+    assert code == 0 and json.loads((tmp_path / "set" / "run.json").read_text())["data_settings"]["image_size"] == 24
+    assert load_image_set(_image_folder(tmp_path / "mixed", {"a": [(16, 16), (20, 20)]})).image_size == \
+        FOLDER_IMAGE_SIZE  # sizes differ: the default
+    assert load_image_set(_image_folder(tmp_path / "wide", {"a": [(20, 12)] * 2})).images.shape[-2:] == (12, 12)

@@ -12,8 +12,9 @@ from PIL import Image
 from dlforge.errors import DlforgeError
 from dlforge.hub import load_pretrained
 from dlforge.hub.weights import load_state_dict
+from dlforge.settings import parse_overrides
 from dlforge.training.anomaly import fit_anomaly_detector, score_anomalies
-from dlforge.training.images import parse_image_overrides, train_image_model
+from dlforge.training.images import field_types, train_image_model
 
 # the smallest settings that still exercise evaluation, previews and checkpoints
 QUICK = {"max_steps": 4, "eval_interval": 2, "log_interval": 1, "batch_size": 16, "eval_images": 32,
@@ -75,9 +76,9 @@ def test_run_errors(pattern_mnist, tmp_path):
         train_image_model("ae", pattern_mnist, tmp_path / "x", preset="tiny", overrides={"only_classes": "7"},
                           progress=False)
     with pytest.raises(DlforgeError, match="unknown key"):
-        parse_image_overrides("gan", ["n_layer=3"])
-    assert parse_image_overrides("ae", ["hidden_sizes=64,32", "image_size=32"]) == {"hidden_sizes": [64, 32],
-                                                                                   "image_size": 32}
+        parse_overrides(["n_layer=3"], field_types("gan"))
+    assert parse_overrides(["hidden_sizes=64,32", "image_size=32"], field_types("ae")) == {"hidden_sizes": [64, 32],
+                                                                                          "image_size": 32}
     folder = tmp_path / "unlabelled"
     folder.mkdir()
     for i in range(4):

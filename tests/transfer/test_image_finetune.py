@@ -177,7 +177,7 @@ def test_lr_find_for_a_finetuning_run(backbones, pattern_mnist, tmp_path, cli):
     after, _ = load_pretrained(backbones["resnet"])  # the run folder is untouched
     assert all(torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
     code, out, err = cli("lr-find", "--task", "image-classification", "--model", backbones["vit"], "--train",
-                         pattern_mnist, "--out", tmp_path / "cli", "--steps", "20", "--min-lr", "1e-5",
+                         pattern_mnist, "--out", tmp_path / "cli", "--max-steps", "20", "--min-lr", "1e-5",
                          "--option", "classes=0,2", "--quiet")
     assert code == 0, err
     assert "suggested learning rate" in out or "never fell" in out
@@ -186,7 +186,7 @@ def test_lr_find_for_a_finetuning_run(backbones, pattern_mnist, tmp_path, cli):
 
 def test_cli_adapt_writes_an_ordinary_classifier(cli, backbones, pattern_mnist, tmp_path):
     code, out, err = cli("adapt", "--model", backbones["resnet"], "--source", pattern_mnist, "--target",
-                         pattern_mnist, "--out", tmp_path / "dann", "--steps", "20", "--batch-size", "16",
+                         pattern_mnist, "--out", tmp_path / "dann", "--max-steps", "20", "--batch-size", "16",
                          "--set", "domain_hidden=32", "--quiet")
     assert code == 0, err
     assert "dann: source accuracy" in out and "target accuracy" in out

@@ -7,13 +7,15 @@ from __future__ import annotations
 import argparse
 
 from ..errors import DlforgeError
-from .main import _positive_int, _print_result, add_run_flags, run_budget
+from .common import add_run_flags, positive_int, print_result, run_budget
+from .names import SEQ2SEQ_PRESETS
 
 
 def cmd_train_seq2seq(args) -> int:
-    from ..training.seq2seq import parse_seq2seq_overrides, train_seq2seq
+    from ..settings import parse_overrides
+    from ..training.seq2seq import field_types, train_seq2seq
 
-    overrides = parse_seq2seq_overrides(args.set or [])
+    overrides = parse_overrides(args.set, field_types())
     overrides.update(run_budget(args))
     if args.separate_vocab:
         overrides["joint_vocabulary"] = False
@@ -24,7 +26,7 @@ def cmd_train_seq2seq(args) -> int:
                            valid_target=args.valid_target, preset=args.preset or "multi30k", overrides=overrides,
                            vocab_size=args.vocab_size, init=args.init, resume=args.resume, seed=args.seed,
                            progress=not args.quiet, overwrite=args.overwrite)
-    _print_result(result, args.out)
+    print_result(result, args.out)
     if result["scores"]:
         print("last evaluation: " + ", ".join(f"{k} {v}" for k, v in result["scores"].items()))
     return 0
@@ -32,8 +34,6 @@ def cmd_train_seq2seq(args) -> int:
 
 def add_parser(families) -> argparse.ArgumentParser:
     """Add `seq2seq` to the `train` sub-commands."""
-    from ..training.seq2seq import PRESETS
-
     parser = families.add_parser(
         "seq2seq", help="an encoder-decoder Transformer on parallel text (translation, summarization)",
         description="Train an encoder-decoder Transformer from scratch on two line-aligned UTF-8 files (plain "
@@ -46,7 +46,7 @@ def add_parser(families) -> argparse.ArgumentParser:
     parser.add_argument("--valid-target", help="validation targets, line-aligned with --valid-source")
     parser.add_argument("--out", required=True, help="run folder for checkpoints, metrics.csv, loss.png, "
                                                      "eval_scores.json")
-    parser.add_argument("--preset", choices=list(PRESETS),
+    parser.add_argument("--preset", choices=SEQ2SEQ_PRESETS,
                         help="model size + hyperparameters for training from scratch (default: multi30k, a 3+3-layer "
                              "d=256 Transformer)")
     parser.add_argument("--init", metavar="MODEL",
@@ -55,7 +55,7 @@ def add_parser(families) -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a model, data or training field, e.g. --set d_model=512 --set "
                              "max_tokens=8000 --set task=summarization --set eval_beams=4 (repeatable)")
-    parser.add_argument("--vocab-size", type=_positive_int, help="BPE vocabulary size (default: the preset's)")
+    parser.add_argument("--vocab-size", type=positive_int, help="BPE vocabulary size (default: the preset's)")
     parser.add_argument("--separate-vocab", action="store_true",
                         help="one BPE vocabulary per side instead of a joint one (e.g. for unrelated scripts)")
     add_run_flags(parser)

@@ -30,6 +30,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 SKLEARN_DIGITS = "sklearn-digits"
+FOLDER_IMAGE_SIZE = 64  # an image folder whose images differ in size is resized to this by default
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"),
               0x0E: np.dtype(">f8")}
 
@@ -106,7 +107,7 @@ def load_sklearn_digits(split: str = "train") -> ImageSet:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise DlforgeError("sklearn-digits needs scikit-learn: pip install 'dlforge[sklearn]'") from None
+        raise DlforgeError("sklearn-digits needs scikit-learn: pip install 'dlforge[eval]'") from None
     digits = load_digits()
     images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # values 0..16 -> 0..255
     part = slice(0, 1500) if split == "train" else slice(1500, None)
@@ -153,8 +154,10 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_image_folder(folder: str | Path, image_size: int, channels: int | None = None) -> ImageSet:
-    """Images of `folder` (one sub-folder per class, or unlabelled files) resized and cropped to image_size."""
+def load_image_folder(folder: str | Path, image_size: int | None = None, channels: int | None = None) -> ImageSet:
+    """Images of `folder` (one sub-folder per class, or unlabelled files) resized and cropped to image_size
+    (default: the images' own size when they all share one, the centre square of it when not square; else
+    FOLDER_IMAGE_SIZE)."""
     folder = Path(folder)
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     labelled = [(d.name, _image_files(d)) for d in class_dirs]
@@ -170,17 +173,21 @@ def load_image_folder(folder: str | Path, image_size: int, channels: int | None 
     mode = {1: "L", 3: "RGB", None: None}.get(channels, "unsupported")
     if mode == "unsupported":
         raise DlforgeError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
-    if mode is None:  # grayscale only when every image is
+    if mode is None or image_size is None:  # from the files' headers: no pixels decoded
         from PIL import Image
 
-        modes = set()
+        modes, sizes = set(), set()
         for path, _ in files:
             try:
                 with Image.open(path) as img:
                     modes.add(img.mode)
+                    sizes.add(img.size)
             except Exception as e:
                 raise DlforgeError(f"cannot read image {path} ({type(e).__name__}): remove or replace the file") from e
-        mode = "L" if modes <= {"1", "L", "LA", "I;16", "I"} else "RGB"
+        if mode is None:  # grayscale only when every image is
+            mode = "L" if modes <= {"1", "L", "LA", "I;16", "I"} else "RGB"
+        if image_size is None:  # a folder of 28x28 digits trains at 28x28, not at a costlier upscaled size
+            image_size = min(next(iter(sizes))) if len(sizes) == 1 else FOLDER_IMAGE_SIZE
     images = torch.stack([_picture_tensor(_open_picture(path, image_size, mode)) for path, _ in files])
     labels = torch.tensor([label for _, label in files], dtype=torch.int64) if classes else None
     return ImageSet(images, labels, classes, str(folder))
@@ -189,7 +196,7 @@ def load_image_folder(folder: str | Path, image_size: int, channels: int | None 
 def load_image_set(path: str | Path, split: str = "train", image_size: int | None = None,
                    channels: int | None = None) -> ImageSet:
     """MNIST IDX folder, image folder or `sklearn-digits` -> ImageSet at `image_size` (default: the data's own
-    size for MNIST and digits, 64 for image folders)."""
+    size for MNIST and digits and for image folders whose images share one; else FOLDER_IMAGE_SIZE)."""
     if split not in ("train", "test"):
         raise DlforgeError(f"split must be 'train' or 'test', got {split!r}")
     if str(path) == SKLEARN_DIGITS:
@@ -207,7 +214,7 @@ def load_image_set(path: str | Path, split: str = "train", image_size: int | Non
             folder = path / split if (path / "train").is_dir() else path
             if split == "test" and folder == path:
                 raise DlforgeError(f"{path} has no test/ sub-folder: put held-out images in {path / 'test'}")
-            return load_image_folder(folder, image_size or 64, channels)
+            return load_image_folder(folder, image_size, channels)
     return resize_image_set(data, image_size, channels)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import DlforgeError
-from ..io import atomic_save_figure, atomic_write_json
+from ..io import atomic_save_figure, atomic_write_json, pyplot
 
 SCORES = ("mse", "elbo")
 METHODS = ("percentile", "f1")
@@ -157,10 +157,7 @@ def anomaly_report(scores, is_anomaly, threshold: float) -> dict:
 def plot_pr_curve(scores, is_anomaly, path: str | Path, threshold: float | None = None,
                   title: str | None = None) -> Path:
     """Precision-recall curve (anomaly = positive) as a PNG, written atomically; marks the threshold's point."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     s, y = _check_pair(scores, is_anomaly)
     if not y.any():
@@ -190,10 +187,7 @@ def plot_score_histogram(scores, is_anomaly, path: str | Path, threshold: float 
                          title: str | None = None) -> Path:
     """Histograms of the normal and anomalous images' scores, each normalised (the classes are often very
     unequal in size), with log-spaced bins when positive scores span decades; PNG written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     s, y = _check_pair(scores, is_anomaly)
     log_bins = bool(s.min() > 0 and s.max() / s.min() > 20)  # reconstruction errors often span decades

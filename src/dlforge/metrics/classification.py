@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DlforgeError
-from ..io import atomic_save_figure
+from ..io import atomic_save_figure, pyplot
 
 
 def _sklearn_metrics():
@@ -47,10 +47,7 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], label_n
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], label_names: Sequence[str], path: str | Path,
                           title: str | None = None) -> Path:
     """Write a small PNG of the confusion matrix (counts, rows = true, columns = predicted) atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     counts = np.asarray(matrix)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DlforgeError
-from ..io import atomic_save_figure
+from ..io import atomic_save_figure, pyplot
 from .autoencoder import VAE
 
 
@@ -91,10 +91,7 @@ def project_2d(z: torch.Tensor) -> torch.Tensor:
 def latent_scatter(model, images: torch.Tensor, labels: torch.Tensor | None, path: str | Path,
                    class_names: list[str] | None = None, batch_size: int = 256, title: str | None = None) -> Path:
     """Scatter the images' latent codes in 2-D (PCA when latent_dim > 2), coloured by label; PNG written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if len(images) == 0:
         raise DlforgeError("no images to place in the latent scatter")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DlforgeError
-from ..io import atomic_save_figure
+from ..io import atomic_save_figure, pyplot
 from .seq2seq_generation import generate_seq2seq
 
 
@@ -70,10 +70,7 @@ def select(weights: torch.Tensor, layer: int | None, head: int | None) -> tuple[
 def plot_cross_attention(result: CrossAttention, path: str | Path, layer: int | None = None,
                          head: int | None = None) -> Path:
     """Write the heatmap PNG (rows: output tokens, columns: source tokens) atomically; returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     grid, what = select(result.weights, layer, head)
     rows, cols = grid.shape

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -27,10 +28,13 @@ from ..data.processor import ImageProcessor
 from ..errors import DlforgeError
 from ..io import atomic_write_json, atomic_write_with
 from ..models.gan import DCGAN_TRAIN_SETTINGS
+from ..settings import setting_types
 from ..transfer.distill import FeatureMapDistiller
 from .distributed import init_distributed
-from .lm import parse_overrides, settable_fields, split_settings
+from .lm import split_settings
 from .trainer import EvalMetric, TrainConfig, Trainer, open_run, resolve_device
+
+log = logging.getLogger(__name__)
 
 # family -> (module, model class, config class) under dlforge.models, imported when used
 FAMILIES = {
@@ -51,7 +55,7 @@ LABELS_FILE = "labels.json"
 
 @dataclass
 class ImageDataConfig:
-    image_size: int | None = None  # default: the data's own size (MNIST 28, digits 8), 64 for image folders
+    image_size: int | None = None  # default: the data's own size (MNIST 28, digits 8, a folder's shared size)
     channels: int | None = None  # default: the data's (1 for grayscale folders, else 3)
     conditional: bool = True  # GAN/diffusion: condition on the class labels when the data has them
     flip: bool = False  # random horizontal flips (not for digits)
@@ -137,15 +141,10 @@ def family_classes(kind: str) -> tuple[type, type]:
     return getattr(module, model_name), getattr(module, config_name)
 
 
-def field_types(kind: str) -> dict[str, str]:
-    """The keys `--set` accepts for a family (its model config, the data settings, the Trainer's)."""
+def field_types(kind: str) -> dict[str, type]:
+    """The keys `--set` accepts for a family (its model config, the data settings, the Trainer's), with types."""
     _, config_class = family_classes(kind)
-    return settable_fields(config_class, ImageDataConfig, TrainConfig,
-                           exclude={"num_classes", "num_labels", "labels"})
-
-
-def parse_image_overrides(kind: str, pairs: list[str]) -> dict:
-    return parse_overrides(pairs, field_types(kind))
+    return setting_types(config_class, ImageDataConfig, TrainConfig, exclude={"num_classes", "num_labels", "labels"})
 
 
 def resolve_settings(kind: str, preset: str, overrides: dict) -> tuple[dict, dict, dict]:
@@ -301,6 +300,11 @@ def train_image_model(kind: str, data: str | Path | None, out: str | Path, prese
     train_config = TrainConfig(**run["train"])
     data_config = ImageDataConfig(**run["data_settings"])
     train_set = load_run_data(run)
+    if not resume:  # the size chosen from the data is kept, so a resume never depends on the default again
+        chosen = "set" if run["data_settings"].get("image_size") else "the data's own size"
+        run["data_settings"]["image_size"] = train_set.image_size
+        log.info(f"images: {train_set.image_size}x{train_set.image_size}, {train_set.channels} channel(s), "
+                 f"{len(train_set)} for training ({chosen}; --set image_size=N for another)")
     if kind in VISION_FAMILIES:  # a backbone pretrained on some classes knows just those
         train_set = select_classes(train_set, data_config.only_classes, relabel=True)
     config = _model_config(kind, run, train_set)

@@ -20,6 +20,7 @@ from ..data.text import TextBatches, build_token_file, corpus_files, iter_text_c
 from ..errors import DlforgeError
 from ..io import atomic_write_json, undo_on_failure
 from ..models.gpt import GPT, GPTConfig
+from ..settings import setting_types
 from ..text.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 from .distributed import init_distributed
 from .trainer import TrainConfig, Trainer, check_model_fits, open_run, resolve_device
@@ -41,29 +42,6 @@ PRESETS: dict[str, dict] = {
 TOKENIZERS = ("char", "bpe")
 
 
-def _convert(value: str, annotation: str, key: str):
-    """Parse a --set string into the field's declared type (annotations are strings like 'float | None')."""
-    kinds = [part.strip() for part in str(annotation).split("|")]
-    if "None" in kinds and value.lower() in ("none", "null"):
-        return None
-    kind = kinds[0]
-    try:
-        if kind.startswith(("list[", "tuple[")):  # e.g. hidden_sizes=512,256 or channel_mults=1,2,2
-            item = kind[kind.index("[") + 1:].split(",")[0].rstrip("]. ")
-            return [{"int": int, "float": float, "str": str}[item](v) for v in value.split(",") if v.strip()]
-        if kind == "bool":
-            return {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[value.lower()]
-        return {"int": int, "float": float, "str": str}[kind](value)
-    except (KeyError, ValueError):
-        raise DlforgeError(f"--set {key}={value}: expected a value of type {kind}") from None
-
-
-def settable_fields(*config_classes, exclude=()) -> dict[str, str]:
-    """{field: type annotation} of the config dataclasses (model, data, TrainConfig), minus `exclude`: the keys
-    a recipe's `--set` accepts."""
-    return {f.name: f.type for cls in config_classes for f in fields(cls) if f.name not in exclude}
-
-
 def split_settings(settings: dict, *config_classes) -> list[dict]:
     """Settings -> one kwargs dict per config class, in order, and a last one with the rest (TrainConfig's)."""
     parts, taken = [], set()
@@ -74,27 +52,9 @@ def split_settings(settings: dict, *config_classes) -> list[dict]:
     return parts + [{k: v for k, v in settings.items() if k not in taken}]
 
 
-def field_types() -> dict[str, str]:
-    # vocab_size is set by the tokenizer (use --vocab-size for BPE)
-    return settable_fields(GPTConfig, TrainConfig, exclude={"vocab_size"})
-
-
-def parse_overrides(pairs: list[str], known: dict[str, str] | None = None) -> dict:
-    """["n_layer=6", "lr=3e-4"] -> {"n_layer": 6, "lr": 0.0003}, checked against the config fields.
-
-    `known` maps each valid key to its type annotation (default: GPT's and the Trainer's fields).
-    """
-    known = field_types() if known is None else known
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise DlforgeError(f"--set {pair!r}: write it as key=value, e.g. --set n_layer=6")
-        key, value = pair.split("=", 1)
-        key = key.strip().replace("-", "_")
-        if key not in known:
-            raise DlforgeError(f"--set {key}: unknown key; valid keys: {', '.join(sorted(known))}")
-        out[key] = _convert(value.strip(), known[key], key)
-    return out
+def field_types() -> dict[str, type]:
+    """Every key `--set` accepts for `train gpt`, with its type (vocab_size is the tokenizer's: --vocab-size)."""
+    return setting_types(GPTConfig, TrainConfig, exclude={"vocab_size"})
 
 
 def resolve_settings(preset: str, overrides: dict) -> tuple[dict, dict]:

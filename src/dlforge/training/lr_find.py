@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import DlforgeError
-from ..io import atomic_save_figure
+from ..io import atomic_save_figure, pyplot
 from .optim import make_adamw
 from .trainer import PRECISIONS, resolve_device, resolve_precision
 
@@ -178,10 +178,7 @@ def lr_find(model: nn.Module, batches, min_lr: float = 1e-7, max_lr: float = 10.
 def plot_lr_find(result: LRFindResult, path: str | Path, title: str | None = None) -> Path:
     """The smoothed (and faint raw) loss against the learning rate on a log axis, with the suggestions marked;
     written as a PNG atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not result.lrs:
         raise DlforgeError("the learning-rate range test recorded no loss (it diverged at the first step): "

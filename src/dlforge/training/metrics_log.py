@@ -1,4 +1,4 @@
-"""Run-folder logging: metrics CSV, loss-curve PNG and (when installed) TensorBoard.
+"""Run-folder logging: metrics CSV, loss-curve PNG and, when asked for (`--tensorboard`), TensorBoard.
 
 The CSV and PNG are rewritten atomically from the in-memory history, so after a crash they match
 the last write, and a resumed run drops the rows logged after its checkpoint.
@@ -10,25 +10,35 @@ import csv
 import io
 from pathlib import Path
 
-from ..io import atomic_save_figure, atomic_write_text
+from ..errors import DlforgeError
+from ..io import atomic_save_figure, atomic_write_text, can_plot, pyplot
 
 COLUMNS = ("step", "train_loss", "val_loss", "lr", "throughput", "elapsed_s")
 
 
+def tensorboard_writer_class():
+    """torch's SummaryWriter, or a one-line error saying how to install TensorBoard."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise DlforgeError("--tensorboard needs the tensorboard package: pip install 'dlforge[tensorboard]'") from None
+    return SummaryWriter
+
+
 class MetricsLog:
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True,
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = False,
                  extra_columns: tuple[str, ...] = ()):
         self.run_dir, self.enabled = run_dir, enabled
         self.columns = COLUMNS[:3] + tuple(extra_columns) + COLUMNS[3:]  # e.g. val_accuracy beside val_loss
         self.rows: list[dict] = []
         self.writer = None
-        if enabled and tensorboard:
+        if enabled and tensorboard:  # asked for: a missing package or an unwritable folder is said, not skipped
+            writer_class = tensorboard_writer_class()
             try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-            except Exception:  # tensorboard not installed: CSV and PNG are enough
-                self.writer = None
+                self.writer = writer_class(str(run_dir / "tensorboard"))
+            except OSError as e:
+                raise DlforgeError(f"cannot write TensorBoard logs to {run_dir / 'tensorboard'}: "
+                                   f"{e.strerror or e}") from None
 
     @property
     def csv_path(self) -> Path:
@@ -66,10 +76,9 @@ class MetricsLog:
             self.writer.flush()
 
     def plot(self) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        if not can_plot("loss.png"):  # the CSV has the numbers; training goes on without the picture
+            return
+        plt = pyplot()
 
         train = [(r["step"], r["train_loss"]) for r in self.rows if r["train_loss"] is not None]
         val = [(r["step"], r["val_loss"]) for r in self.rows if r["val_loss"] is not None]

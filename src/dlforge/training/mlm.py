@@ -19,6 +19,7 @@ where a task head replaces the masked-LM head.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -32,6 +33,7 @@ from ..hub.bert import load_bert_weights, with_task
 from ..hub.checkpoint import load_pretrained
 from ..io import atomic_write_json, undo_on_failure
 from ..models.bert import Bert, BertConfig
+from ..settings import setting_types
 from ..text.tokenizers import (
     BPETokenizer,
     HFTokenizer,
@@ -40,8 +42,10 @@ from ..text.tokenizers import (
     load_tokenizer,
 )
 from .distributed import init_distributed
-from .lm import parse_overrides, settable_fields, split_settings
+from .lm import split_settings
 from .trainer import TrainConfig, Trainer, open_run, resolve_device
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,14 +92,9 @@ _NOT_SETTABLE = {"vocab_size", "task", "num_labels", "problem_type", "labels", "
 _DAPT_MODEL_KEYS = {"dropout"}  # the only encoder field that --init leaves free: the rest is the checkpoint's
 
 
-def field_types() -> dict[str, str]:
-    """Every key `--set` accepts for `train bert`, with its type annotation."""
-    return settable_fields(BertConfig, MLMDataConfig, TrainConfig, exclude=_NOT_SETTABLE)
-
-
-def parse_bert_overrides(pairs: list[str]) -> dict:
-    """["n_layer=6", "max_length=256"] -> {"n_layer": 6, "max_length": 256}, checked against the fields."""
-    return parse_overrides(pairs, field_types())
+def field_types() -> dict[str, type]:
+    """Every key `--set` accepts for `train bert`, with its type."""
+    return setting_types(BertConfig, MLMDataConfig, TrainConfig, exclude=_NOT_SETTABLE)
 
 
 def resolve_settings(preset: str | None, overrides: dict, init: str | None) -> tuple[dict, dict, dict, int | None]:
@@ -265,8 +264,8 @@ def train_masked_lm(data: str | Path | None, out: str | Path, preset: str | None
                     raise DlforgeError(f"max_length {data_config.max_length} exceeds {init}'s "
                                        f"{model.config.max_position} positions: lower it with --set max_length=N")
                 if new_head:
-                    print(f"note: {init} has no masked-LM head weights; training a new head (its decoder is tied to "
-                          "the pretrained word embeddings)")
+                    log.warning(f"{init} has no masked-LM head weights; training a new head (its decoder is tied "
+                                "to the pretrained word embeddings)")
             else:
                 tok = train_tokenizer(run["tokenizer"], files, run["vocab_size"])
             tok.save(out)

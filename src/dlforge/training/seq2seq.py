@@ -16,13 +16,13 @@ At every evaluation, besides the validation loss, `eval_samples` validation sour
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.parallel import ParallelBatches, read_parallel
 from ..errors import DlforgeError
@@ -30,11 +30,14 @@ from ..hub.checkpoint import load_pretrained
 from ..io import atomic_write_json, undo_on_failure
 from ..metrics.generation import bleu_chrf, rouge
 from ..models.seq2seq import Seq2Seq, Seq2SeqConfig
+from ..settings import setting_types
 from ..text.seq2seq_generation import generate_text2text
 from ..text.tokenizers import BPETokenizer, SourceTargetTokenizer, load_tokenizer
 from .distributed import init_distributed
-from .lm import parse_overrides, settable_fields, split_settings
+from .lm import split_settings
 from .trainer import TrainConfig, Trainer, open_run, resolve_device
+
+log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}  # ids 0–3 in this order
 TASKS = ("translation", "summarization")
@@ -83,13 +86,9 @@ _NOT_SETTABLE = {"vocab_size", "source_vocab_size", "pad_token_id", "bos_token_i
                  "decoder_start_token_id", "forced_bos_token_id", "forced_eos_token_id"}
 
 
-def field_types() -> dict[str, str]:
-    """Every key `--set` accepts for `train seq2seq`, with its type annotation."""
-    return settable_fields(Seq2SeqConfig, Seq2SeqDataConfig, TrainConfig, exclude=_NOT_SETTABLE)
-
-
-def parse_seq2seq_overrides(pairs: list[str]) -> dict:
-    return parse_overrides(pairs, field_types())
+def field_types() -> dict[str, type]:
+    """Every key `--set` accepts for `train seq2seq`, with its type."""
+    return setting_types(Seq2SeqConfig, Seq2SeqDataConfig, TrainConfig, exclude=_NOT_SETTABLE)
 
 
 def resolve_settings(preset: str | None, overrides: dict) -> tuple[dict, dict, dict, int]:
@@ -142,7 +141,7 @@ class TranslationEvaluator:
             lines = [f"step {metrics['step']}: val loss {metrics['val_loss']:.3f}, {shown}"]
             for source, output, reference in list(zip(self.sources, outputs, self.references))[:3]:
                 lines += [f"  source: {source}", f"  output: {output}", f"  reference: {reference}"]
-            tqdm.write("\n".join(lines))
+            log.info("\n".join(lines))
 
 
 def check_lengths(config: Seq2SeqConfig, data: Seq2SeqDataConfig) -> None:

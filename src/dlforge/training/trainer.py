@@ -19,6 +19,7 @@ Run folder layout (only rank 0 writes):
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import re
@@ -48,8 +49,10 @@ from ..paths import resolve_inside
 from ..settings import check_fields, check_range
 from ..transfer.finetune import layerwise_lr_scales
 from .distributed import init_distributed
-from .metrics_log import MetricsLog
+from .metrics_log import MetricsLog, tensorboard_writer_class
 from .optim import DECAYS, EMA, adam_beta1, learning_rate, make_adamw
+
+log = logging.getLogger(__name__)  # progress lines and warnings; the CLI sets the level (--quiet, --verbose)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ON_NAN = ("stop", "skip")
@@ -81,6 +84,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     on_nan: str = "stop"  # a non-finite loss or gradient: stop (keeping the last good checkpoint) | skip the batch
+    tensorboard: bool = False  # also log the metrics to OUT/tensorboard (needs the tensorboard package)
 
     def __post_init__(self):
         check_fields(self)
@@ -96,6 +100,8 @@ class TrainConfig:
                     above={"lr": 0, "max_minutes": 0, "grad_clip": 0, "ema_decay": 0, "layer_lr_decay": 0},
                     below={"beta1": 1, "beta2": 1, "ema_decay": 1, "seed": 2**63}, at_most={"layer_lr_decay": 1})
         check_range(self, at_least={"beta1": 0, "beta2": 0})
+        if self.tensorboard:  # asked for: a missing package is said now, before the run writes anything
+            tensorboard_writer_class()
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -148,7 +154,7 @@ def open_run(out: Path, resume: bool, what: str = "run", overrides: dict | None 
     return None
 
 
-RESUMABLE_SETTINGS = ("max_steps", "max_minutes", "on_nan", "lr", "min_lr")
+RESUMABLE_SETTINGS = ("max_steps", "max_minutes", "on_nan", "lr", "min_lr", "tensorboard")
 RUN_FILES = ("run.json", "checkpoints", "metrics.csv", "loss.png")  # what a run that never saved may have left
 
 
@@ -220,7 +226,7 @@ class Trainer:
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay else None
         # extra training scalars the model reports in output.logs (a GAN's d_loss, g_loss, D(x), D(G(z)))
         self.log_names = tuple(getattr(model, "log_names", ()))
-        self.log = MetricsLog(self.run_dir, enabled=self.dist.is_main,
+        self.log = MetricsLog(self.run_dir, enabled=self.dist.is_main, tensorboard=config.tensorboard,
                               extra_columns=((f"val_{eval_metric.name}",) if eval_metric else ()) + self.log_names)
         self.progress = progress and self.dist.is_main
         # state that a checkpoint carries
@@ -310,7 +316,7 @@ class Trainer:
         if self.config.on_nan == "skip" and self.skipped_in_a_row + 1 < MAX_SKIPPED_IN_A_ROW:
             self.skipped_in_a_row += 1
             self.skipped_steps += 1
-            tqdm.write(f"step {self.step + 1}: {what}; batch skipped (on_nan=skip)")
+            log.warning(f"step {self.step + 1}: {what}; batch skipped (on_nan=skip)")
             self.step += 1  # the next batch: batches are a function of the step
             return None, 0, {}
         cause = ("the learning rate is probably too high" if lr >= 1e-2 or self.step > 0
@@ -483,7 +489,7 @@ class Trainer:
         self.save_checkpoint(best=improved)
         if self.progress:
             metric = "" if self.eval_metric is None else f", {self.eval_metric.name} {self.last_metric:.4f}"
-            tqdm.write(f"step {self.step}: val loss {val_loss:.4f}{metric}" + (" (best)" if improved else ""))
+            log.info(f"step {self.step}: val loss {val_loss:.4f}{metric}" + (" (best)" if improved else ""))
         if self.on_eval is not None and self.dist.is_main:
             extra = {} if self.eval_metric is None else {self.eval_metric.name: self.last_metric}
             self.on_eval(self, {"step": self.step, "val_loss": val_loss, **extra})

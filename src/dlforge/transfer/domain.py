@@ -300,6 +300,7 @@ class AdaptSettings:
     precision: str = "auto"
     device: str = "auto"
     seed: int = 0
+    tensorboard: bool = False  # also log the metrics to OUT/tensorboard (the tensorboard package)
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -461,7 +462,7 @@ def adapt_domain(model: str | Path | nn.Module | None, source: str | Path | Imag
                                                               else round(0.05 * s.steps)),
                                weight_decay=s.weight_decay, beta1=0.9, beta2=0.999, grad_clip=1.0,
                                precision=s.precision, eval_interval=interval, log_interval=min(10, interval),
-                               keep_last=1, seed=s.seed, device=s.device)
+                               keep_last=1, seed=s.seed, device=s.device, tensorboard=s.tensorboard)
     if not resume:  # written before training: what a resume needs to rebuild this run
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "run.json", {"model": _describe(model), "source": _describe(source),

@@ -4,7 +4,7 @@
 autocast when asked) without gradients, with a progress bar, and can cache the result as a .npy file keyed by
 the texts, the settings and the encoder's weights, so trying several classifiers (or resuming a run) does not
 re-run the encoder. `fit_classifier` trains any scikit-learn estimator on the features (logistic
-regression by default; scikit-learn is the optional extra `dlforge[sklearn]`).
+regression by default; scikit-learn is the optional extra `dlforge[eval]`).
 """
 
 from __future__ import annotations
@@ -76,6 +76,6 @@ def fit_classifier(features: np.ndarray, labels, estimator=None):
         try:
             from sklearn.linear_model import LogisticRegression
         except ImportError as e:
-            raise DlforgeError("feature classifiers need scikit-learn: pip install 'dlforge[sklearn]'") from e
+            raise DlforgeError("feature classifiers need scikit-learn: pip install 'dlforge[eval]'") from e
         estimator = LogisticRegression(max_iter=2000)
     return estimator.fit(features, np.asarray(labels))

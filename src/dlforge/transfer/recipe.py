@@ -49,6 +49,7 @@ from ..hub.checkpoint import deduplicated_state_dict, load_pretrained, save_pret
 from ..hub.weights import load_into, load_state_dict
 from ..io import atomic_write_json
 from ..models.outputs import ModelOutput
+from ..settings import parse_overrides
 from .distill import Distiller
 from .finetune import freeze_below, num_blocks
 from .lora import apply_lora, save_lora, strip_lora
@@ -97,6 +98,7 @@ class FinetuneSettings:
     precision: str = "auto"  # auto = bf16 autocast on CPU and where the GPU supports it
     device: str = "auto"
     seed: int = 42
+    tensorboard: bool = False  # also log the metrics to OUT/tensorboard (the tensorboard package)
     options: dict = field(default_factory=dict)  # keyword arguments of the task class
 
     @classmethod
@@ -151,11 +153,22 @@ class FinetuneSettings:
             raise DlforgeError("method distill needs teacher (a fine-tuned model folder) and student_layers (N)")
 
 
-def make_task(name: str, options: dict) -> FinetuneTask:
-    """The registered task `name`, built with `options` as keyword arguments."""
+def task_class(name: str) -> type[FinetuneTask]:
+    """The registered task class `name`, or a one-line error listing the tasks."""
     if name not in FINETUNE_TASKS:
         raise DlforgeError(f"unknown task {name!r}: choose one of {', '.join(sorted(FINETUNE_TASKS))}")
-    cls = FINETUNE_TASKS[name]
+    return FINETUNE_TASKS[name]
+
+
+def parse_task_options(name: str, pairs: list[str]) -> dict:
+    """`--option KEY=VALUE` texts -> task `name`'s keyword arguments, each typed from its `__init__` annotation
+    (an unknown option names the valid ones)."""
+    return parse_overrides(pairs, task_class(name), flag="--option")
+
+
+def make_task(name: str, options: dict) -> FinetuneTask:
+    """The registered task `name`, built with `options` as keyword arguments."""
+    cls = task_class(name)
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = [k for k in options if k not in accepted]
     if unknown:
@@ -327,7 +340,7 @@ def prepare_finetune(model, task: str, train, eval, method: str, s: FinetuneSett
                          lr=s.lr, min_lr=0.0, warmup_steps=round(s.warmup_ratio * max_steps), decay=s.decay,
                          weight_decay=s.weight_decay, beta1=0.9, beta2=0.999, grad_clip=1.0, precision=s.precision,
                          eval_interval=interval, log_interval=min(10, interval), keep_last=1,
-                         layer_lr_decay=s.layer_lr_decay, seed=s.seed, device=s.device)
+                         layer_lr_decay=s.layer_lr_decay, seed=s.seed, device=s.device, tensorboard=s.tensorboard)
     return Prepared(s, task, method, the_task, train_path, eval_path, train_examples, eval_examples, labels, net,
                     tokenizer, trainable, trainable_parameters, train_features, eval_features, max_length, batches,
                     config, interval)

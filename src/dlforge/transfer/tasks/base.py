@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ...errors import DlforgeError
+from ...io import can_plot
 
 # Padding value per feature name when features of different lengths are stacked.
 PAD_VALUES = {"labels": -100, "attention_mask": 0, "token_type_ids": 0}
@@ -115,9 +116,11 @@ def classification_report(model, true_names: list[str], predicted: list[int], ou
     names = model.config.labels or [str(i) for i in range(model.config.num_labels)]
     index = {name: i for i, name in enumerate(names)}
     metrics = classification_metrics([index[name] for name in true_names], predicted, names)
-    path = plot_confusion_matrix(metrics["confusion_matrix"], names, Path(out_dir) / "confusion_matrix.png",
-                                 title=f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
-    return {**metrics, "eval_examples": len(true_names), "confusion_matrix_png": str(path)}
+    path = None
+    if can_plot("confusion_matrix.png"):  # the report's numbers do not need the picture
+        path = plot_confusion_matrix(metrics["confusion_matrix"], names, Path(out_dir) / "confusion_matrix.png",
+                                     title=f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
+    return {**metrics, "eval_examples": len(true_names), "confusion_matrix_png": None if path is None else str(path)}
 
 
 def check_labels_known(model, names: set[str]) -> None:

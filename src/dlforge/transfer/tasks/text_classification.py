@@ -19,11 +19,11 @@ Evaluation: accuracy, macro-F1, per-class precision/recall/F1 and the confusion 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ...data.records import read_records
 from ...errors import DlforgeError
@@ -31,6 +31,8 @@ from ...models.bert import POOLINGS
 from ..features import extract_features
 from . import register
 from .base import FinetuneTask, accuracy_batch_score, check_labels_known, classification_report, label_ids, sort_labels
+
+log = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ("text", "sentence", "review")
 
@@ -126,7 +128,7 @@ class TextClassificationTask(FinetuneTask):
             pooling, source = model.config.classifier_pooling, "the model's config"
         model.config = replace(model.config, classifier_pooling=pooling)
         if progress:
-            tqdm.write(f"features: {pooling} pooling (from {source})")
+            log.info(f"features: {pooling} pooling (from {source})")
         return extract_features(model, tokenizer, [e["text"] for e in examples], max_length=max_length,
                                 pooling=pooling, normalize=False, cache_dir=cache_dir, dtype=dtype,
                                 progress=progress)
