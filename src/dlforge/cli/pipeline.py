@@ -25,6 +25,7 @@ TASK_FLAGS = {
     "candidate_labels": ("--candidate-labels", ("zero-shot-classification",), "candidate_labels"),
     "hypothesis_template": ("--hypothesis-template", ("zero-shot-classification",), "hypothesis_template"),
     "multi_label": ("--multi-label", ("zero-shot-classification",), "multi_label"),
+    "pool": ("--pool", ("image-feature-extraction",), "pool"),
 }
 SEQ2SEQ_TASKS = ("translation", "summarization", "text2text-generation")
 IMAGE_TASKS = ("image-classification", "image-feature-extraction")
@@ -77,8 +78,10 @@ def cmd_pipeline(args) -> int:
         raise DlforgeError(f"the records of {args.file} have no 'text' field: choose the field to use with --column")
     seq2seq = task in SEQ2SEQ_TASKS or task.startswith("translation_")
     prefix = options.pop("prefix", None)
-    runner = pipeline(args.task, args.model, batch_size=args.batch_size, device=args.device,
-                      **({"max_length": args.max_length} if args.max_length else {}),
+    # --max-length is tokens kept per input; Hugging Face's max_length of a generating pipeline means the
+    # generated length, so the encoder-decoder tasks take it as their source limit
+    length = {("max_source_length" if seq2seq else "max_length"): args.max_length} if args.max_length else {}
+    runner = pipeline(args.task, args.model, batch_size=args.batch_size, device=args.device, **length,
                       **({"prefix": prefix} if prefix is not None else {}))
     if zero_shot:
         options["candidate_labels"] = [label for group in args.candidate_labels or [] for label in group.split(",")]
@@ -134,6 +137,9 @@ def add_parser(sub) -> None:
                                                                    "(default 15)")
     pipe.add_argument("--handle-impossible-answer", action="store_true",
                       help="question-answering: allow the empty answer when the context holds none")
+    pipe.add_argument("--pool", action="store_true",
+                      help="image-feature-extraction: one pooled vector per image (default: the token states of a "
+                           "ViT, the last feature map of a ResNet, as Hugging Face's pool=False)")
     pipe.add_argument("--max-length", type=positive_int,
                       help="tokens per input; longer inputs are truncated (default: the model's limit, at most 512)")
     pipe.add_argument("--max-new-tokens", type=positive_int,
