@@ -30,7 +30,7 @@ from ..models.gan import DCGAN_TRAIN_SETTINGS
 from ..transfer.distill import FeatureMapDistiller
 from .distributed import init_distributed
 from .lm import parse_overrides, settable_fields, split_settings
-from .trainer import EvalMetric, TrainConfig, Trainer, open_run, resolve_device
+from .trainer import EvalMetric, TrainConfig, Trainer, check_model_fits, open_run, resolve_device
 
 # family -> (module, model class, config class) under dlforge.models, imported when used
 FAMILIES = {
@@ -304,6 +304,9 @@ def train_image_model(kind: str, data: str | Path | None, out: str | Path, prese
     if kind in VISION_FAMILIES:  # a backbone pretrained on some classes knows just those
         train_set = select_classes(train_set, data_config.only_classes, relabel=True)
     config = _model_config(kind, run, train_set)
+    if not resume:  # the model these settings make (at the data's size) must fit in memory
+        check_model_fits(lambda: model_class(config), f"this {kind} model",
+                         "choose smaller sizes with --set (widths, channels, layers, image_size)")
     use_labels = kind in VISION_FAMILIES or config.num_classes > 0
     batches = run_batches(run, train_set, use_labels)
     if kind in VISION_FAMILIES:
