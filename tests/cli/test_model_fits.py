@@ -88,11 +88,21 @@ def test_finetuning_a_loaded_model_that_cannot_train_here_is_refused(cli, review
 
 
 def test_continuing_a_loaded_model_is_held_to_the_same_rule(cli, reviews, inputs, tmp_path, monkeypatch):
+    """train bert --init (DAPT) and train seq2seq --init load the model, then check it as finetune does."""
+    from dlforge.text.tokenizers import BPETokenizer
+    from dlforge.training.seq2seq import SPECIAL_TOKENS
+
+    texts = [line for name in ("src", "tgt") for line in open(inputs[name], encoding="utf-8")]
+    tokenizer = BPETokenizer.train(texts, vocab_size=300, special_tokens=SPECIAL_TOKENS)
+    save_pretrained(Seq2Seq(Seq2SeqConfig(vocab_size=tokenizer.vocab_size, d_model=16, n_encoder_layers=1,
+                                          n_decoder_layers=1, n_head=2, d_ff=32)), tmp_path / "t2t", tokenizer)
     monkeypatch.setattr("dlforge.training.trainer.memory_bytes", lambda: 4096)
-    out = tmp_path / "dapt"
-    code, _, err = cli("train", "bert", "--init", reviews / "tiny", "--data", inputs["text"], "--out", out,
-                       "--quiet")
-    assert_refused_before_writing(code, err, out)
+    for argv in (["bert", "--init", reviews / "tiny", "--data", inputs["text"]],
+                 ["seq2seq", "--init", tmp_path / "t2t", "--source", inputs["src"], "--target", inputs["tgt"]]):
+        out = tmp_path / f"continue-{argv[0]}"
+        code, _, err = cli("train", *argv, "--out", out, "--quiet")
+        assert_refused_before_writing(code, err, out)
+        assert f"{argv[2]} has " in err, err
 
 
 def test_training_memory_counts_16_bytes_a_trained_weight_and_4_a_frozen_one(monkeypatch):
