@@ -27,6 +27,7 @@ from ..data.processor import ImageProcessor
 from ..errors import DlforgeError
 from ..io import atomic_write_json, atomic_write_with
 from ..models.gan import DCGAN_TRAIN_SETTINGS
+from ..paths import model_file
 from ..transfer.distill import FeatureMapDistiller
 from .distributed import init_distributed
 from .lm import parse_overrides, settable_fields, split_settings
@@ -176,7 +177,7 @@ class ClassNames:
 def read_class_names(model_dir: str | Path) -> list[str] | None:
     """The names in a run's labels.json (None without one). They are data from the run folder: whoever makes
     a file name of one passes it through `dlforge.paths.safe_filename`."""
-    path = Path(model_dir) / LABELS_FILE
+    path = model_file(Path(model_dir) / LABELS_FILE)
     if not path.is_file():
         return None
     try:

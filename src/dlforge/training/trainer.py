@@ -44,7 +44,7 @@ from ..io import (
     remove_stale_temporaries,
     remove_tree,
 )
-from ..paths import resolve_inside
+from ..paths import model_file, resolve_inside
 from ..settings import check_fields, check_range
 from ..transfer.finetune import layerwise_lr_scales
 from .distributed import init_distributed
@@ -579,8 +579,9 @@ class Trainer:
     def load_checkpoint(self) -> None:
         path = self.latest_checkpoint()
         load_into(self.model, load_state_dict(path), str(path), allowed_missing=self._tied_names())
+        state_file = model_file(path / "trainer_state.pt")  # not a link out of the checkpoint
         try:
-            state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
         except Exception as e:
             raise DlforgeError(f"cannot read {path / 'trainer_state.pt'} ({type(e).__name__}): the checkpoint is "
                                "damaged; delete it and point LATEST at an earlier one") from e
