@@ -7,7 +7,7 @@ import os
 import pytest
 
 from dlforge.errors import DlforgeError
-from dlforge.paths import resolve_inside, safe_filename
+from dlforge.paths import hf_cache_blobs, model_file, resolve_inside, safe_filename
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -95,3 +95,59 @@ def test_links_into_allows_the_last_link_only(tmp_path):
     for relative in ("../../blobs/1234", "other.safetensors", ".."):
         with pytest.raises(DlforgeError, match="points outside"):
             resolve_inside(snapshot, relative, "shard", links_into=blobs)
+
+
+def test_model_file_refuses_a_link_out_of_its_folder(root, tmp_path):
+    (root / "model.safetensors").symlink_to(tmp_path / "secret.txt")
+    (root / "config.json").symlink_to("../secret.txt")  # relative links too
+    (root / "dangling.json").symlink_to(tmp_path / "no-such-file.json")
+    for name in ("model.safetensors", "config.json", "dangling.json"):
+        with pytest.raises(DlforgeError, match="is a symbolic link to a file outside") as info:
+            model_file(root / name)
+        message = str(info.value)
+        assert "\n" not in message and str(root / name) in message and "copy the file into the folder" in message
+        assert "secret" not in message and "no-such-file" not in message  # where it points is not told
+
+
+def test_model_file_follows_links_within_the_folder(root, tmp_path):
+    (root / "model.safetensors").symlink_to("sub/w.safetensors")
+    (root / "sub" / "again.safetensors").symlink_to("../sub/w.safetensors")
+    assert model_file(root / "model.safetensors").read_bytes() == b"inside"
+    assert model_file(root / "sub" / "again.safetensors").read_bytes() == b"inside"
+    assert model_file(root / "missing.json") == root / "missing.json"  # the caller reports a missing file
+    linked_folder = tmp_path / "elsewhere"  # the folder itself may be a link: its files are judged where it lies
+    linked_folder.symlink_to(root)
+    assert model_file(linked_folder / "sub" / "w.safetensors").read_bytes() == b"inside"
+
+
+def test_model_file_in_a_hugging_face_cache_follows_links_into_its_own_blobs(tmp_path):
+    """snapshots/<sha>/<file> -> ../../blobs/<hash> (and 1_Pooling/config.json -> ../../../blobs/<hash>) are the
+    cache; a link to another repository's blobs or out of the cache is not."""
+    repo, other = tmp_path / "hub" / "models--org--name", tmp_path / "hub" / "models--org--other"
+    snapshot = repo / "snapshots" / "abc"
+    (snapshot / "1_Pooling").mkdir(parents=True)
+    for folder in (repo / "blobs", other / "blobs"):
+        folder.mkdir(parents=True)
+        (folder / "1234").write_bytes(b"tensors")
+    (tmp_path / "secret.txt").write_text("outside")
+    (snapshot / "model.safetensors").symlink_to("../../blobs/1234")
+    (snapshot / "1_Pooling" / "config.json").symlink_to("../../../blobs/1234")
+    (snapshot / "config.json").symlink_to("../../../models--org--other/blobs/1234")
+    (snapshot / "tokenizer.json").symlink_to(tmp_path / "secret.txt")
+    assert hf_cache_blobs(snapshot) == hf_cache_blobs(snapshot / "1_Pooling") == repo / "blobs"
+    assert model_file(snapshot / "model.safetensors").read_bytes() == b"tensors"
+    assert model_file(snapshot / "1_Pooling" / "config.json").read_bytes() == b"tensors"
+    for name in ("config.json", "tokenizer.json"):
+        with pytest.raises(DlforgeError, match="is a symbolic link to a file outside"):
+            model_file(snapshot / name)
+
+
+def test_a_blobs_folder_that_is_a_link_makes_no_cache(tmp_path):
+    repo = tmp_path / "models--org--name"
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    (repo / "blobs").symlink_to(tmp_path)  # would let every file under tmp_path pass as a blob
+    (tmp_path / "secret.txt").write_text("outside")
+    (repo / "snapshots" / "abc" / "model.safetensors").symlink_to("../../blobs/secret.txt")
+    assert hf_cache_blobs(repo / "snapshots" / "abc") is None
+    with pytest.raises(DlforgeError, match="is a symbolic link to a file outside"):
+        model_file(repo / "snapshots" / "abc" / "model.safetensors")

@@ -7,6 +7,12 @@ do that everywhere:
 - `safe_filename(text)`: any string -> one path component (no separators, no `..`, no control characters).
 - `resolve_inside(root, relative, what)`: `root / relative` when it stays inside `root`, else a one-line
   `DlforgeError` that does not say whether the outside path exists.
+
+A file of the folder may itself be a symbolic link: `model_file(path)` is what every reader of a model or run
+folder's files (config, weights, tokenizer, preprocessor and run settings) passes the path through, so a link that
+leads out of the folder is refused. A Hugging Face cache is made of such links (each file of
+`models--org--name/snapshots/<revision>/` links to `../../blobs/<hash>`): a link into the blobs of the cache
+repository that the folder is a snapshot of is what the cache holds, and is followed (`hf_cache_blobs`).
 """
 
 from __future__ import annotations
@@ -62,3 +68,32 @@ def resolve_inside(root: str | os.PathLike, relative: str, what: str,
 
 def _within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
+
+
+def hf_cache_blobs(folder: str | os.PathLike) -> Path | None:
+    """The `blobs/` folder of the Hugging Face cache repository when `folder` is one of its snapshots
+    (`<repo>/snapshots/<revision>/`) or a folder inside one (a sentence-transformers `1_Pooling/`); else None.
+    A `blobs` that is itself a link is not a cache's: None."""
+    resolved = Path(folder).resolve()
+    for ancestor in resolved.parents:
+        if ancestor.name == "snapshots":
+            blobs = ancestor.parent / "blobs"
+            return blobs if blobs.is_dir() and not blobs.is_symlink() else None
+    return None
+
+
+def model_file(path: str | os.PathLike) -> Path:
+    """`path`, a file that dlforge is about to read from a model or run folder, once it is known not to be a
+    symbolic link that leads out of the folder it lies in (into the blobs of a Hugging Face cache snapshot is
+    allowed: `hf_cache_blobs`). A missing file passes (the caller says what is missing). Otherwise a one-line
+    DlforgeError naming the file and saying what to do; it does not say where the link points."""
+    path = Path(path)
+    folder, target = path.parent.resolve(), path.resolve()
+    if _within(target, folder):
+        return path
+    blobs = hf_cache_blobs(folder)
+    if blobs is not None and _within(target, blobs.resolve()):
+        return path
+    raise DlforgeError(f"{path} is a symbolic link to a file outside {path.parent}: dlforge reads a model's files "
+                       "only from inside its folder; copy the file into the folder in place of the link "
+                       "(e.g. cp --remove-destination \"$(readlink -f FILE)\" FILE)")

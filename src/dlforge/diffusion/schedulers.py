@@ -55,14 +55,17 @@ class NoiseScheduler:
             raise DlforgeError(f"unknown timestep_spacing {spacing!r}: use one of {', '.join(TIMESTEP_SPACINGS)}")
         if beta_schedule not in BETA_SCHEDULES and betas is None:
             raise DlforgeError(f"unknown beta schedule {beta_schedule!r}: use one of {', '.join(BETA_SCHEDULES)}")
-        self.betas = (make_betas(beta_schedule, num_train_timesteps) if betas is None
-                      else torch.as_tensor(betas, dtype=torch.float64).flatten())  # (T,)
-        self.alphas_cumprod = alphas_cumprod(self.betas)  # (T,) float64
+        # the tables are CPU numbers whatever the default device: a model built on the meta device (to count its
+        # parameters before training) still makes its schedule
+        with torch.device("cpu"):
+            self.betas = (make_betas(beta_schedule, num_train_timesteps) if betas is None
+                          else torch.as_tensor(betas, dtype=torch.float64, device="cpu").flatten())  # (T,)
+            self.alphas_cumprod = alphas_cumprod(self.betas)  # (T,) float64
+            self._alpha_bar = self.alphas_cumprod.tolist()  # Python floats: one lookup per step, no device sync
+            self._sqrt_ab = self.alphas_cumprod.sqrt().float()  # (T,) for batched noising
+            self._sqrt_one_minus_ab = (1 - self.alphas_cumprod).sqrt().float()
         self.num_train_timesteps = len(self.betas)
         self.beta_schedule, self.prediction_type, self.timestep_spacing = beta_schedule, prediction_type, spacing
-        self._alpha_bar = self.alphas_cumprod.tolist()  # Python floats: one lookup per step, no device sync
-        self._sqrt_ab = self.alphas_cumprod.sqrt().float()  # (T,) for batched noising
-        self._sqrt_one_minus_ab = (1 - self.alphas_cumprod).sqrt().float()
         self.timesteps: torch.Tensor | None = None
         self.num_inference_steps: int | None = None
         self._index: dict[int, int] = {}

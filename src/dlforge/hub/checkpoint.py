@@ -24,7 +24,7 @@ import torch
 from .. import __version__
 from ..errors import DlforgeError
 from ..io import atomic_directory, atomic_write_json
-from ..paths import resolve_inside
+from ..paths import model_file, resolve_inside
 from .weights import load_into, load_state_dict, save_state_dict
 
 
@@ -91,9 +91,10 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 def read_json_object(path: Path, damaged: str = "the checkpoint is damaged", expected: type = dict):
     """A JSON file that must hold an object (or, with `expected=list`, an array); anything else is a one-line
-    DlforgeError naming the file and ending with `damaged` (what to do)."""
+    DlforgeError naming the file and ending with `damaged` (what to do). Model and run folders' JSON files are
+    read here: a link out of the folder is refused (`model_file`)."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(model_file(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DlforgeError(f"{path} is not valid JSON ({e}): {damaged}") from e
     if not isinstance(value, expected):

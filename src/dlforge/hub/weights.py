@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import DlforgeError
 from ..io import atomic_path
-from ..paths import resolve_inside
+from ..paths import hf_cache_blobs, model_file, resolve_inside
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -74,24 +74,19 @@ def _shard_names(index: Path) -> list[str]:
     return sorted(set(weight_map.values()))
 
 
-def _cache_blobs(directory: Path) -> Path | None:
-    """The blobs folder when `directory` is a snapshot in a Hugging Face cache, whose files link to it."""
-    snapshots = directory.resolve().parent
-    return snapshots.parent / "blobs" if snapshots.name == "snapshots" else None
-
-
 def load_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint directory (single file or shards listed in an index)."""
     directory = Path(directory)
     path = find_weight_file(directory)
     if path is None:
         raise DlforgeError(f"no weights in {directory}: expected one of {', '.join(WEIGHT_FILES)}")
+    model_file(path)  # not a link out of the folder (the shards are checked by name below)
     if not path.name.endswith(".index.json"):
         return _load_tensors(path)
     state: dict[str, torch.Tensor] = {}
     for shard in _shard_names(path):
         # a name that leaves the folder is refused before anything is looked up there
-        resolve_inside(directory, shard, f"shard file listed in {path.name}", links_into=_cache_blobs(directory))
+        resolve_inside(directory, shard, f"shard file listed in {path.name}", links_into=hf_cache_blobs(directory))
         if not (directory / shard).is_file():
             raise DlforgeError(f"shard {shard} listed in {path.name} is missing from {directory}")
         state.update(_load_tensors(directory / shard))  # by its own name: a cache blob has no suffix

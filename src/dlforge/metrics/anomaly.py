@@ -28,6 +28,7 @@ import torch
 
 from ..errors import DlforgeError
 from ..io import atomic_save_figure, atomic_write_json, pyplot
+from ..paths import model_file
 
 SCORES = ("mse", "elbo")
 METHODS = ("percentile", "f1")
@@ -239,7 +240,7 @@ class AnomalyDetector:
     def load(cls, directory: str | Path) -> AnomalyDetector:
         """Read <directory>/anomaly_detector.json (or the file itself when given its path)."""
         path = Path(directory)
-        path = path / DETECTOR_FILE if path.is_dir() else path
+        path = model_file(path / DETECTOR_FILE if path.is_dir() else path)
         if not path.is_file():
             raise DlforgeError(f"no anomaly detector at {path}: fit one first (dlforge anomaly fit)")
         try:

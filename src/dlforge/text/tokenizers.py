@@ -25,6 +25,7 @@ import torch
 
 from dlforge.errors import DlforgeError
 from dlforge.io import atomic_write_json, atomic_write_text
+from dlforge.paths import model_file
 
 ROLES = ("pad", "bos", "eos", "unk", "cls", "sep", "mask")
 CHAR_FORMAT = "dlforge-char"
@@ -633,7 +634,7 @@ def _token_string(value: object) -> str | None:
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(model_file(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DlforgeError(f"cannot read {path} as JSON ({message}); re-save or re-download it") from None
@@ -681,8 +682,9 @@ def _load_vocab_merges(directory: Path) -> Tokenizer:
     (<s> A </s> and <s> A </s></s> B </s>) and a mask token that absorbs the space before it, as in
     RobertaTokenizerFast; GPT-2's (<|endoftext|> only) gets none.
     """
+    vocab, merges = model_file(directory / "vocab.json"), model_file(directory / "merges.txt")
     try:
-        model = hf.models.BPE.from_file(str(directory / "vocab.json"), str(directory / "merges.txt"))
+        model = hf.models.BPE.from_file(str(vocab), str(merges))
     except Exception as exc:  # the library raises plain Exception on malformed files
         raise _invalid_file_error(directory / "merges.txt", exc) from None
     tokenizer = hf.Tokenizer(model)
@@ -721,8 +723,9 @@ def _load_vocab_txt(directory: Path) -> Tokenizer:
     config = _read_json(path) if path.is_file() else {}
     specials = _configured_special_tokens(directory)
     named = {**BERT_SPECIAL_TOKENS, **(specials or {})}
+    vocab = model_file(directory / "vocab.txt")
     try:
-        model = hf.models.WordPiece.from_file(str(directory / "vocab.txt"), unk_token=named["unk"])
+        model = hf.models.WordPiece.from_file(str(vocab), unk_token=named["unk"])
     except Exception as exc:  # the library raises plain Exception on malformed files
         raise _invalid_file_error(directory / "vocab.txt", exc) from None
     tokenizer = _bert_pipeline(model, bool(config.get("do_lower_case", True)), config.get("strip_accents"),

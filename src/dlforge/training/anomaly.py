@@ -22,7 +22,7 @@ import torch
 
 from ..data.images import ImageSet, load_image_set, select_classes
 from ..errors import DlforgeError
-from ..hub.checkpoint import load_pretrained, resolve_model_dir
+from ..hub.checkpoint import load_pretrained, read_json_object, resolve_model_dir
 from ..io import atomic_write_json, atomic_write_text
 from ..metrics.anomaly import (
     AnomalyDetector,
@@ -68,10 +68,8 @@ def fit_anomaly_detector(data: str | Path, out: str | Path, normal: str | None =
 
 def refit_threshold(run_dir: str | Path, method: str = "percentile", percentile: float = 95.0) -> AnomalyDetector:
     """(Re)fit the threshold of a trained anomaly run on its held-out images, and save the detector."""
-    import json
-
     run_dir = Path(run_dir)
-    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    run = read_json_object(run_dir / "run.json", "the run folder is damaged; fit it again")
     model, _ = load_pretrained(run_dir)
     all_images = load_run_data(run)
     normal = ImageDataConfig(**run["data_settings"]).only_classes
@@ -93,8 +91,6 @@ def score_anomalies(run_dir: str | Path, data: str | Path, out: str | Path, spli
     """Score the images of `data` (its `split`) with a fitted detector; write scores.csv to `out`, and when the
     data is labelled and the normal classes are known (`normal`, default: the run's), report.json, pr_curve.png
     and scores.png. Returns the report (or score counts when there is no ground truth)."""
-    import json
-
     run_dir, out = Path(run_dir), Path(out)
     model, _ = load_pretrained(run_dir)
     if model.kind not in ANOMALY_KINDS:
@@ -104,7 +100,8 @@ def score_anomalies(run_dir: str | Path, data: str | Path, out: str | Path, spli
                                     else resolve_model_dir(run_dir))
     run_file = run_dir / "run.json"
     if normal is None and run_file.is_file():
-        normal = json.loads(run_file.read_text(encoding="utf-8"))["data_settings"].get("only_classes")
+        normal = read_json_object(run_file, "the run folder is damaged; fit it again")["data_settings"].get(
+            "only_classes")
     images = load_image_set(data, split, model.config.image_size, model.config.channels)
     scores = anomaly_scores(model, images.images, score=detector.score)
     flagged = detector.predict(scores)

@@ -28,11 +28,12 @@ from ..data.processor import ImageProcessor
 from ..errors import DlforgeError
 from ..io import atomic_write_json, atomic_write_with
 from ..models.gan import DCGAN_TRAIN_SETTINGS
+from ..paths import model_file
 from ..settings import setting_types
 from ..transfer.distill import FeatureMapDistiller
 from .distributed import init_distributed
 from .lm import split_settings
-from .trainer import EvalMetric, TrainConfig, Trainer, open_run, resolve_device
+from .trainer import EvalMetric, TrainConfig, Trainer, check_model_fits, open_run, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class ClassNames:
 def read_class_names(model_dir: str | Path) -> list[str] | None:
     """The names in a run's labels.json (None without one). They are data from the run folder: whoever makes
     a file name of one passes it through `dlforge.paths.safe_filename`."""
-    path = Path(model_dir) / LABELS_FILE
+    path = model_file(Path(model_dir) / LABELS_FILE)
     if not path.is_file():
         return None
     try:
@@ -308,6 +309,9 @@ def train_image_model(kind: str, data: str | Path | None, out: str | Path, prese
     if kind in VISION_FAMILIES:  # a backbone pretrained on some classes knows just those
         train_set = select_classes(train_set, data_config.only_classes, relabel=True)
     config = _model_config(kind, run, train_set)
+    if not resume:  # the model these settings make (at the data's size) must fit in memory
+        check_model_fits(lambda: model_class(config), f"this {kind} model",
+                         "choose smaller sizes with --set (widths, channels, layers, image_size)")
     use_labels = kind in VISION_FAMILIES or config.num_classes > 0
     batches = run_batches(run, train_set, use_labels)
     if kind in VISION_FAMILIES:

@@ -43,7 +43,7 @@ from ..text.tokenizers import (
 )
 from .distributed import init_distributed
 from .lm import split_settings
-from .trainer import TrainConfig, Trainer, open_run, resolve_device
+from .trainer import TrainConfig, Trainer, check_model_fits, check_training_memory, open_run, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,7 @@ def load_init_model(init: str | Path, model_overrides: dict) -> tuple[Bert, HFTo
     if new_head:  # e.g. a sentence encoder: keep the encoder, start the masked-LM head afresh
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
     model = load_bert_weights(replace(config, **model_overrides), state, str(init), new_head)
+    check_training_memory(model, str(init), "continue a smaller model")
     return model, tokenizer, new_head
 
 
@@ -237,11 +238,13 @@ def train_masked_lm(data: str | Path | None, out: str | Path, preset: str | None
             train_kwargs["seed"] = seed
         TrainConfig(**train_kwargs)  # validate before the slow setup
         data_config = MLMDataConfig(**data_kwargs)
-        if init is None:
-            shape = BertConfig(vocab_size=1, **model_kwargs)
+        if init is None:  # the model these settings make (at the tokenizer's planned size) must fit in memory
+            shape = BertConfig(vocab_size=vocab_size or preset_vocab or 1, task="masked-lm", **model_kwargs)
             if data_config.max_length > shape.max_position:
                 raise DlforgeError(f"max_length {data_config.max_length} exceeds the model's max_position "
                                    f"{shape.max_position}: lower max_length or raise max_position with --set")
+            check_model_fits(lambda: Bert(shape), "this BERT",
+                             "choose smaller sizes (--set n_layer/hidden_size/intermediate_size/...)")
         if data is None:
             raise DlforgeError("--data is required: give a UTF-8 text file (one text per line) or a folder of them")
         corpus_files(data)

@@ -35,7 +35,7 @@ from ..text.seq2seq_generation import generate_text2text
 from ..text.tokenizers import BPETokenizer, SourceTargetTokenizer, load_tokenizer
 from .distributed import init_distributed
 from .lm import split_settings
-from .trainer import TrainConfig, Trainer, open_run, resolve_device
+from .trainer import TrainConfig, Trainer, check_model_fits, check_training_memory, open_run, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,7 @@ def load_init_model(init: str | Path, data: Seq2SeqDataConfig):
     if tokenizer is None:
         raise DlforgeError(f"{init} has no tokenizer files (tokenizer.json): fine-tuning uses the model's own")
     check_lengths(model.config, data)
+    check_training_memory(model, str(init), "fine-tune a smaller model")
     return model, tokenizer
 
 
@@ -195,8 +196,13 @@ def train_seq2seq(source: str | Path | None, target: str | Path | None, out: str
             train_kwargs["seed"] = seed
         TrainConfig(**train_kwargs)  # validate before the slow setup
         data_config = Seq2SeqDataConfig(**data_kwargs)
-        if init is None:
-            check_lengths(Seq2SeqConfig(**model_kwargs), data_config)
+        if init is None:  # the model these settings make (at the tokenizers' planned size) must fit in memory
+            planned = vocab_size or preset_vocab
+            shape = Seq2SeqConfig(vocab_size=planned, source_vocab_size=None if data_config.joint_vocabulary
+                                  else planned, **model_kwargs)
+            check_lengths(shape, data_config)
+            check_model_fits(lambda: Seq2Seq(shape), "this encoder-decoder",
+                             "choose smaller sizes (--set d_model/d_ff/n_encoder_layers/n_decoder_layers/...)")
         files = [source, target] + ([valid_source, valid_target] if valid_source else [])
         run = {"kind": "seq2seq", "files": [str(Path(f).resolve()) for f in files], "preset": preset,
                "init": None if init is None else str(init),

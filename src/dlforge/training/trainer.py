@@ -45,7 +45,7 @@ from ..io import (
     remove_stale_temporaries,
     remove_tree,
 )
-from ..paths import resolve_inside
+from ..paths import model_file, resolve_inside
 from ..settings import check_fields, check_range
 from ..transfer.finetune import layerwise_lr_scales
 from .distributed import init_distributed
@@ -158,23 +158,35 @@ RESUMABLE_SETTINGS = ("max_steps", "max_minutes", "on_nan", "lr", "min_lr", "ten
 RUN_FILES = ("run.json", "checkpoints", "metrics.csv", "loss.png")  # what a run that never saved may have left
 
 
-def check_model_fits(build: Callable[[], torch.nn.Module], what: str = "the model") -> int:
+def check_model_fits(build: Callable[[], torch.nn.Module], what: str = "the model",
+                     hint: str = "choose smaller sizes (--set n_layer/n_embd/...)") -> int:
     """Build the model on the meta device (no memory), refuse settings that cannot make one or whose training
-    state (weights, gradients, two Adam moments: 16 bytes a parameter) exceeds the machine's memory; return
-    the parameter count. Called by the recipes before anything is written."""
+    state exceeds the machine's memory (`check_training_memory`); return the parameter count. Called by the
+    recipes before anything is written. `hint`: what to do instead, in the recipe's own settings."""
     try:
         with torch.device("meta"):
-            parameters = sum(p.numel() for p in build().parameters())
+            model = build()
     except DlforgeError:
         raise
     except (RuntimeError, ValueError, TypeError, ZeroDivisionError, OverflowError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DlforgeError(f"these settings do not make {what}: {first}") from None
-    needed, available = 16 * parameters, memory_bytes()
+    return check_training_memory(model, what, hint)
+
+
+def check_training_memory(model: torch.nn.Module, what: str = "the model",
+                          hint: str = "choose a smaller model") -> int:
+    """Refuse `model` (built on the meta device, or loaded to be fine-tuned) when its training state exceeds the
+    machine's memory: 4 bytes for each weight, and for each trained one (requires_grad) 12 more (its gradient
+    and two Adam moments), so a model trained in full needs 16 bytes a parameter. Returns the parameter count."""
+    parameters = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    needed, available = 4 * parameters + 12 * trained, memory_bytes()
     if available and needed > available:
-        raise DlforgeError(f"{what} would have {parameters:,} parameters, whose training needs about "
+        trained_part = "" if trained == parameters else f" ({trained:,} of them trained)"
+        raise DlforgeError(f"{what} has {parameters:,} parameters{trained_part}, whose training needs about "
                            f"{needed / 2**30:,.1f} GiB (weights, gradients, optimizer state) where this machine has "
-                           f"{available / 2**30:,.1f} GiB: choose smaller sizes (--set n_layer/n_embd/...)")
+                           f"{available / 2**30:,.1f} GiB: {hint}")
     return parameters
 
 
@@ -573,8 +585,9 @@ class Trainer:
     def load_checkpoint(self) -> None:
         path = self.latest_checkpoint()
         load_into(self.model, load_state_dict(path), str(path), allowed_missing=self._tied_names())
+        state_file = model_file(path / "trainer_state.pt")  # not a link out of the checkpoint
         try:
-            state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
         except Exception as e:
             raise DlforgeError(f"cannot read {path / 'trainer_state.pt'} ({type(e).__name__}): the checkpoint is "
                                "damaged; delete it and point LATEST at an earlier one") from e

@@ -401,7 +401,7 @@ def adapt_domain(model: str | Path | nn.Module | None, source: str | Path | Imag
     settings it was started with; arguments given as objects (nn.Module, ImageSet) must be given again.
     """
     from ..training.images import ClassNames  # dlforge.training imports dlforge.transfer: import it late
-    from ..training.trainer import EvalMetric, TrainConfig, open_run
+    from ..training.trainer import EvalMetric, TrainConfig, check_model_fits, open_run
 
     start = time.perf_counter()
     out = Path(out)
@@ -451,9 +451,16 @@ def adapt_domain(model: str | Path | nn.Module | None, source: str | Path | Imag
     batches = DomainBatches(source_set, target_set if s.method == "dann" else None, s.batch_size, s.seed,
                             val_fraction=s.val_fraction, image_mean=getattr(config, "image_mean", None),
                             image_std=getattr(config, "image_std", None), flip=s.flip, crop_padding=s.crop_padding)
+
+    def make_wrapper() -> TaskModelWrapper:
+        return (DomainAdversarial(net, s.domain_hidden, s.domain_layers, s.domain_dropout, s.gamma)
+                if s.method == "dann" else SourceOnly(net))
+
+    if not resume:  # the model with its domain classifier (built on the meta device first) must fit in memory
+        check_model_fits(make_wrapper, "this domain-adaptation model", "choose a smaller model or domain "
+                         "classifier (--set domain_hidden=N, domain_layers=N)")
     torch.manual_seed(s.seed)  # the domain classifier starts from the same weights every time
-    wrapper = (DomainAdversarial(net, s.domain_hidden, s.domain_layers, s.domain_dropout, s.gamma)
-               if s.method == "dann" else SourceOnly(net))
+    wrapper = make_wrapper()
 
     # ---- training
     interval = s.eval_interval or max(1, math.ceil(s.steps / 5))

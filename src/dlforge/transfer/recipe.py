@@ -251,7 +251,7 @@ def prepare_finetune(model, task: str, train, eval, method: str, s: FinetuneSett
                      progress: bool = True) -> Prepared:
     """Read the data, load the model with the task's head, set up the method: all of `finetune` but training.
     `progress`: show the feature extraction's progress (method features)."""
-    from ..training.trainer import TrainConfig  # the training package imports transfer: import it late
+    from ..training.trainer import TrainConfig, check_training_memory  # training imports transfer: import late
 
     the_task = make_task(task, s.options)
     if method == "distill" and the_task.model_task not in ("sequence-classification", "token-classification"):
@@ -313,20 +313,24 @@ def prepare_finetune(model, task: str, train, eval, method: str, s: FinetuneSett
         torch.manual_seed(s.seed)
         apply_lora(net, LORA_TARGETS, s.lora_r, s.lora_alpha, s.lora_dropout, trainable=HEAD)
     elif method == "features":
+        freeze_below(net, 0)  # the head alone
+    elif method == "distill":
+        shrink_layers(net, s.student_layers, s.student_pick)
+        trainable = Distiller(net, teacher, s.temperature, s.alpha)
+    # what trains (with its frozen weights and a teacher) must fit in memory, checked before OUT/features is written
+    check_training_memory(trainable, f"fine-tuning {model}", "choose a smaller model, or a method that trains fewer "
+                          "weights (--method lora, top-k or features)")
+    if method == "features":
         # the image task's `vectors` (a short extraction) takes no progress flag
         shown = {"progress": progress} if "progress" in inspect.signature(the_task.vectors).parameters else {}
         vectors = torch.from_numpy(the_task.vectors(  # (N, hidden), cached in OUT/features
             net, tokenizer, train_examples + eval_examples, max_length, out / "features", features_dtype(s),
             **shown))
-        freeze_below(net, 0)  # the head alone
         n = len(train_features)
         train_features = [{"features": v, "labels": f["labels"]} for v, f in zip(vectors[:n], train_features)]
         if eval_features:
             eval_features = [{"features": v, "labels": f["labels"]} for v, f in zip(vectors[n:], eval_features)]
         trainable = HeadOnFeatures(net)
-    elif method == "distill":
-        shrink_layers(net, s.student_layers, s.student_pick)
-        trainable = Distiller(net, teacher, s.temperature, s.alpha)
 
     trainable_parameters = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
 
