@@ -14,8 +14,7 @@ import torch
 from dlforge.cli.finetune import parse_options, parse_value
 from dlforge.cli.main import main
 from dlforge.errors import DlforgeError
-from dlforge.hub import save_pretrained
-from dlforge.models import GPT, Bert, BertConfig, GPTConfig
+from dlforge.models import GPT, Bert, BertConfig, GPTConfig, save_pretrained
 from dlforge.text.tokenizers import WordPieceTokenizer
 
 CLUES = {"good": ["great", "superb", "lovely"], "bad": ["awful", "dull", "boring"]}

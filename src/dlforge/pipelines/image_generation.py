@@ -18,7 +18,7 @@ import torch
 
 from ..devices import resolve_device
 from ..errors import DlforgeError
-from ..hub.checkpoint import load_pretrained, resolve_model_dir
+from ..models import load_pretrained, resolve_model_dir
 
 GENERATIVE_KINDS = ("diffusion", "gan", "vae")
 PRECISIONS = ("auto", "fp32", "bf16")

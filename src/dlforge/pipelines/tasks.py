@@ -6,7 +6,7 @@ import torch
 
 from ..devices import resolve_device
 from ..errors import DlforgeError
-from ..hub.checkpoint import load_pretrained
+from ..models import load_pretrained
 
 # How to get a model with the head a pipeline needs (appended to the error when a model lacks it).
 HEAD_HINTS = {

@@ -21,7 +21,7 @@ import torch
 from ..data.processor import ImageProcessor, expand_image_paths
 from ..devices import resolve_device
 from ..errors import DlforgeError
-from ..hub.checkpoint import load_pretrained
+from ..models import load_pretrained
 from .tasks import Pipeline
 
 VISION_KINDS = ("vit", "resnet")

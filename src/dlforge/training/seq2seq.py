@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 
 from ..data.parallel import ParallelBatches, read_parallel
 from ..errors import DlforgeError
-from ..hub.checkpoint import load_pretrained
 from ..io import atomic_write_json, undo_on_failure
 from ..metrics.generation import bleu_chrf, rouge
+from ..models import load_pretrained
 from ..models.seq2seq import Seq2Seq, Seq2SeqConfig
 from ..text.seq2seq_generation import generate_text2text
 from ..text.tokenizers import BPETokenizer, SourceTargetTokenizer, load_tokenizer

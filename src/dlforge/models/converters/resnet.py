@@ -46,10 +46,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DlforgeError
-from ..io import atomic_path
-from ..models.cnn import IMAGENET_MEAN, IMAGENET_STD, RESNET_PRESETS, ResNet, ResNetConfig
-from .weights import _load_one, load_into, load_state_dict, save_state_dict
+from ...errors import DlforgeError
+from ...hub.weights import _load_one, load_into, load_state_dict, save_state_dict
+from ...io import atomic_path
+from ..cnn import IMAGENET_MEAN, IMAGENET_STD, RESNET_PRESETS, ResNet, ResNetConfig
 
 TV_BLOCK = re.compile(r"layer(\d+)\.(\d+)\.(conv\d|bn\d|downsample\.[01])\.(\w+)")
 HF_BLOCK = re.compile(r"encoder\.stages\.(\d+)\.layers\.(\d+)\.(?:layer\.(\d)|shortcut)\.(convolution|normalization)"
@@ -271,7 +271,7 @@ def load_hf_resnet(directory: str | Path, raw_config: dict, task: str | None = N
                    labels: list[str] | None = None) -> ResNet:
     """A Hugging Face ResNet directory -> ResNet. task None keeps the checkpoint's head (ResNetModel: none);
     "image-classification" with num_labels / labels puts on a fresh head if the count differs; "none" drops it."""
-    from ..data.processor import PREPROCESSOR_FILE, ImageProcessor
+    from ...data.processor import PREPROCESSOR_FILE, ImageProcessor
 
     if raw_config.get("model_type") != "resnet":
         raise DlforgeError(f"{directory}: model_type {raw_config.get('model_type')!r} is not a ResNet")

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DlforgeError
-from ..models.bert import Bert, BertConfig
-from ..paths import resolve_inside
-from .checkpoint import read_json_object
-from .weights import fuse_qkv, load_into, load_state_dict
+from ...errors import DlforgeError
+from ...hub.json_files import read_json_object
+from ...hub.weights import fuse_qkv, load_into, load_state_dict, save_state_dict
+from ...io import atomic_directory, atomic_write_json
+from ...paths import resolve_inside
+from ..bert import Bert, BertConfig
 
 FAMILIES = ("bert", "roberta", "distilbert")
 TASK_SUFFIXES = {"ForMaskedLM": "masked-lm", "ForSequenceClassification": "sequence-classification",
@@ -320,9 +321,6 @@ def state_dict_to_hf(model: Bert) -> dict[str, torch.Tensor]:
 
 def save_hf_bert(model: Bert, directory: str | Path, tokenizer=None) -> Path:
     """Write config.json + model.safetensors that transformers' Auto classes load."""
-    from ..io import atomic_directory, atomic_write_json
-    from .weights import save_state_dict
-
     directory = Path(directory)
     with atomic_directory(directory) as tmp:
         save_state_dict(state_dict_to_hf(model), tmp / "model.safetensors")
