@@ -113,7 +113,7 @@ def _existing_path(path: str | Path) -> Path:
     local = not isinstance(path, str) or looks_local(path)
     if not local and not Path(path).exists() and parse_hub_id(path) is not None:
         return hub_snapshot(path)
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         hint = "check the path" if local else "give a dlforge run folder, a model directory or a Hugging Face Hub " \
                                               "id (org/name)"
