@@ -192,15 +192,20 @@ def test_local_looking_missing_paths_are_no_such_folder(tmp_path, monkeypatch):
             assert "Hugging Face" not in message, message
 
 
-@pytest.mark.parametrize("cls", [GPT, Bert, ViT], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [GPT, Bert, ViT, ResNet], ids=lambda c: c.__name__)
 def test_hf_format_loads_in_transformers_with_the_same_logits(tmp_path, cls):
     transformers = pytest.importorskip("transformers")
     model = tiny(cls, vocab_size=40) if cls is GPT else tiny(cls)
+    if cls is ResNet:  # BatchNorm statistics other than 0 / 1, so that a misplaced one shows
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                if "running" in name:
+                    buffer.uniform_(0.5, 1.5)
     model.save_pretrained(tmp_path / "hf", format="hf")
     reference = {GPT: transformers.GPT2LMHeadModel, Bert: transformers.BertForSequenceClassification,
-                 ViT: transformers.ViTForImageClassification}[cls]
+                 ViT: transformers.ViTForImageClassification, ResNet: transformers.ResNetForImageClassification}[cls]
     hf = reference.from_pretrained(tmp_path / "hf").eval()
-    inputs = torch.rand(2, 3, 8, 8) if cls is ViT else torch.randint(0, 40, (2, 12))
+    inputs = torch.rand(2, 3, 8, 8) if cls in (ViT, ResNet) else torch.randint(0, 40, (2, 12))
     with torch.no_grad():
         assert (hf(inputs).logits - model(inputs).logits).abs().max() <= 1e-4
     back = cls.from_pretrained(tmp_path / "hf")  # and dlforge reads its own export back
@@ -212,8 +217,10 @@ def test_hf_format_without_an_exporter_names_the_families_that_have_one(tmp_path
     with pytest.raises(DlforgeError) as info:
         tiny(Seq2Seq).save_pretrained(tmp_path / "s", format="hf")
     message = str(info.value)
-    assert "Seq2Seq models have no Hugging Face format" in message and "bert, gpt, vit" in message
+    assert "Seq2Seq models have no Hugging Face format" in message and "bert, gpt, resnet, vit" in message
     assert not (tmp_path / "s").exists()
+    with pytest.raises(DlforgeError, match="'small' stem cannot be saved in the Hugging Face format"):
+        tiny(ResNet, stem="small").save_pretrained(tmp_path / "r", format="hf")
 
 
 def test_root_import_stays_light_and_exports_load_pretrained():

@@ -113,7 +113,8 @@ register_formats([
               vit.config_from_hf, export=lambda model, d, tokenizer: vit.save_hf_vit(model, d), heads=True),
     hf_format("resnet", "ResNet", "resnet",
               lambda d, config, head: resnet.load_hf_resnet(d, config, head.task, head.num_labels, head.labels),
-              lambda config: ResNetConfig(**resnet.config_from_hf(config)), heads=True),
+              lambda config: ResNetConfig(**resnet.config_from_hf(config)),
+              export=lambda model, d, tokenizer: resnet.save_hf_resnet(model, d), heads=True),
     Format(name="torchvision/timm ResNet weight files (.safetensors, .pth, .pt, .bin)", title="ResNet",
            kind="resnet", matches=is_weight_file, load=load_torchvision_file, heads=True),
 ])
