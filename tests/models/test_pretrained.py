@@ -141,6 +141,14 @@ def test_task_heads(tmp_path):
     tiny(Bert).save_pretrained(tmp_path / "bert")
     model = Bert.from_pretrained(tmp_path / "bert", task="token-classification", num_labels=5)
     assert model.config.task == "token-classification" and model.config.num_labels == 5
+    relabelled = Bert.from_pretrained(tmp_path / "bert", labels=["neg", "pos"])  # the checkpoint's task, new labels
+    assert relabelled.config.task == "sequence-classification" and relabelled.config.labels == ["neg", "pos"]
+    assert relabelled.head.out_proj.out_features == 2
+    tiny(Bert, task="none").save_pretrained(tmp_path / "encoder")
+    with pytest.raises(DlforgeError, match="this none checkpoint has no labels to change: give task="):
+        Bert.from_pretrained(tmp_path / "encoder", num_labels=2)
+    with pytest.raises(DlforgeError, match="needs num_labels >= 1"):
+        Bert.from_pretrained(tmp_path / "encoder", task="sequence-classification", num_labels=0)
     tiny(GPT).save_pretrained(tmp_path / "gpt")
     with pytest.raises(DlforgeError, match="holds a gpt model, whose head cannot be chosen"):
         GPT.from_pretrained(tmp_path / "gpt", num_labels=2)
@@ -171,6 +179,22 @@ def test_unknown_formats_are_one_line(tmp_path):
         load_pretrained(tmp_path / "notes.txt")
     with pytest.raises(DlforgeError, match="unknown save format 'onnx'"):
         tiny(GPT).save_pretrained(tmp_path / "x", format="onnx")
+
+
+def test_fields_only_a_converter_reads_are_one_line(tmp_path):
+    import json
+
+    tiny(ResNet).save_pretrained(tmp_path / "hf", format="hf")
+    tiny(GPT).save_pretrained(tmp_path / "gpt")
+    for folder, edit in ((tmp_path / "hf", lambda c: c.update(id2label=["cat"])),  # read by the converter only
+                         (tmp_path / "gpt", lambda c: c["config"].update(activation="tanh"))):  # by the model
+        config = json.loads((folder / "config.json").read_text())
+        edit(config)
+        (folder / "config.json").write_text(json.dumps(config))
+        with pytest.raises(DlforgeError) as info:
+            load_pretrained(folder)
+        message = str(info.value)
+        assert f"{folder / 'config.json'} has an invalid model config" in message and "\n" not in message
 
 
 def test_local_looking_missing_paths_are_no_such_folder(tmp_path, monkeypatch):

@@ -247,19 +247,20 @@ def load_model(path: str | Path, expected_kind: str | None = None, needed_by: st
         source = _checkpoint_in(source)
     config = read_json_object(source / "config.json") if source.is_dir() else None
     fmt = _format_of(source, config)
+    described_by = source / "config.json" if config is not None else source  # what a conversion error blames
     if fmt.check_config is not None:
-        with config_errors(source / "config.json"):
+        with config_errors(described_by):
             built = fmt.check_config(config)
         if is_dataclass(built):
-            check_field_types(type(built), {f.name: getattr(built, f.name) for f in fields(built)},
-                              source / "config.json")
+            check_field_types(type(built), {f.name: getattr(built, f.name) for f in fields(built)}, described_by)
     kind = fmt.kind_in(source, config)
     if expected_kind and kind != expected_kind:
         raise DlforgeError(f"{source} holds a {fmt.title or kind} model, but {needed_by} needs a {expected_kind} "
                            "model")
     if head.asked() and not fmt.heads:
         raise fixed_head_error(source, fmt.title or kind)
-    model = fmt.load(source, config, head)
+    with config_errors(described_by):  # a field only the converter reads (id2label, architectures, ...)
+        model = fmt.load(source, config, head)
     if overrides:
         model = with_overrides(model, overrides, source)
     has_tokenizer = source.is_dir() and any((source / f).is_file() for f in TOKENIZER_FILES)
