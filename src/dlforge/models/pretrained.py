@@ -56,8 +56,8 @@ class Head:
 class Format:
     """One kind of checkpoint `load_pretrained` reads."""
 
-    name: str  # in the list of supported formats: "gpt2", "dlforge model folder"
-    title: str  # in errors, "a GPT-2 model"; empty: the kind itself
+    name: str  # in the list of supported formats: "gpt2", "dlforge model folders"
+    title: str  # in errors ("holds a GPT-2 model"); empty: the kind itself
     kind: str | Callable[[Path, dict], str]  # the dlforge kind it loads as; a callable reads it from config.json
     matches: Callable[[Path, dict | None], bool]  # (a folder and its config.json, or a file and None)
     load: Callable[[Path, dict | None, Head], torch.nn.Module]  # (the same, the head asked for) -> model
@@ -113,12 +113,12 @@ def _existing_path(path: str | Path) -> Path:
     local = not isinstance(path, str) or looks_local(path)
     if not local and not Path(path).exists() and parse_hub_id(path) is not None:
         return hub_snapshot(path)
-    path = Path(path).expanduser()
-    if not path.exists():
+    found = Path(path).expanduser()
+    if not found.exists():
         hint = "check the path" if local else "give a dlforge run folder, a model directory or a Hugging Face Hub " \
                                               "id (org/name)"
-        raise DlforgeError(f"no such folder: {path} does not exist; {hint}")
-    return path
+        raise DlforgeError(f"no such folder: {path} does not exist; {hint}")  # as typed: ./x, ~/x
+    return found
 
 
 def _checkpoint_in(path: Path) -> Path:
