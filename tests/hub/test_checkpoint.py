@@ -1,4 +1,4 @@
-"""Tests for dlforge.hub.checkpoint and dlforge.hub.weights: model directories and weight files."""
+"""Tests for dlforge.models.pretrained (model directories, run folders) and dlforge.hub.weights (weight files)."""
 
 from __future__ import annotations
 
