@@ -39,7 +39,6 @@ from . import register
 from .base import FinetuneTask, accuracy_batch_score, check_labels_known, classification_report, label_ids, sort_labels
 
 VISION_KINDS = ("vit", "resnet")
-WEIGHT_FILES = (".safetensors", ".pth", ".pt", ".bin")  # a bare state-dict file is read as torchvision ResNet weights
 
 
 @register
