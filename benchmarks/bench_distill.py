@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from common import best_time, emit_json, first_rows, print_table, shared_data_dir  # noqa: E402
 
-from dlforge.hub import load_pretrained  # noqa: E402
+from dlforge.models import load_pretrained  # noqa: E402
 from dlforge.transfer import finetune  # noqa: E402
 from dlforge.transfer.tasks import FINETUNE_TASKS, collate  # noqa: E402
 

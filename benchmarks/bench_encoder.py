@@ -40,7 +40,7 @@ def matmul_floor(model, tokens: int, dtype, repeats: int) -> float:
 def main():
     from transformers import AutoModel
 
-    from dlforge.hub import load_pretrained
+    from dlforge.models import load_pretrained
 
     model_dir = minilm_dir()
     ours, tokenizer = load_pretrained(model_dir)

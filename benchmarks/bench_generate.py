@@ -18,7 +18,7 @@ import torch
 from common import emit_json, memory_read_bandwidth, print_table
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from dlforge.hub import load_pretrained
+from dlforge.models import load_pretrained
 
 SHAPES = {"gpt2": dict(n_layer=12, n_head=12, n_embd=768), "small": dict(n_layer=6, n_head=6, n_embd=384)}
 

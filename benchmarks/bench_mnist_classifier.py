@@ -21,8 +21,8 @@ import torch
 from common import emit_json, machine, mnist_dir, print_table
 
 from dlforge.data.images import load_image_set, to_signed_unit
-from dlforge.hub import load_pretrained
 from dlforge.metrics.image_generation import classifier_features, classify, frechet_distance
+from dlforge.models import load_pretrained
 from dlforge.training.images import train_image_model
 
 DEFAULT_OUT = Path("runs/bench/mnist-classifier")

@@ -34,8 +34,8 @@ from bench_mnist_classifier import real_feature_floor
 from common import emit_json, machine, mnist_dir, print_table
 
 from dlforge.data.images import load_image_set, save_grid, to_signed_unit, write_image
-from dlforge.hub import load_pretrained
 from dlforge.metrics.image_generation import evaluate_samples
+from dlforge.models import load_pretrained
 from dlforge.pipelines.image_generation import sample_images
 from dlforge.settings import parse_overrides
 from dlforge.training.images import field_types, train_image_model

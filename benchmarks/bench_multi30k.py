@@ -24,8 +24,8 @@ from pathlib import Path
 from common import emit_json, print_table, shared_data_dir
 
 from dlforge.data.parallel import read_parallel
-from dlforge.hub import load_pretrained
 from dlforge.metrics.generation import bleu_chrf
+from dlforge.models import load_pretrained
 from dlforge.text.seq2seq_generation import generate_text2text
 from dlforge.training.seq2seq import train_seq2seq
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from common import emit_json, print_table, shared_data_dir
 
-from dlforge.hub import load_pretrained
 from dlforge.metrics.generation import rouge
+from dlforge.models import load_pretrained
 from dlforge.settings import parse_overrides
 from dlforge.text.seq2seq_generation import generate_text2text
 from dlforge.training.seq2seq import field_types, train_seq2seq

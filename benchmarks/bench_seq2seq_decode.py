@@ -43,7 +43,7 @@ def random_ids(n: int, length: int, vocab: int) -> torch.Tensor:
 
 def compare(name: str, hf_model, folder: Path, input_ids, attention_mask, rows: list, figures: dict) -> None:
     """fp32: both libraries as loaded; bf16: HF under bf16 autocast, dlforge with bf16 weights."""
-    from dlforge.hub import load_pretrained
+    from dlforge.models import load_pretrained
 
     ours, _ = load_pretrained(folder)
     options = dict(num_beams=4, max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW, early_stopping=False)
@@ -90,7 +90,7 @@ def main():
         compare("t5-small-shaped", t5, Path(tmp) / "t5", ids, torch.ones_like(ids), rows, figures)
     run = Path("runs/bench-multi30k")
     if (run / "checkpoints").is_dir():
-        from dlforge.hub import load_pretrained
+        from dlforge.models import load_pretrained
         from dlforge.text.seq2seq_generation import generate_text2text
 
         model, tokenizer = load_pretrained(run)

@@ -28,7 +28,7 @@ import torch
 from common import emit_json, print_table, shared_data_dir
 
 from dlforge.data import TextBatches, open_token_file
-from dlforge.hub import load_pretrained
+from dlforge.models import load_pretrained
 from dlforge.training.lm import PRESETS, train_language_model
 
 

@@ -27,8 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from common import emit_json, minilm_dir, print_table, shared_data_dir  # noqa: E402
 
-from dlforge.hub import load_pretrained  # noqa: E402
 from dlforge.io import atomic_write_json  # noqa: E402
+from dlforge.models import load_pretrained  # noqa: E402
 from dlforge.transfer import finetune  # noqa: E402
 from dlforge.transfer.tasks.question_answering import QuestionAnsweringTask  # noqa: E402
 

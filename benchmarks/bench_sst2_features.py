@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 from common import emit_json, minilm_dir, print_table, shared_data_dir  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
-from dlforge.hub import load_pretrained  # noqa: E402
+from dlforge.models import load_pretrained  # noqa: E402
 from dlforge.transfer import extract_features, fit_classifier  # noqa: E402
 
 

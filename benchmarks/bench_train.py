@@ -19,7 +19,7 @@ import torch
 from common import emit_json, matmul_peak, print_table
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from dlforge.hub import load_pretrained
+from dlforge.models import load_pretrained
 from dlforge.training import TrainConfig, Trainer
 
 SHAPES = {"small": dict(n_layer=6, n_head=6, n_embd=384, block=256, batch=8),

@@ -21,7 +21,7 @@ from pathlib import Path
 from common import emit_json, machine, mnist_dir, print_table
 
 from dlforge.data.images import load_image_set, save_grid, to_signed_unit
-from dlforge.hub import load_pretrained
+from dlforge.models import load_pretrained
 from dlforge.models.autoencoder_tools import importance_weighted_nll, latent_scatter, negative_elbo
 from dlforge.training.images import train_image_model
 

@@ -2,7 +2,7 @@
 
 Both sides hold the same weights: a random-init transformers `ViTModel` (google/vit-base-patch16-224's shape, no
 pooler) and `ResNetModel` (microsoft/resnet-50's shape) are saved with `save_pretrained` and loaded into dlforge
-through `dlforge.hub.load_pretrained`; the outputs are compared before timing (final hidden states for ViT, pooled
+through `dlforge.models.load_pretrained`; the outputs are compared before timing (final hidden states for ViT, pooled
 features for ResNet). Timed: one forward of a batch of 8 images at 224×224 under `torch.no_grad()` (best of 10
 alternating rounds after 2 warm-ups), in fp32 and in bf16 autocast, dlforge's `encode` (ViT) / `features`
 (ResNet) against the transformers model's forward.
@@ -21,7 +21,7 @@ import tempfile
 import torch
 from common import best_time, emit_json, machine, print_table
 
-from dlforge.hub import load_pretrained
+from dlforge.models import load_pretrained
 
 
 def autocast(precision: str):

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from common import emit_json, machine, mnist_dir, print_table
 
-from dlforge.hub.checkpoint import load_pretrained, save_pretrained
+from dlforge.models import load_pretrained, save_pretrained
 from dlforge.settings import parse_overrides
 from dlforge.training.images import field_types, train_image_model
 from dlforge.transfer.recipe import finetune

@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from common import emit_json, minilm_dir, print_table, shared_data_dir  # noqa: E402
 
-from dlforge.hub.checkpoint import load_pretrained  # noqa: E402
+from dlforge.models import load_pretrained  # noqa: E402
 from dlforge.transfer import finetune  # noqa: E402
 from dlforge.transfer.tasks import FINETUNE_TASKS  # noqa: E402
 

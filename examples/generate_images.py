@@ -30,7 +30,7 @@ import torch
 import dlforge
 from dlforge.data.images import load_image_set, save_grid, to_signed_unit
 from dlforge.diffusion.sampling import img2img, inpaint, outpaint, process_strip
-from dlforge.hub import load_pretrained
+from dlforge.models import load_pretrained
 from dlforge.models.autoencoder_tools import interpolate
 from dlforge.pipelines.image_generation import inference_precision
 from dlforge.training.images import train_image_model

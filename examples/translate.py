@@ -19,8 +19,8 @@ from pathlib import Path
 
 import dlforge
 from dlforge.data.parallel import read_parallel
-from dlforge.hub import load_pretrained
 from dlforge.metrics.generation import bleu_chrf
+from dlforge.models import load_pretrained
 from dlforge.text.attention_map import cross_attention, plot_cross_attention
 from dlforge.training.seq2seq import train_seq2seq
 

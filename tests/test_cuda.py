@@ -83,7 +83,7 @@ def _keyword_task(root):
     """A tiny random-init BERT + WordPiece and a 2-class keyword task (train.csv, dev.csv) in `root`."""
     import random
 
-    from dlforge.hub import save_pretrained
+    from dlforge.models import save_pretrained
     from dlforge.text.tokenizers import WordPieceTokenizer
 
     clues = {"pos": ["great", "superb", "lovely"], "neg": ["awful", "dull", "boring"]}
@@ -138,7 +138,7 @@ def test_finetune_on_cuda_learns_and_exports(tmp_path, method, lr):
 ])
 def test_pipelines_on_cuda_match_cpu(tmp_path, task, head, call):
     import dlforge
-    from dlforge.hub import load_pretrained, save_pretrained
+    from dlforge.models import load_pretrained, save_pretrained
 
     root = _keyword_task(tmp_path)
     torch.manual_seed(1)

@@ -14,4 +14,13 @@ def pipeline(task: str, model, tokenizer=None, **kwargs):
     return build(task, model, tokenizer, **kwargs)
 
 
-__all__ = ["DlforgeError", "__version__", "pipeline"]
+def __getattr__(name: str):
+    """`dlforge.load_pretrained`, imported on first use so that `import dlforge` stays fast (no torch)."""
+    if name == "load_pretrained":
+        from .models import load_pretrained
+
+        return load_pretrained
+    raise AttributeError(f"module 'dlforge' has no attribute {name!r}")
+
+
+__all__ = ["DlforgeError", "__version__", "load_pretrained", "pipeline"]

@@ -546,8 +546,7 @@ def test_demo_trains_samples_and_saves(tmp_path, dlforge_cmd, subprocess_env):
 
 
 def test_generate_with_an_encoder_says_it_needs_a_gpt(cli, tmp_path):
-    from dlforge.hub import save_pretrained
-    from dlforge.models import Bert, BertConfig
+    from dlforge.models import Bert, BertConfig, save_pretrained
 
     encoder = Bert(BertConfig(vocab_size=30, hidden_size=16, n_layer=1, n_head=2, intermediate_size=32,
                               max_position=16))

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from test_finetune_cli import make_review_data
 
 from dlforge.cli.main import main
-from dlforge.hub import load_pretrained
+from dlforge.models import load_pretrained
 
 GPT_RUN = ["--preset", "tiny", "--set", "block_size=16", "--set", "n_layer=1", "--set", "n_embd=32",
            "--set", "eval_interval=3", "--set", "keep_last=1", "--set", "log_interval=3", "--max-steps", "150",

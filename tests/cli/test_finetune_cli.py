@@ -13,8 +13,7 @@ import torch
 
 from dlforge.cli.main import main
 from dlforge.errors import DlforgeError
-from dlforge.hub import save_pretrained
-from dlforge.models import GPT, Bert, BertConfig, GPTConfig
+from dlforge.models import GPT, Bert, BertConfig, GPTConfig, save_pretrained
 from dlforge.text.tokenizers import WordPieceTokenizer
 from dlforge.transfer.recipe import parse_task_options
 

@@ -12,8 +12,7 @@ import torch
 from test_finetune_cli import make_review_data
 
 from dlforge.errors import DlforgeError
-from dlforge.hub import save_pretrained
-from dlforge.models import GPT, Bert, BertConfig, GPTConfig
+from dlforge.models import GPT, Bert, BertConfig, GPTConfig, save_pretrained
 from dlforge.models.cnn import ResNet, ResNetConfig
 from dlforge.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from dlforge.training import images, lm, mlm, seq2seq

@@ -72,7 +72,7 @@ def test_other_tasks_read_tsv_and_txt(tmp_path, json_cli):
 @pytest.fixture(scope="module")
 def head_models(tmp_path_factory) -> dict:
     """MiniLM with new (seeded, untrained) token-classification, QA and sequence-classification heads, saved."""
-    from dlforge.hub.checkpoint import load_pretrained, save_pretrained
+    from dlforge.models import load_pretrained, save_pretrained
 
     root = tmp_path_factory.mktemp("heads")
     out = {}

@@ -130,7 +130,7 @@ def tiny_vit_folder(directory, preprocessor: dict):
 @torch.no_grad()
 def test_hf_vit_folder_gives_transformers_logits_on_a_non_square_image(tmp_path):
     import dlforge
-    from dlforge.hub import load_pretrained
+    from dlforge.models import load_pretrained
 
     hf = tiny_vit_folder(tmp_path, CONFIGS["vit-square"])
     theirs = transformers.ViTImageProcessorPil.from_pretrained(str(tmp_path))

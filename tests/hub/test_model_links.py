@@ -13,8 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from dlforge.errors import DlforgeError
-from dlforge.hub import load_pretrained, save_hf_bert, save_pretrained
+from dlforge.models import load_pretrained, save_pretrained
 from dlforge.models.bert import Bert, BertConfig
+from dlforge.models.converters import save_hf_bert
 from dlforge.text.tokenizers import WordPieceTokenizer
 
 SHA = "89abcdef0123456789abcdef0123456789abcdef"

@@ -1,7 +1,7 @@
 """Parity of dlforge's T5 and BART loaders (and its seq2seq decoding) against Hugging Face transformers.
 
 Tiny random HF models with non-default configs are saved with `save_pretrained`, loaded with
-`dlforge.hub.load_pretrained`, and both are run on the same padded batch of sources: teacher-forced
+`dlforge.models.load_pretrained`, and both are run on the same padded batch of sources: teacher-forced
 logits must agree, and `generate` (greedy and beam search under several options) must return the same
 ids. Random models give flat next-token distributions and rarely end, so the weights are rescaled to
 make logits peaked and EOS's output row is copied from the most predicted token (plus noise), so that
@@ -22,8 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers", reason="the parity tests compare against transformers")
 
 from dlforge.errors import DlforgeError  # noqa: E402
-from dlforge.hub import load_pretrained, save_pretrained  # noqa: E402
-from dlforge.hub import t5 as hub_t5  # noqa: E402
+from dlforge.models import load_pretrained, save_pretrained  # noqa: E402
+from dlforge.models.converters import t5 as hub_t5  # noqa: E402
 from dlforge.text.seq2seq_generation import generate_text2text  # noqa: E402
 from dlforge.text.tokenizers import load_tokenizer  # noqa: E402
 

@@ -14,8 +14,7 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before sentence_transformers / huggingface_hub are imported
 
 from dlforge.errors import DlforgeError  # noqa: E402
-from dlforge.hub import load_pretrained, save_pretrained  # noqa: E402
-from dlforge.models import MODEL_CLASSES, Bert, BertConfig  # noqa: E402
+from dlforge.models import MODEL_CLASSES, Bert, BertConfig, load_pretrained, save_pretrained  # noqa: E402
 from dlforge.models.bert import PROBLEM_TYPES, TASKS  # noqa: E402
 
 SST2_REL = Path("sst2") / "dev.tsv"

@@ -254,7 +254,7 @@ def _check_parity(hf, model):
 
 
 def test_hf_parity_safetensors(hf_model, tmp_path):
-    from dlforge.hub import load_pretrained
+    from dlforge.models import load_pretrained
 
     hf_model.save_pretrained(tmp_path / "hf")
     assert (tmp_path / "hf" / "model.safetensors").is_file()
@@ -265,7 +265,7 @@ def test_hf_parity_safetensors(hf_model, tmp_path):
 
 
 def test_hf_parity_left_padded_batch(hf_model, tmp_path):
-    from dlforge.hub import load_pretrained
+    from dlforge.models import load_pretrained
     from dlforge.text.generation import generate
 
     hf_model.save_pretrained(tmp_path / "hf")
@@ -279,7 +279,7 @@ def test_hf_parity_left_padded_batch(hf_model, tmp_path):
 
 
 def test_hf_parity_pytorch_model_bin(hf_model, tmp_path):
-    from dlforge.hub import load_pretrained
+    from dlforge.models import load_pretrained
 
     d = tmp_path / "hf_bin"
     hf_model.config.save_pretrained(d)
@@ -297,7 +297,7 @@ def test_hf_checkpoint_saved_from_base_model_without_prefix(hf_model, tmp_path):
     """A GPT2Model checkpoint (keys without 'transformer.', no lm_head) loads with tied embeddings."""
     from safetensors.torch import save_file
 
-    from dlforge.hub import load_pretrained
+    from dlforge.models import load_pretrained
 
     d = tmp_path / "hf_base"
     hf_model.config.save_pretrained(d)
@@ -315,7 +315,7 @@ def test_hf_checkpoint_saved_from_base_model_without_prefix(hf_model, tmp_path):
 @pytest.mark.parametrize("activation", ["gelu_new", "gelu", "relu"])
 def test_save_hf_gpt2_round_trip(tmp_path, tie, activation):
     transformers = pytest.importorskip("transformers")
-    from dlforge.hub import save_hf_gpt2
+    from dlforge.models.converters import save_hf_gpt2
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=53, block_size=24, n_layer=2, n_head=2, n_embd=20, mlp_ratio=3.0,
@@ -338,7 +338,8 @@ def test_save_hf_gpt2_round_trip(tmp_path, tie, activation):
 
 
 def test_save_hf_gpt2_then_load_pretrained_round_trip(tmp_path):
-    from dlforge.hub import load_pretrained, save_hf_gpt2
+    from dlforge.models import load_pretrained
+    from dlforge.models.converters import save_hf_gpt2
 
     model = tiny_gpt(activation="gelu_new")
     save_hf_gpt2(model, tmp_path / "hf")
@@ -350,7 +351,7 @@ def test_save_hf_gpt2_then_load_pretrained_round_trip(tmp_path):
 @pytest.mark.parametrize("overrides", [dict(positional="rotary"), dict(norm="rmsnorm"), dict(bias=False),
                                        dict(activation="swiglu"), dict(positional="sinusoidal")])
 def test_save_hf_gpt2_rejects_non_gpt2_models(tmp_path, overrides):
-    from dlforge.hub import save_hf_gpt2
+    from dlforge.models.converters import save_hf_gpt2
 
     with pytest.raises(DlforgeError, match="GPT-2"):
         save_hf_gpt2(tiny_gpt(**overrides), tmp_path / "x")
@@ -362,7 +363,8 @@ def test_save_hf_gpt2_rejects_non_gpt2_models(tmp_path, overrides):
 def test_unsupported_hf_gpt2_options_raise(tmp_path, flag, value):
     import json
 
-    from dlforge.hub import load_pretrained, save_hf_gpt2
+    from dlforge.models import load_pretrained
+    from dlforge.models.converters import save_hf_gpt2
 
     save_hf_gpt2(tiny_gpt(), tmp_path / "hf")
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -375,7 +377,7 @@ def test_unsupported_hf_gpt2_options_raise(tmp_path, flag, value):
 def test_save_hf_gpt2_special_token_ids_inside_vocab(tmp_path):
     import json
 
-    from dlforge.hub import save_hf_gpt2
+    from dlforge.models.converters import save_hf_gpt2
 
     save_hf_gpt2(tiny_gpt(), tmp_path / "hf")
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -385,7 +387,7 @@ def test_save_hf_gpt2_special_token_ids_inside_vocab(tmp_path):
 
 def test_hf_gpt2_with_n_inner_not_exactly_representable(tmp_path):
     transformers = pytest.importorskip("transformers")
-    from dlforge.hub import load_pretrained
+    from dlforge.models import load_pretrained
 
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(n_embd=28, n_layer=1, n_head=4, vocab_size=50, n_positions=16, n_inner=61,

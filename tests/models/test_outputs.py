@@ -167,7 +167,7 @@ def perturbed(model, seed: int = 0):
 
 
 def loaded(hf_model, directory):
-    from dlforge.hub import load_pretrained
+    from dlforge.models import load_pretrained
 
     hf_model.save_pretrained(str(directory))
     model, _ = load_pretrained(directory)

@@ -67,7 +67,7 @@ def test_mean_pooling_head_reads_the_average_patch_token(tmp_path):
     torch.testing.assert_close(model.pool(x), torch.tanh(model.pooler(hidden[:, 0])))  # HF's pooler stays on [CLS]
     with pytest.raises(DlforgeError, match="pooling must be 'cls' or 'mean'"):
         tiny_vit(pooling="max")
-    from dlforge.hub.vit import save_hf_vit
+    from dlforge.models.converters.vit import save_hf_vit
 
     with pytest.raises(DlforgeError, match="pooling='mean' cannot be saved in the Hugging Face format"):
         save_hf_vit(model, tmp_path / "hf")
@@ -212,7 +212,7 @@ def test_learns_pattern_images():
 
 @pytest.mark.skipif("vit" not in MODEL_CLASSES, reason="ViT is not registered in dlforge.models.MODEL_CLASSES")
 def test_dlforge_format_round_trip(tmp_path):
-    from dlforge.hub import load_pretrained, save_pretrained
+    from dlforge.models import load_pretrained, save_pretrained
 
     model = tiny_vit(pooler=True, labels=list("vwxyz"), image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.3, 0.4])
     save_pretrained(model, tmp_path / "vit")

@@ -89,8 +89,7 @@ def test_sentence_similarity_is_cosine_of_embeddings():
 
 
 def test_text_generation_with_a_gpt(tmp_path):
-    from dlforge.hub import save_pretrained
-    from dlforge.models import GPT, GPTConfig
+    from dlforge.models import GPT, GPTConfig, save_pretrained
     from dlforge.text import CharTokenizer
 
     tok = CharTokenizer.train("abcdefgh ,.\n")

@@ -14,7 +14,7 @@ import pytest
 import tokenizers as hf
 
 from dlforge.errors import DlforgeError
-from dlforge.hub import load_pretrained
+from dlforge.models import load_pretrained
 from dlforge.text import HFTokenizer, WordPieceTokenizer, load_tokenizer
 
 N_SENTENCES = 300

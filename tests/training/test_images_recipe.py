@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from dlforge.errors import DlforgeError
-from dlforge.hub import load_pretrained
 from dlforge.hub.weights import load_state_dict
+from dlforge.models import load_pretrained
 from dlforge.settings import parse_overrides
 from dlforge.training.anomaly import fit_anomaly_detector, score_anomalies
 from dlforge.training.images import field_types, train_image_model

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import dlforge
 from dlforge.cli.main import main
 from dlforge.errors import DlforgeError
-from dlforge.hub import load_pretrained
+from dlforge.models import load_pretrained
 from dlforge.training.mlm import load_init_model, masked_lm_loss, pack_lines, train_masked_lm
 
 SCRATCH = dict(max_steps=40, eval_interval=20, log_interval=10, lr=2e-3, dropout=0.1)  # tiny preset: ~5 s on one core

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 import dlforge
 from dlforge.cli.main import main
 from dlforge.errors import DlforgeError
-from dlforge.hub import load_pretrained
+from dlforge.models import load_pretrained
 from dlforge.text.attention_map import cross_attention
 from dlforge.text.tokenizers import SourceTargetTokenizer
 from dlforge.training.seq2seq import train_seq2seq

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from toy_task import ToyClassification
 
-from dlforge.hub import load_pretrained
-from dlforge.models import Bert, BertConfig
+from dlforge.models import Bert, BertConfig, load_pretrained
 from dlforge.training import TrainConfig, Trainer
 from dlforge.transfer import Distiller, distillation_loss
 

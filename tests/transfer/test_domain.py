@@ -15,9 +15,8 @@ from torch import nn
 
 from dlforge.data.images import ImageSet, to_signed_unit
 from dlforge.errors import DlforgeError
-from dlforge.hub import load_pretrained
 from dlforge.hub.weights import load_state_dict
-from dlforge.models import ImageClassifier, ImageClassifierConfig
+from dlforge.models import ImageClassifier, ImageClassifierConfig, load_pretrained
 from dlforge.models.outputs import ModelOutput
 from dlforge.training import TrainConfig
 from dlforge.transfer.domain import (

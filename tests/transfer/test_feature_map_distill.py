@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from dlforge.errors import DlforgeError
-from dlforge.hub import load_pretrained
 from dlforge.hub.weights import load_state_dict
-from dlforge.models import ResNet, ResNetConfig, ViT, ViTConfig
+from dlforge.models import ResNet, ResNetConfig, ViT, ViTConfig, load_pretrained
 from dlforge.training.images import train_image_model
 from dlforge.transfer import FeatureMapDistiller
 from dlforge.transfer.distill import feature_map_targets

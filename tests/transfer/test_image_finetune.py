@@ -10,7 +10,7 @@ import torch
 
 import dlforge
 from dlforge.errors import DlforgeError
-from dlforge.hub.checkpoint import load_pretrained
+from dlforge.models import load_pretrained
 from dlforge.training.images import train_image_model
 from dlforge.transfer.recipe import finetune
 from dlforge.transfer.tasks.image_classification import ImageClassificationTask

@@ -10,7 +10,7 @@ import torch
 
 import dlforge
 from dlforge.errors import DlforgeError
-from dlforge.hub.checkpoint import load_pretrained, save_pretrained
+from dlforge.models import load_pretrained, save_pretrained
 from dlforge.models.bert import Bert, BertConfig
 from dlforge.text.tokenizers import load_tokenizer
 from dlforge.transfer import finetune

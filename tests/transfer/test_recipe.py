@@ -22,8 +22,7 @@ from safetensors.torch import load_file
 
 import dlforge
 from dlforge.errors import DlforgeError
-from dlforge.hub import load_pretrained, save_pretrained
-from dlforge.models import GPT, Bert, BertConfig, GPTConfig
+from dlforge.models import GPT, Bert, BertConfig, GPTConfig, load_pretrained, save_pretrained
 from dlforge.text.tokenizers import WordPieceTokenizer
 from dlforge.transfer import apply_lora, finetune, load_lora
 from dlforge.transfer.recipe import LORA_TARGETS, shrink_layers

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before sentence_transformers / h
 
 import dlforge  # noqa: E402
 from dlforge.errors import DlforgeError  # noqa: E402
-from dlforge.hub import load_pretrained  # noqa: E402
+from dlforge.models import load_pretrained  # noqa: E402
 from dlforge.transfer import finetune  # noqa: E402
 from dlforge.transfer.features import extract_features  # noqa: E402
 from dlforge.transfer.recipe import make_task  # noqa: E402

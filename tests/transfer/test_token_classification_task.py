@@ -177,7 +177,7 @@ def wnut_slice(shared_data, name: str, n: int, out: Path, with_entities: bool = 
 
 def tiny_model(path: Path) -> Path:
     """A small random dlforge BERT with MiniLM's tokenizer (a fast stand-in for a real encoder)."""
-    from dlforge.hub.checkpoint import save_pretrained
+    from dlforge.models import save_pretrained
     from dlforge.models.bert import Bert, BertConfig
 
     torch.manual_seed(0)

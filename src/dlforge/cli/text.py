@@ -51,7 +51,7 @@ def cmd_train_gpt(args) -> int:
 def cmd_generate(args) -> int:
     import torch
 
-    from ..hub import load_pretrained
+    from ..models import load_pretrained
     from ..text.generation import generate_text
 
     if args.seed is not None:
@@ -79,7 +79,7 @@ def cmd_generate(args) -> int:
 
 # ------------------------------------------------------------------------------------------- info
 def cmd_info(args) -> int:
-    from ..hub import load_pretrained, resolve_model_dir
+    from ..models import load_pretrained, resolve_model_dir
 
     directory = resolve_model_dir(args.model)
     model, tokenizer = load_pretrained(args.model)
@@ -120,7 +120,7 @@ def cmd_info(args) -> int:
 
 # -------------------------------------------------------------------------------------- attention
 def cmd_attention(args) -> int:
-    from ..hub import load_pretrained
+    from ..models import load_pretrained
     from ..text.attention_map import cross_attention, plot_cross_attention
 
     model, tokenizer = load_pretrained(args.model, expected_kind="seq2seq")

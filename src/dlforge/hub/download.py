@@ -1,9 +1,10 @@
 """Model ids from the Hugging Face Hub (`bert-base-uncased`, `org/name@revision`) as local folders.
 
-`load_pretrained` (through `resolve_model_dir`) calls `hub_snapshot` when its argument is not an existing
-path but reads like a hub id. Only the files dlforge reads are fetched (config, tokenizer files and the
-weights: safetensors, single or sharded; `pytorch_model.bin` only when a repository has no safetensors),
-into the standard Hugging Face cache, so transformers and dlforge share downloads.
+`dlforge.models.load_pretrained` (through `resolve_model_dir`) calls `hub_snapshot` when its argument is not an
+existing path, does not look like a local one (`looks_local`) and reads like a hub id. Only the files dlforge
+reads are fetched (config, tokenizer files and the weights: safetensors, single or sharded; `pytorch_model.bin`
+only when a repository has no safetensors), into the standard Hugging Face cache, so transformers and dlforge
+share downloads.
 
 The environment is read at call time (HF_HUB_CACHE / HF_HOME, HF_ENDPOINT, HF_HUB_OFFLINE), so setting it
 after `huggingface_hub` was imported still counts (except that huggingface_hub itself stays offline when
@@ -48,6 +49,15 @@ def parse_hub_id(text: str) -> tuple[str, str | None] | None:
                            "(those have no '..', no leading '/' and no empty or dot-led parts): give one such as "
                            "main, v1.0 or a commit id")
     return match["repo"], revision
+
+
+def looks_local(text: str) -> bool:
+    """Whether a path that does not exist was meant as a local one, so that a typo is reported as a missing
+    folder rather than looked up on the Hub: it starts with `.`, `/`, `~` or a drive, uses a backslash, sits in
+    `runs/` (where dlforge writes its runs), or its parent folder exists (`existing_folder/typo`)."""
+    path = Path(text)
+    return (text.startswith((".", "~")) or "\\" in text or path.is_absolute() or bool(path.drive)
+            or path.parts[:1] == ("runs",) or (len(path.parts) > 1 and path.parent.is_dir()))
 
 
 def _offline(constants) -> bool:

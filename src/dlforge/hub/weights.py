@@ -93,6 +93,20 @@ def load_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def deduplicated_state_dict(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """State dict with each shared tensor kept once (safetensors stores no aliases); also returns the names
+    that were dropped (e.g. a tied lm_head.weight), which loading then allows to be missing."""
+    state, seen, dropped = {}, {}, []
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tensor.shape, tensor.dtype)
+        if tensor.numel() and key in seen:
+            dropped.append(name)
+            continue
+        seen[key] = name
+        state[name] = tensor
+    return state, dropped
+
+
 def save_state_dict(state: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
     """Write tensors to a safetensors file atomically; tied (shared) tensors must be removed first."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}

@@ -1,24 +1,23 @@
-"""Model families. Each file holds one family: a dataclass config and the nn.Module."""
+"""Model families (each file holds one: a dataclass config and the module, a `PretrainedModel`), and loading and
+saving them: `load_pretrained`, `save_pretrained`, `Model.from_pretrained`, `model.save_pretrained` (see
+`models.pretrained`), through the table of formats in `models.formats` and the converters in `models.converters`."""
 
 from .autoencoder import VAE, Autoencoder, AutoencoderConfig
 from .bert import Bert, BertConfig
 from .cnn import RESNET_PRESETS, ResNet, ResNetConfig
 from .convnet import ImageClassifier, ImageClassifierConfig
+from .formats import MODEL_CLASSES
 from .gan import GAN, GANConfig
 from .gpt import GPT, GPTConfig
 from .outputs import ModelOutput
+from .pretrained import PretrainedModel, load_pretrained, resolve_model_dir, save_pretrained
 from .seq2seq import Seq2Seq, Seq2SeqConfig
 from .unet import DiffusionConfig, DiffusionModel
 from .vit import VIT_PRESETS, ViT, ViTConfig
 
-# kind name (stored in checkpoints) -> model class; each class has `config_class` and `kind`
-MODEL_CLASSES = {GPT.kind: GPT, Bert.kind: Bert, Seq2Seq.kind: Seq2Seq, GAN.kind: GAN,
-                 ImageClassifier.kind: ImageClassifier, Autoencoder.kind: Autoencoder, VAE.kind: VAE,
-                 DiffusionModel.kind: DiffusionModel, ResNet.kind: ResNet,
-                 ViT.kind: ViT}
-
 __all__ = ["MODEL_CLASSES", "RESNET_PRESETS", "ResNet", "ResNetConfig", "VAE", "Autoencoder", "AutoencoderConfig",
            "Bert", "BertConfig", "DiffusionConfig",
            "DiffusionModel", "GAN", "GANConfig", "GPT",
-           "GPTConfig", "ImageClassifier", "ImageClassifierConfig", "ModelOutput", "Seq2Seq", "Seq2SeqConfig",
-           "VIT_PRESETS", "ViT", "ViTConfig"]
+           "GPTConfig", "ImageClassifier", "ImageClassifierConfig", "ModelOutput", "PretrainedModel", "Seq2Seq",
+           "Seq2SeqConfig", "VIT_PRESETS", "ViT", "ViTConfig", "load_pretrained", "resolve_model_dir",
+           "save_pretrained"]

@@ -42,6 +42,7 @@ from ..errors import DlforgeError
 from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
+from .pretrained import PretrainedModel
 
 ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -159,7 +160,7 @@ class MLPDecoder(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- models
-class _AutoencoderBase(nn.Module):
+class _AutoencoderBase(PretrainedModel):
     config_class = AutoencoderConfig
 
     def __init__(self, config: AutoencoderConfig, encoder_outputs: int):

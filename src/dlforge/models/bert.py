@@ -34,6 +34,7 @@ from ..nn.linear import ACTIVATION_FUNCTIONS
 from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
+from .pretrained import PretrainedModel
 
 TASKS = ("none", "masked-lm", "sequence-classification", "token-classification", "question-answering")
 PROBLEM_TYPES = ("single_label", "multi_label", "regression")
@@ -156,7 +157,7 @@ class MaskedLMHead(nn.Module):
         return self.decoder(self.norm(self.act(self.dense(hidden)))) + self.bias
 
 
-class Bert(nn.Module):
+class Bert(PretrainedModel):
     """Encoder + the head of `config.task`. forward(**batch) returns loss (given labels) and logits, or a bare
     encoder's last_hidden_state."""
 

@@ -35,6 +35,7 @@ from ..errors import DlforgeError
 from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
+from .pretrained import PretrainedModel
 
 BLOCKS = ("basic", "bottleneck")
 STEMS = ("imagenet", "small")
@@ -179,7 +180,7 @@ class Bottleneck(nn.Module):
         return F.relu(out, inplace=True)
 
 
-class ResNet(nn.Module):
+class ResNet(PretrainedModel):
     """Stem (`embeddings`) → residual blocks (`layers`) → global average pool → dropout → `head`."""
 
     kind = "resnet"

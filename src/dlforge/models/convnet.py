@@ -23,6 +23,7 @@ from ..errors import DlforgeError
 from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
+from .pretrained import PretrainedModel
 
 
 @dataclass
@@ -51,7 +52,7 @@ def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
-class ImageClassifier(nn.Module):
+class ImageClassifier(PretrainedModel):
     kind = "image-classifier"
     config_class = ImageClassifierConfig
     log_names: tuple[str, ...] = ()

@@ -36,6 +36,7 @@ from ..errors import DlforgeError
 from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
+from .pretrained import PretrainedModel
 
 # The published DCGAN optimiser settings, as Trainer fields (the `train gan` preset uses them).
 DCGAN_TRAIN_SETTINGS = dict(lr=2e-4, beta1=0.5, beta2=0.999, weight_decay=0.0, batch_size=128, warmup_steps=0,
@@ -125,7 +126,7 @@ class Discriminator(nn.Module):
         return logits
 
 
-class GAN(nn.Module):
+class GAN(PretrainedModel):
     kind = "gan"
     config_class = GANConfig
     log_names = ("d_loss", "g_loss", "d_real", "d_fake")

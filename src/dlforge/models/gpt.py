@@ -5,7 +5,7 @@
     logits = LN_f(h_L) W_teᵀ             (output projection tied to the token embedding)
 
 Module names follow the GPT-2 checkpoint keys (`transformer.wte`, `h.N.attn.c_attn`, `ln_f`,
-`lm_head`) so `dlforge.hub.gpt2` converts Hugging Face checkpoints with a short key mapping.
+`lm_head`) so `dlforge.models.converters.gpt2` converts Hugging Face checkpoints with a short key mapping.
 Residual output projections are initialised with std 0.02/√(2L) as in GPT-2.
 
 The loss takes Hugging Face's `labels` (the sequence itself, shifted inside) or the pre-shifted `targets` that
@@ -36,6 +36,7 @@ from ..nn import (
 from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
+from .pretrained import PretrainedModel
 
 POSITIONAL_KINDS = ("learned", "sinusoidal", "rotary", "none")
 
@@ -66,7 +67,7 @@ class GPTConfig(ModelConfig):
 
 
 
-class GPT(nn.Module):
+class GPT(PretrainedModel):
     kind = "gpt"
     config_class = GPTConfig
 

@@ -21,7 +21,7 @@ Training: `forward(input_ids, attention_mask, labels=...)` shifts the labels rig
 `decoder_start_token_id` (teacher forcing) and returns label-smoothed cross-entropy. Decoding is in
 `dlforge.text.seq2seq_generation`: the encoder runs once, cross-attention keys and values are
 projected once per source (`project_context`), decoder self-attention uses a `KVCache`.
-Module names follow the blocks shared with GPT/BERT; `dlforge.hub.t5` and `dlforge.hub.bart` map
+Module names follow the blocks shared with GPT/BERT; `models.converters.t5` and `.bart` map
 Hugging Face keys onto them.
 """
 
@@ -48,6 +48,7 @@ from ..nn.linear import linear_plus_bias
 from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
+from .pretrained import PretrainedModel
 
 POSITIONAL_KINDS = ("sinusoidal", "learned", "relative")
 
@@ -223,7 +224,7 @@ class Stack(nn.Module):
         return x
 
 
-class Seq2Seq(nn.Module):
+class Seq2Seq(PretrainedModel):
     kind = "seq2seq"
     config_class = Seq2SeqConfig
 

@@ -37,6 +37,7 @@ from ..errors import DlforgeError
 from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
+from .pretrained import PretrainedModel
 
 
 @dataclass
@@ -239,7 +240,7 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, C, H, W)
 
 
-class DiffusionModel(nn.Module):
+class DiffusionModel(PretrainedModel):
     """A U-Net trained to denoise; sample with dlforge.diffusion.sampling (generate, img2img, inpaint, ...)."""
 
     kind = "diffusion"

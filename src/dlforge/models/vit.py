@@ -33,6 +33,7 @@ from ..nn.blocks import ACTIVATIONS
 from ..settings import check_model_config
 from .config import ModelConfig
 from .outputs import ModelOutput
+from .pretrained import PretrainedModel
 
 
 @dataclass
@@ -147,7 +148,7 @@ class ViTEmbeddings(nn.Module):
         return self.dropout(x)
 
 
-class ViT(nn.Module):
+class ViT(PretrainedModel):
     """ViT encoder + optional pooler + optional linear classification head on the final-LN [CLS] token."""
 
     kind = "vit"

@@ -33,7 +33,7 @@ import torch
 
 from ..devices import resolve_device
 from ..errors import DlforgeError
-from ..hub.checkpoint import load_pretrained
+from ..models import load_pretrained
 from ..text.answer_spans import window_outputs
 
 DEFAULT_BATCH_SIZE = 32  # Hugging Face's default is 1; batches of 32 are several times faster on a CPU

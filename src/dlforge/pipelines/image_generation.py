@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DlforgeError
-from ..hub.checkpoint import load_pretrained, resolve_model_dir
+from ..models import load_pretrained, resolve_model_dir
 from .base import Pipeline, given, is_model_path
 
 GENERATIVE_KINDS = ("diffusion", "gan", "vae")

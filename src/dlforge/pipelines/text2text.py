@@ -29,7 +29,7 @@ def task_prefixes(model) -> dict[str, str]:
     from a Hugging Face config.json's task_specific_params (empty for other models)."""
     if not (isinstance(model, (str, bytes)) or hasattr(model, "__fspath__")):
         return {}
-    from ..hub.checkpoint import resolve_model_dir
+    from ..models import resolve_model_dir
 
     config = Path(resolve_model_dir(model)) / "config.json"
     params = json.loads(config.read_text(encoding="utf-8")).get("task_specific_params") or {}

@@ -24,7 +24,7 @@ import torch
 
 from ..data.processor import ImageProcessor, expand_image_paths
 from ..errors import DlforgeError
-from ..hub.checkpoint import load_pretrained
+from ..models import load_pretrained
 from .base import Pipeline, is_model_path
 from .text_classification import function_name, label_names, ranked_labels, score
 

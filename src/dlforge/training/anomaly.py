@@ -22,7 +22,7 @@ import torch
 
 from ..data.images import ImageSet, load_image_set, select_classes
 from ..errors import DlforgeError
-from ..hub.checkpoint import load_pretrained, read_json_object, resolve_model_dir
+from ..hub.json_files import read_json_object
 from ..io import atomic_write_json, atomic_write_text
 from ..metrics.anomaly import (
     AnomalyDetector,
@@ -33,6 +33,7 @@ from ..metrics.anomaly import (
     plot_pr_curve,
     plot_score_histogram,
 )
+from ..models import load_pretrained, resolve_model_dir
 from .images import ImageDataConfig, load_run_data, run_batches, train_image_model
 
 ANOMALY_KINDS = ("ae", "vae")

@@ -27,6 +27,7 @@ from ..data.images import ImageBatches, ImageSet, check_affine_augmentation, loa
 from ..data.processor import ImageProcessor
 from ..errors import DlforgeError
 from ..io import atomic_write_json, atomic_write_with
+from ..models import load_pretrained
 from ..models.gan import DCGAN_TRAIN_SETTINGS
 from ..paths import model_file
 from ..settings import setting_types
@@ -249,8 +250,6 @@ def write_preview(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor |
 
 def load_teacher(teacher: dict, config):
     """The teacher network of run.json's {"path", "weight"}, checked against the ViT's config."""
-    from ..hub.checkpoint import load_pretrained
-
     if not Path(teacher["path"]).exists():
         raise DlforgeError(f"teacher {teacher['path']} not found: give a `dlforge train resnet` run or model folder")
     network, _ = load_pretrained(teacher["path"])

@@ -29,10 +29,10 @@ import torch
 from ..data.mlm import MaskedLMBatches
 from ..data.text import corpus_files, iter_text_chunks
 from ..errors import DlforgeError
-from ..hub.bert import load_bert_weights, with_task
-from ..hub.checkpoint import load_pretrained
 from ..io import atomic_write_json, undo_on_failure
+from ..models import load_pretrained
 from ..models.bert import Bert, BertConfig
+from ..models.converters.bert import load_bert_weights, with_task
 from ..settings import setting_types
 from ..text.tokenizers import (
     BPETokenizer,

@@ -26,9 +26,9 @@ import torch
 
 from ..data.parallel import ParallelBatches, read_parallel
 from ..errors import DlforgeError
-from ..hub.checkpoint import load_pretrained
 from ..io import atomic_write_json, undo_on_failure
 from ..metrics.generation import bleu_chrf, rouge
+from ..models import load_pretrained
 from ..models.seq2seq import Seq2Seq, Seq2SeqConfig
 from ..settings import setting_types
 from ..text.seq2seq_generation import generate_text2text

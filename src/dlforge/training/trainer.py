@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 
 from ..devices import resolve_device, resolve_precision
 from ..errors import DlforgeError
-from ..hub.checkpoint import read_json_object, write_model_files
-from ..hub.weights import load_into, load_state_dict
+from ..hub.json_files import read_json_object
+from ..hub.weights import deduplicated_state_dict, load_into, load_state_dict
 from ..io import (
     atomic_directory,
     atomic_write_json,
@@ -45,6 +45,7 @@ from ..io import (
     remove_stale_temporaries,
     remove_tree,
 )
+from ..models.pretrained import write_model_files
 from ..paths import model_file, resolve_inside
 from ..settings import check_fields, check_range
 from ..transfer.finetune import layerwise_lr_scales
@@ -622,6 +623,4 @@ class Trainer:
         self.log.load(self.step)
 
     def _tied_names(self) -> tuple[str, ...]:
-        from ..hub.checkpoint import deduplicated_state_dict
-
         return tuple(deduplicated_state_dict(self.model)[1])

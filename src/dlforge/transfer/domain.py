@@ -39,8 +39,8 @@ from torch import nn
 
 from ..data.images import ImageBatches, ImageSet, is_mnist_folder, load_image_set, resize_image_set, to_signed_unit
 from ..errors import DlforgeError
-from ..hub.checkpoint import load_pretrained, save_pretrained
 from ..io import atomic_write_json
+from ..models import load_pretrained, save_pretrained
 from ..models.outputs import ModelOutput
 from .wrapper import TrainingWrapper
 

@@ -45,9 +45,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DlforgeError
-from ..hub.checkpoint import deduplicated_state_dict, load_pretrained, save_pretrained
-from ..hub.weights import load_into, load_state_dict
+from ..hub.weights import deduplicated_state_dict, load_into, load_state_dict
 from ..io import atomic_write_json
+from ..models import load_pretrained, save_pretrained
 from ..models.outputs import ModelOutput
 from ..settings import parse_overrides
 from .distill import Distiller

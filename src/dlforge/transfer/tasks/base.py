@@ -16,6 +16,7 @@ import torch
 
 from ...errors import DlforgeError
 from ...io import can_plot
+from ...models import load_pretrained
 
 # Padding value per feature name when features of different lengths are stacked.
 PAD_VALUES = {"labels": -100, "attention_mask": 0, "token_type_ids": 0}
@@ -178,8 +179,6 @@ class FinetuneTask(ABC):
 
     def load_model(self, path, labels: list[str] | None, seed: int):
         """(model with this task's head, tokenizer) from a model folder or hub id: a BERT-family encoder."""
-        from ...hub.checkpoint import load_pretrained
-
         torch.manual_seed(seed)  # a new head starts from the same weights every time
         kwargs = {"num_labels": len(labels), "labels": labels} if labels is not None else {}
         model, tokenizer = load_pretrained(path, expected_kind="bert", task=self.model_task, **kwargs)

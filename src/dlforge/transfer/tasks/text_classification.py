@@ -27,7 +27,9 @@ import torch
 
 from ...data.records import read_records
 from ...errors import DlforgeError
+from ...models import resolve_model_dir
 from ...models.bert import POOLINGS
+from ...models.converters.bert import sentence_transformers_pooling
 from ..features import extract_features
 from . import register
 from .base import FinetuneTask, accuracy_batch_score, check_labels_known, classification_report, label_ids, sort_labels
@@ -57,9 +59,6 @@ class TextClassificationTask(FinetuneTask):
 
     def load_model(self, path, labels: list[str] | None, seed: int):
         """The encoder with a classification head that pools as the `pooling` option says (if given)."""
-        from ...hub.bert import sentence_transformers_pooling
-        from ...hub.checkpoint import resolve_model_dir
-
         model, tokenizer = super().load_model(path, labels, seed)
         if self.pooling is not None:
             model.config = replace(model.config, classifier_pooling=self.pooling)

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DlforgeError
-from ..models.bert import Bert, BertConfig
-from ..paths import resolve_inside
-from .checkpoint import read_json_object
-from .weights import fuse_qkv, load_into, load_state_dict
+from ...errors import DlforgeError
+from ...hub.json_files import read_json_object
+from ...hub.weights import fuse_qkv, load_into, load_state_dict, save_state_dict
+from ...io import atomic_directory, atomic_write_json
+from ...paths import resolve_inside
+from ..bert import Bert, BertConfig
 
 FAMILIES = ("bert", "roberta", "distilbert")
 TASK_SUFFIXES = {"ForMaskedLM": "masked-lm", "ForSequenceClassification": "sequence-classification",
@@ -203,10 +204,20 @@ def load_hf_bert(directory: str | Path, hf_config: dict, task: str | None = None
 
 def with_task(config: BertConfig, task: str | None, num_labels: int | None = None,
               labels: list[str] | None = None) -> tuple[BertConfig, bool]:
-    """The config with the head of `task` (None: keep the checkpoint's), and whether that head is new."""
+    """The config with the head of `task` (None: the checkpoint's, with num_labels / labels if given), and whether
+    that head is new."""
+    if task is None and (num_labels is not None or labels is not None):
+        if config.task not in ("sequence-classification", "token-classification"):
+            raise DlforgeError(f"this {config.task} checkpoint has no labels to change: give task= with num_labels "
+                               "or labels (e.g. task='sequence-classification')")
+        task = config.task
+    if num_labels is None and labels is not None:
+        num_labels = len(labels)
     new_head = task is not None and (task != config.task or num_labels not in (None, config.num_labels))
     if new_head:
-        n = num_labels or (len(labels) if labels else 2)
+        n = 2 if num_labels is None else num_labels
+        if n < 1 and task in ("sequence-classification", "token-classification"):
+            raise DlforgeError(f"a {task} head needs num_labels >= 1 (or labels), got {n}")
         config = replace(config, task=task, num_labels=n, labels=labels,
                          problem_type="regression" if n == 1 else "single_label")
     return config, new_head
@@ -320,9 +331,6 @@ def state_dict_to_hf(model: Bert) -> dict[str, torch.Tensor]:
 
 def save_hf_bert(model: Bert, directory: str | Path, tokenizer=None) -> Path:
     """Write config.json + model.safetensors that transformers' Auto classes load."""
-    from ..io import atomic_directory, atomic_write_json
-    from .weights import save_state_dict
-
     directory = Path(directory)
     with atomic_directory(directory) as tmp:
         save_state_dict(state_dict_to_hf(model), tmp / "model.safetensors")

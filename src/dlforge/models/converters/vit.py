@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 
-from ..data.processor import ImageProcessor
-from ..errors import DlforgeError
-from ..models.vit import ViT, ViTConfig
-from .checkpoint import read_json_object
-from .weights import fuse_qkv, load_into, load_state_dict
+from ...data.processor import ImageProcessor
+from ...errors import DlforgeError
+from ...hub.json_files import read_json_object
+from ...hub.weights import fuse_qkv, load_into, load_state_dict, save_state_dict
+from ...io import atomic_directory, atomic_write_json
+from ..vit import ViT, ViTConfig
 
 ARCHITECTURES = ("ViTModel", "ViTForImageClassification")
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "relu": "relu"}
@@ -223,9 +224,6 @@ def state_dict_to_hf(model: ViT) -> dict[str, torch.Tensor]:
 def save_hf_vit(model: ViT, directory: str | Path) -> Path:
     """Write config.json + model.safetensors + preprocessor_config.json that transformers' ViTModel /
     ViTForImageClassification load (a pooler is written too; ViTForImageClassification ignores it)."""
-    from ..io import atomic_directory, atomic_write_json
-    from .weights import save_state_dict
-
     directory = Path(directory)
     hf_config = config_to_hf(model.config)
     hf_config["dtype"] = str(model.embeddings.cls_token.dtype).removeprefix("torch.")

@@ -14,10 +14,10 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import DlforgeError
-from ..models.seq2seq import Seq2Seq, Seq2SeqConfig
+from ...errors import DlforgeError
+from ...hub.weights import load_state_dict
+from ..seq2seq import Seq2Seq, Seq2SeqConfig
 from .t5 import fuse_parts, load_seq2seq_weights, read_generation_ids, rename, single_id, tied_in_checkpoint
-from .weights import load_state_dict
 
 ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new"}
 

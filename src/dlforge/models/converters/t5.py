@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DlforgeError
-from ..models.seq2seq import Seq2Seq, Seq2SeqConfig
-from .checkpoint import read_json_object
-from .weights import load_into, load_state_dict
+from ...errors import DlforgeError
+from ...hub.json_files import read_json_object
+from ...hub.weights import load_into, load_state_dict
+from ..seq2seq import Seq2Seq, Seq2SeqConfig
 
 # feed_forward_proj -> dlforge MLP activation ("gated-gelu" is T5 v1.1's tanh-approximated GEGLU)
 ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_new", "gated-gelu": "geglu",

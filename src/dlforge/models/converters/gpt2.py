@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DlforgeError
-from ..io import atomic_directory, atomic_write_json
-from ..models.gpt import GPT, GPTConfig
-from .weights import load_into, load_state_dict, save_state_dict
+from ...errors import DlforgeError
+from ...hub.weights import load_into, load_state_dict, save_state_dict
+from ...io import atomic_directory, atomic_write_json
+from ..gpt import GPT, GPTConfig
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 UNSUPPORTED_FLAGS = {"scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,

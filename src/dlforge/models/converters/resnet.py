@@ -37,7 +37,8 @@ bottleneck's width is hidden_size / 4), depths, layer_type; `downsample_in_bottl
 conv) and `downsample_in_first_stage` (the first stage strides 2) are supported as the config fields
 `stride_in_1x1` and `downsample_in_first_stage`; a hidden_act other than relu is rejected. preprocessor_config.json
 gives image_size, image_mean / image_std and the processing (`config.preprocessing`: ConvNextImageProcessor's
-shortest_edge / crop_pct rule, as transformers applies it); id2label the class names.
+shortest_edge / crop_pct rule, as transformers applies it); id2label the class names. `save_hf_resnet` writes the
+same layout back (with the model's own preprocessor_config.json); a "small" stem has no place in it.
 """
 
 from __future__ import annotations
@@ -47,12 +48,12 @@ from pathlib import Path
 
 import torch
 
-from ..data.processor import PREPROCESSOR_FILE, ImageProcessor
-from ..errors import DlforgeError
-from ..io import atomic_path
-from ..models.cnn import IMAGENET_MEAN, IMAGENET_STD, RESNET_PRESETS, ResNet, ResNetConfig
-from .checkpoint import read_json_object
-from .weights import _load_one, load_into, load_state_dict, save_state_dict
+from ...data.processor import PREPROCESSOR_FILE, ImageProcessor
+from ...errors import DlforgeError
+from ...hub.json_files import read_json_object
+from ...hub.weights import _load_one, load_into, load_state_dict, save_state_dict
+from ...io import atomic_directory, atomic_path, atomic_write_json
+from ..cnn import IMAGENET_MEAN, IMAGENET_STD, RESNET_PRESETS, ResNet, ResNetConfig
 
 TV_BLOCK = re.compile(r"layer(\d+)\.(\d+)\.(conv\d|bn\d|downsample\.[01])\.(\w+)")
 HF_BLOCK = re.compile(r"encoder\.stages\.(\d+)\.layers\.(\d+)\.(?:layer\.(\d)|shortcut)\.(convolution|normalization)"
@@ -310,3 +311,57 @@ def load_hf_resnet(directory: str | Path, raw_config: dict, task: str | None = N
     config = ResNetConfig(**{"image_size": 224, **shape, **hf_processing(directory, shape["channels"]),
                              "num_labels": num_labels, "labels": labels})
     return _build(config, state, str(directory), keep)
+
+
+# ------------------------------------------------------------------ saving back to the Hugging Face format
+def config_to_hf(c: ResNetConfig) -> dict:
+    """config.json of transformers' ResNetModel (no head) or ResNetForImageClassification."""
+    if c.stem != "imagenet":
+        raise DlforgeError(f"a ResNet with the {c.stem!r} stem cannot be saved in the Hugging Face format (its "
+                           "embedder is the 7×7 conv + max-pool stem): save it in dlforge's format")
+    hf = {"model_type": "resnet", "architectures": ["ResNetForImageClassification" if c.num_labels else "ResNetModel"],
+          "num_channels": c.channels, "embedding_size": c.stem_width or c.widths[0],
+          "hidden_sizes": [w * 4 for w in c.widths] if c.block == "bottleneck" else list(c.widths),
+          "depths": list(c.depths), "layer_type": c.block, "hidden_act": "relu",
+          "downsample_in_first_stage": c.downsample_in_first_stage,
+          "downsample_in_bottleneck": c.block == "bottleneck" and c.stride_in_1x1}
+    if c.num_labels:
+        names = c.labels or [f"LABEL_{i}" for i in range(c.num_labels)]
+        hf["id2label"] = {str(i): n for i, n in enumerate(names)}
+        hf["label2id"] = {n: i for i, n in enumerate(names)}
+    return hf
+
+
+def to_hf(model: ResNet) -> dict[str, torch.Tensor]:
+    """A dlforge ResNet's state dict under Hugging Face's names (`resnet.` before the backbone with a head)."""
+    prefix = "resnet." if model.config.num_labels else ""
+    places = _stage_and_block(model.config.depths)
+    out = {}
+    for key, tensor in model.state_dict().items():
+        match = OUR_BLOCK.fullmatch(key)
+        if match:  # conv{K} / bn{K} -> layer.{K-1}.convolution / .normalization; shortcut.0 / .1 the same way
+            stage, block = places[int(match[1])]
+            part, param = match[2], match[3]
+            module = "convolution" if part.startswith("conv") or part == "shortcut.0" else "normalization"
+            where = "shortcut" if part.startswith("shortcut") else f"layer.{int(part[-1]) - 1}"
+            out[f"{prefix}encoder.stages.{stage}.layers.{block}.{where}.{module}.{param}"] = tensor
+        elif key.startswith("head."):
+            out["classifier.1." + key.removeprefix("head.")] = tensor
+        else:
+            for ours, theirs in (("embeddings.conv.", "embedder.embedder.convolution."),
+                                 ("embeddings.bn.", "embedder.embedder.normalization.")):
+                if key.startswith(ours):
+                    out[prefix + theirs + key[len(ours):]] = tensor
+    return out
+
+
+def save_hf_resnet(model: ResNet, directory: str | Path) -> Path:
+    """Write config.json + model.safetensors + preprocessor_config.json that transformers' ResNetModel /
+    ResNetForImageClassification (and `load_hf_resnet`) load."""
+    directory = Path(directory)
+    hf_config = config_to_hf(model.config)
+    with atomic_directory(directory) as tmp:
+        save_state_dict(to_hf(model), tmp / "model.safetensors")
+        atomic_write_json(tmp / "config.json", hf_config)
+        ImageProcessor.from_config(model.config).save(tmp)
+    return directory
