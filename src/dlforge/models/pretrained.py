@@ -152,11 +152,16 @@ def resolve_model_dir(path: str | Path) -> Path:
 @contextlib.contextmanager
 def config_errors(path: Path):
     """Turns what a missing or mistyped config.json field raises deep in a config class or a converter (KeyError,
-    TypeError, ...) into one line that names the file; dlforge's own errors pass through as they are."""
+    TypeError, ...) into one line that names the file; dlforge errors that already name the checkpoint pass
+    through as they are."""
     try:
         yield
-    except DlforgeError:
-        raise
+    except DlforgeError as e:
+        if str(path.parent) in str(e):  # it already names the checkpoint
+            raise
+        # a config value the model itself refuses (an unknown activation): say which file holds it
+        raise DlforgeError(f"{path} has an invalid model config ({e}): the file is damaged or was edited; "
+                           "re-download the model or re-save it") from e
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as e:
         if isinstance(e, KeyError) and e.args:
             reason = f"no {e.args[0]!r}"
