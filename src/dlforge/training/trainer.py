@@ -46,8 +46,8 @@ from ..io import (
 )
 from ..paths import resolve_inside
 from ..settings import check_fields, check_range
-from ..transfer.finetune import layerwise_lr_scales
 from .distributed import init_distributed
+from .layerwise import layerwise_lr_scales
 from .metrics_log import MetricsLog
 from .optim import DECAYS, EMA, adam_beta1, learning_rate, make_adamw
 
