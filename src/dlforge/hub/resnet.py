@@ -48,7 +48,7 @@ import torch
 
 from ..errors import DlforgeError
 from ..io import atomic_path
-from ..models.cnn import IMAGENET_MEAN, IMAGENET_STD, RESNET_PRESETS, ResNet, ResNetConfig
+from ..models.resnet import IMAGENET_MEAN, IMAGENET_STD, RESNET_PRESETS, ResNet, ResNetConfig
 from .weights import _load_one, load_into, load_state_dict, save_state_dict
 
 TV_BLOCK = re.compile(r"layer(\d+)\.(\d+)\.(conv\d|bn\d|downsample\.[01])\.(\w+)")

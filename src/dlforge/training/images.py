@@ -38,9 +38,9 @@ FAMILIES = {
     "vae": ("autoencoder", "VAE", "AutoencoderConfig"),
     "gan": ("gan", "GAN", "GANConfig"),
     "diffusion": ("unet", "DiffusionModel", "DiffusionConfig"),
-    "classifier": ("convnet", "ImageClassifier", "ImageClassifierConfig"),
+    "classifier": ("small_cnn", "ImageClassifier", "ImageClassifierConfig"),
     "vit": ("vit", "ViT", "ViTConfig"),
-    "resnet": ("cnn", "ResNet", "ResNetConfig"),
+    "resnet": ("resnet", "ResNet", "ResNetConfig"),
 }
 # backbones for transfer learning: trained as classifiers on pixel_values; `only_classes` makes a smaller label set
 VISION_FAMILIES = ("vit", "resnet")
