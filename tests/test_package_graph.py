@@ -54,8 +54,9 @@ def resolve_relative(module: str, is_package: bool, level: int, target: str | No
     return ".".join(base + ([target] if target else []))
 
 
-def dlforge_imports(source: str, module: str, is_package: bool) -> list[tuple[int, str, bool]]:
-    """(line, imported dlforge module, at module level?) for every dlforge import in `source`, the code of `module`:
+def dlforge_imports(source: str, module: str, is_package: bool) -> list[tuple[int, str, bool, tuple[str, ...]]]:
+    """(line, imported dlforge module, at module level?, names taken from it) for every dlforge import in `source`,
+    the code of `module`:
     `import dlforge.x`, `from dlforge.x import y`, relative imports and `importlib.import_module("dlforge.x...")`
     (an f-string counts by its constant start)."""
     tree = ast.parse(source)
@@ -66,13 +67,14 @@ def dlforge_imports(source: str, module: str, is_package: bool) -> list[tuple[in
     found = []
     for node in ast.walk(tree):
         targets: list[str] = []
+        names: tuple[str, ...] = ()
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             target = resolve_relative(module, is_package, node.level, node.module) if node.level else node.module
             if target == "dlforge" and {alias.name for alias in node.names} <= ROOT_METADATA:
                 continue
-            targets = [target or ""]
+            targets, names = [target or ""], tuple(alias.name for alias in node.names)
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
               and node.func.attr == "import_module" and node.args):
             first = node.args[0]
@@ -80,7 +82,7 @@ def dlforge_imports(source: str, module: str, is_package: bool) -> list[tuple[in
                 first = first.values[0]
             if isinstance(first, ast.Constant) and isinstance(first.value, str):
                 targets = [first.value.rstrip(".")]
-        found += [(node.lineno, t, id(node) not in inside_function)
+        found += [(node.lineno, t, id(node) not in inside_function, names)
                   for t in targets if t == "dlforge" or t.startswith("dlforge.")]
     return found
 
@@ -91,7 +93,7 @@ def all_edges() -> list[tuple[str, int, str, str, str, bool]]:
     for path in sorted(PACKAGE.rglob("*.py")):
         source = package_of(module_name(path))
         code = path.read_text(encoding="utf-8")
-        for line, target, top_level in dlforge_imports(code, module_name(path), path.name == "__init__.py"):
+        for line, target, top_level, _ in dlforge_imports(code, module_name(path), path.name == "__init__.py"):
             if package_of(target) != source:
                 edges.append((str(path.relative_to(SRC)), line, target, source, package_of(target), top_level))
     return edges
@@ -131,6 +133,33 @@ def test_no_two_packages_import_each_other():
     assert not in_cycles, "imports on a cycle between packages:\n" + "\n".join(map(describe, in_cycles))
 
 
+def test_no_module_level_import_cycles():
+    """No module imports, while it is being imported, a module that imports it back (directly or around a loop):
+    such a module would see the other half-initialised. `from package import name` counts as an import of the
+    submodule package.name when there is one, else of the package's __init__."""
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph, lines = defaultdict(set), {}
+    for module, path in modules.items():
+        code = path.read_text(encoding="utf-8")
+        for line, target, top_level, names in dlforge_imports(code, module, path.name == "__init__.py"):
+            submodules = [f"{target}.{name}" if f"{target}.{name}" in modules else target for name in names]
+            for imported in submodules or [target]:
+                if top_level and imported in modules and imported != module:
+                    graph[module].add(imported)
+                    lines.setdefault((module, imported), f"{modules[module].relative_to(SRC)}:{line} -> {imported}")
+
+    def reachable(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for successor in graph[todo.pop()] - seen:
+                seen.add(successor)
+                todo.append(successor)
+        return seen
+
+    in_cycles = sorted(text for (a, b), text in lines.items() if a in reachable(b))
+    assert not in_cycles, "module-level imports on a cycle:\n" + "\n".join(in_cycles)
+
+
 def test_the_parser_sees_every_kind_of_import():
     """The checks above are only as good as `dlforge_imports`: relative (in a package's __init__ and in a plain
     module), absolute, function-level and importlib imports are all found; the root's __version__ is not an edge."""
@@ -145,10 +174,12 @@ def train():
     from dlforge.data.images import ImageSet
     return importlib.import_module(f"dlforge.models.{name}")
 """
-    in_module = {(t, top) for _, t, top in dlforge_imports(source, "dlforge.training.images", is_package=False)}
+    in_module = {(t, top) for _, t, top, _ in dlforge_imports(source, "dlforge.training.images", is_package=False)}
     assert in_module == {("dlforge.hub", True), ("dlforge.models.gan", True), ("dlforge.training", True),
                          ("dlforge.training.distill", True), ("dlforge.data.images", False), ("dlforge.models", False)}
-    in_init = {t for _, t, _ in dlforge_imports(source, "dlforge.training", is_package=True)}
+    names = {t: n for _, t, _, n in dlforge_imports(source, "dlforge.training.images", is_package=False)}
+    assert names["dlforge.training"] == ("layerwise",) and names["dlforge.hub"] == ()
+    in_init = {t for _, t, _, _ in dlforge_imports(source, "dlforge.training", is_package=True)}
     assert {"dlforge.models.gan", "dlforge.training.distill"} <= in_init
     assert package_of("dlforge.training.images") == "training" and package_of("dlforge.errors") == "errors"
     assert package_of("dlforge") == package_of("dlforge.__main__") == ""

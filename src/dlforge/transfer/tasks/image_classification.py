@@ -34,14 +34,12 @@ from ...data.images import (
 )
 from ...data.processor import ImageProcessor
 from ...errors import DlforgeError
-from . import register
 from .base import FinetuneTask, accuracy_batch_score, check_labels_known, classification_report, label_ids, sort_labels
 
 VISION_KINDS = ("vit", "resnet")
 WEIGHT_FILES = (".safetensors", ".pth", ".pt", ".bin")  # a bare state-dict file is read as torchvision ResNet weights
 
 
-@register
 class ImageClassificationTask(FinetuneTask):
     name = "image-classification"
     model_task = "image-classification"

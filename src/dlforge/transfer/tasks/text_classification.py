@@ -29,13 +29,11 @@ from ...data.records import read_records
 from ...errors import DlforgeError
 from ...models.bert import POOLINGS
 from ..features import extract_features
-from . import register
 from .base import FinetuneTask, accuracy_batch_score, check_labels_known, classification_report, label_ids, sort_labels
 
 TEXT_COLUMNS = ("text", "sentence", "review")
 
 
-@register
 class TextClassificationTask(FinetuneTask):
     name = "text-classification"
     model_task = "sequence-classification"
