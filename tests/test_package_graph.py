@@ -99,6 +99,16 @@ def all_edges() -> list[tuple[str, int, str, str, str, bool]]:
     return edges
 
 
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every node some path of one or more edges leads to from `start`."""
+    seen, todo = set(), [start]
+    while todo:
+        for successor in graph[todo.pop()] - seen:
+            seen.add(successor)
+            todo.append(successor)
+    return seen
+
+
 def describe(edge) -> str:
     file, line, target, *_ = edge
     return f"{file}:{line} -> {target}"
@@ -120,16 +130,8 @@ def test_no_two_packages_import_each_other():
     for edge in edges:
         graph[edge[3]].add(edge[4])
 
-    def reachable(start: str) -> set[str]:
-        seen, todo = set(), [start]
-        while todo:
-            for successor in graph[todo.pop()] - seen:
-                seen.add(successor)
-                todo.append(successor)
-        return seen
-
     # an edge a -> b closes a cycle when b leads back to a
-    in_cycles = [edge for edge in edges if edge[3] in reachable(edge[4])]
+    in_cycles = [edge for edge in edges if edge[3] in reachable(graph, edge[4])]
     assert not in_cycles, "imports on a cycle between packages:\n" + "\n".join(map(describe, in_cycles))
 
 
@@ -148,15 +150,7 @@ def test_no_module_level_import_cycles():
                     graph[module].add(imported)
                     lines.setdefault((module, imported), f"{modules[module].relative_to(SRC)}:{line} -> {imported}")
 
-    def reachable(start: str) -> set[str]:
-        seen, todo = set(), [start]
-        while todo:
-            for successor in graph[todo.pop()] - seen:
-                seen.add(successor)
-                todo.append(successor)
-        return seen
-
-    in_cycles = sorted(text for (a, b), text in lines.items() if a in reachable(b))
+    in_cycles = sorted(text for (a, b), text in lines.items() if a in reachable(graph, b))
     assert not in_cycles, "module-level imports on a cycle:\n" + "\n".join(in_cycles)
 
 
