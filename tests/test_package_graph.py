@@ -138,17 +138,21 @@ def test_no_two_packages_import_each_other():
 def test_no_module_level_import_cycles():
     """No module imports, while it is being imported, a module that imports it back (directly or around a loop):
     such a module would see the other half-initialised. `from package import name` counts as an import of the
-    submodule package.name when there is one, else of the package's __init__."""
+    submodule package.name when there is one, else of the package's __init__; importing a.b.c also runs the
+    __init__ of a.b (unless the importer is inside a.b: then it is already running)."""
     modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
     graph, lines = defaultdict(set), {}
     for module, path in modules.items():
         code = path.read_text(encoding="utf-8")
         for line, target, top_level, names in dlforge_imports(code, module, path.name == "__init__.py"):
             submodules = [f"{target}.{name}" if f"{target}.{name}" in modules else target for name in names]
-            for imported in submodules or [target]:
-                if top_level and imported in modules and imported != module:
-                    graph[module].add(imported)
-                    lines.setdefault((module, imported), f"{modules[module].relative_to(SRC)}:{line} -> {imported}")
+            for named in submodules or [target]:
+                parents = [".".join(named.split(".")[:n]) for n in range(2, named.count(".") + 1)]
+                for imported in [p for p in parents if not module.startswith(p + ".")] + [named]:
+                    if top_level and imported in modules and imported != module:
+                        graph[module].add(imported)
+                        lines.setdefault((module, imported),
+                                         f"{modules[module].relative_to(SRC)}:{line} -> {imported}")
 
     in_cycles = sorted(text for (a, b), text in lines.items() if a in reachable(graph, b))
     assert not in_cycles, "module-level imports on a cycle:\n" + "\n".join(in_cycles)
