@@ -1,6 +1,6 @@
 """`HFTokenizer`: any Hugging Face `tokenizers.Tokenizer` (byte-level BPE, WordPiece, Unigram...) behind dlforge's
 `Tokenizer` interface, with character offsets and overlapping windows for QA / NER (`encode_windows`).
-`training_files` tells the trainable subclasses (BPE, WordPiece) a list of files from a list of texts."""
+`training_files` tells the trainable subclasses (BPE, WordPiece) whether they were given files or texts."""
 
 from __future__ import annotations
 
