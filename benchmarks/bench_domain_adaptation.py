@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from common import emit_json, machine, mnist_dir, print_table
 
-from dlforge.models.cnn import RESNET_PRESETS, ResNet, ResNetConfig
+from dlforge.models.resnet import RESNET_PRESETS, ResNet, ResNetConfig
 from dlforge.transfer.domain import adapt_domain
 
 DIGITS = "sklearn-digits"

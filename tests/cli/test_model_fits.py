@@ -13,7 +13,7 @@ from test_finetune_cli import make_review_data
 
 from dlforge.errors import DlforgeError
 from dlforge.models import GPT, Bert, BertConfig, GPTConfig, save_pretrained
-from dlforge.models.cnn import ResNet, ResNetConfig
+from dlforge.models.resnet import ResNet, ResNetConfig
 from dlforge.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from dlforge.training import images, lm, mlm, seq2seq
 from dlforge.training.trainer import check_model_fits, check_training_memory

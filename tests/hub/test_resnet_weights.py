@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from dlforge.errors import DlforgeError
-from dlforge.models.cnn import IMAGENET_MEAN, ResNet, ResNetConfig
 from dlforge.models.converters.resnet import (
     load_hf_resnet,
     load_torchvision_resnet,
     save_torchvision_resnet,
     to_torchvision,
 )
+from dlforge.models.resnet import IMAGENET_MEAN, ResNet, ResNetConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TOL = 1e-5

@@ -109,7 +109,7 @@ def test_classifier_scores():
 
 
 def test_with_the_dlforge_classifier():
-    from dlforge.models.convnet import ImageClassifier, ImageClassifierConfig
+    from dlforge.models.small_cnn import ImageClassifier, ImageClassifierConfig
 
     torch.manual_seed(0)
     model = ImageClassifier(ImageClassifierConfig(width=4, hidden=8))

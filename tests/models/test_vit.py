@@ -11,7 +11,7 @@ import torch
 from dlforge.errors import DlforgeError
 from dlforge.models import MODEL_CLASSES
 from dlforge.models.vit import VIT_PRESETS, ViT, ViTConfig
-from dlforge.transfer.finetune import freeze_below, layerwise_lr_scales, num_blocks
+from dlforge.training.layerwise import freeze_below, layerwise_lr_scales, num_blocks
 from dlforge.transfer.lora import apply_lora
 
 

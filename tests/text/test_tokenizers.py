@@ -176,7 +176,7 @@ def test_save_load_round_trip(tmp_path, bpe, kind):
     tok: Tokenizer = char if kind == "char" else bpe
     tok.save(tmp_path)
     assert (tmp_path / "tokenizer.json").is_file() and (tmp_path / "tokenizer_config.json").is_file()
-    for loaded in (load_tokenizer(tmp_path), Tokenizer.load(tmp_path / "tokenizer.json")):
+    for loaded in (load_tokenizer(tmp_path), load_tokenizer(tmp_path / "tokenizer.json")):
         assert type(loaded).__name__ == ("CharTokenizer" if kind == "char" else "HFTokenizer")
         assert loaded.vocab_size == tok.vocab_size
         assert loaded.special_tokens == tok.special_tokens

@@ -22,10 +22,10 @@ from dlforge.training import TrainConfig
 from dlforge.transfer.domain import (
     DomainAdversarial,
     DomainBatches,
+    DomainTrainer,
     SourceOnly,
     adapt_domain,
     dann_lambda,
-    domain_trainer_class,
     reverse_gradient,
 )
 
@@ -192,7 +192,7 @@ def test_domain_trainer_sets_progress_from_the_step(tmp_path):
     dann = DomainAdversarial(tiny(), hidden=8)
     seen = []
     config = TrainConfig(max_steps=6, eval_interval=6, log_interval=2, warmup_steps=1, precision="fp32", device="cpu")
-    trainer = domain_trainer_class()(dann, config, DomainBatches(source, target, 16), tmp_path / "run",
+    trainer = DomainTrainer(dann, config, DomainBatches(source, target, 16), tmp_path / "run",
                                      progress=False, on_step=lambda t: seen.append((t.step - 1, dann.progress)))
     trainer.fit()
     assert seen == [(k, k / 6) for k in range(6)]

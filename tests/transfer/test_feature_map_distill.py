@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from dlforge.errors import DlforgeError
 from dlforge.hub.weights import load_state_dict
 from dlforge.models import ResNet, ResNetConfig, ViT, ViTConfig, load_pretrained
+from dlforge.training.distill import feature_map_targets
 from dlforge.training.images import train_image_model
 from dlforge.transfer import FeatureMapDistiller
-from dlforge.transfer.distill import feature_map_targets
 
 QUICK = {"max_steps": 6, "eval_interval": 3, "log_interval": 1, "batch_size": 16, "eval_images": 32}
 

@@ -73,7 +73,7 @@ def add_train_parsers(families) -> None:
         if family == "vit":
             parser.add_argument("--teacher", help="a convolutional network (a `dlforge train resnet` run or model "
                                 "folder) whose last feature map the patch tokens learn to predict beside the labels: "
-                                "features that transfer to new classes (see dlforge.transfer.distill)")
+                                "features that transfer to new classes (see dlforge.training.distill)")
             parser.add_argument("--teacher-weight", type=positive_float,
                                 help="weight of the feature-map loss beside the cross-entropy (default 1.0)")
         add_run_flags(parser)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.images import save_grid
 from ..errors import DlforgeError
 from .schedulers import DDIMScheduler, NoiseScheduler, make_scheduler
 
@@ -277,8 +278,6 @@ def process_strip(model, image, path: str | Path, steps: int = 50, scheduler="dd
     the first sampling timestep (frames − 1 noise levels of the schedule), the bottom row starts from that noisiest
     picture and denoises it back, shown at the same levels in reverse and ending at the result. Both rows read
     left to right. Returns the (2·frames, C, H, W) pictures (clamped to [-1, 1]) written to `path`."""
-    from ..data.images import save_grid
-
     if frames < 2:
         raise DlforgeError(f"frames must be >= 2, got {frames}")
     image, gen = _images(model, image)[:1], _generator(seed)

@@ -28,6 +28,7 @@ import torch
 
 from ..errors import DlforgeError
 from ..io import atomic_save_figure, atomic_write_json, pyplot
+from ..models.autoencoder_tools import as_signed_images, eval_mode, negative_elbo
 from ..paths import model_file
 
 SCORES = ("mse", "elbo")
@@ -41,8 +42,6 @@ def anomaly_scores(model, images: torch.Tensor, batch_size: int = 256, score: st
 
     score "mse": mean squared error between the image and its reconstruction (VAE: decoded posterior mean);
     "elbo": the VAE's negative ELBO in nats (one posterior sample, seeded: deterministic)."""
-    from ..models.autoencoder_tools import as_signed_images, eval_mode, negative_elbo
-
     if score not in SCORES:
         raise DlforgeError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
     if score == "elbo":

@@ -4,14 +4,14 @@ saving them: `load_pretrained`, `save_pretrained`, `Model.from_pretrained`, `mod
 
 from .autoencoder import VAE, Autoencoder, AutoencoderConfig
 from .bert import Bert, BertConfig
-from .cnn import RESNET_PRESETS, ResNet, ResNetConfig
-from .convnet import ImageClassifier, ImageClassifierConfig
 from .formats import MODEL_CLASSES
 from .gan import GAN, GANConfig
 from .gpt import GPT, GPTConfig
 from .outputs import ModelOutput
 from .pretrained import PretrainedModel, load_pretrained, resolve_model_dir, save_pretrained
+from .resnet import RESNET_PRESETS, ResNet, ResNetConfig
 from .seq2seq import Seq2Seq, Seq2SeqConfig
+from .small_cnn import ImageClassifier, ImageClassifierConfig
 from .unet import DiffusionConfig, DiffusionModel
 from .vit import VIT_PRESETS, ViT, ViTConfig
 

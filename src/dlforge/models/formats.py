@@ -16,13 +16,13 @@ from ..errors import DlforgeError
 from ..hub.weights import deduplicated_state_dict, load_into, load_state_dict
 from .autoencoder import VAE, Autoencoder
 from .bert import Bert
-from .cnn import ResNet, ResNetConfig
 from .converters import bart, bert, gpt2, resnet, t5, vit
-from .convnet import ImageClassifier
 from .gan import GAN
 from .gpt import GPT
 from .pretrained import Format, Head, check_field_types, fixed_head_error, register_formats
+from .resnet import ResNet, ResNetConfig
 from .seq2seq import Seq2Seq
+from .small_cnn import ImageClassifier
 from .unet import DiffusionModel
 from .vit import ViT
 

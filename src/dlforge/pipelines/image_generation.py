@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.class_names import read_class_names
 from ..errors import DlforgeError
 from ..models import load_pretrained, resolve_model_dir
 from .base import Pipeline, given, is_model_path
@@ -37,8 +38,6 @@ def inference_precision(model, precision: str = "auto"):
 
 def load_image_model(path: str | Path, kinds: tuple[str, ...], command: str = "this command"):
     """(model in eval mode, class names or None) from a run or model folder whose kind is one of `kinds`."""
-    from ..training.images import read_class_names
-
     model, _ = load_pretrained(path)
     if model.kind not in kinds:
         raise DlforgeError(f"{path} holds a {model.kind} model, but {command} needs a {' or '.join(kinds)} model")

@@ -1,6 +1,6 @@
 """Text processing: tokenizers for every model family (see `dlforge.text.tokenizers`)."""
 
-from dlforge.text.tokenizers import (
+from .tokenizers import (
     BPETokenizer,
     CharTokenizer,
     HFTokenizer,

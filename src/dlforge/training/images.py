@@ -14,7 +14,6 @@ sample quality); the others keep the lowest validation loss (the classifier: the
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -23,15 +22,15 @@ from pathlib import Path
 
 import torch
 
+from ..data.class_names import ClassNames
 from ..data.images import ImageBatches, ImageSet, check_affine_augmentation, load_image_set, save_grid, select_classes
 from ..data.processor import ImageProcessor
 from ..errors import DlforgeError
 from ..io import atomic_write_json, atomic_write_with
 from ..models import load_pretrained
 from ..models.gan import DCGAN_TRAIN_SETTINGS
-from ..paths import model_file
 from ..settings import setting_types
-from ..transfer.distill import FeatureMapDistiller
+from .distill import FeatureMapDistiller
 from .distributed import init_distributed
 from .lm import split_settings
 from .trainer import EvalMetric, TrainConfig, Trainer, check_model_fits, open_run, resolve_device
@@ -44,15 +43,14 @@ FAMILIES = {
     "vae": ("autoencoder", "VAE", "AutoencoderConfig"),
     "gan": ("gan", "GAN", "GANConfig"),
     "diffusion": ("unet", "DiffusionModel", "DiffusionConfig"),
-    "classifier": ("convnet", "ImageClassifier", "ImageClassifierConfig"),
+    "classifier": ("small_cnn", "ImageClassifier", "ImageClassifierConfig"),
     "vit": ("vit", "ViT", "ViTConfig"),
-    "resnet": ("cnn", "ResNet", "ResNetConfig"),
+    "resnet": ("resnet", "ResNet", "ResNetConfig"),
 }
 # backbones for transfer learning: trained as classifiers on pixel_values; `only_classes` makes a smaller label set
 VISION_FAMILIES = ("vit", "resnet")
 LATEST_IS_BEST = ("gan", "diffusion")
 CONDITIONAL_FAMILIES = ("gan", "diffusion")  # may take class labels; the classifier always does
-LABELS_FILE = "labels.json"
 
 
 @dataclass
@@ -160,34 +158,6 @@ def resolve_settings(kind: str, preset: str, overrides: dict) -> tuple[dict, dic
     model, train = split_settings({k: v for k, v in settings.items() if k not in data_fields}, config_class)
     data = {k: v for k, v in settings.items() if k in data_fields}
     return model, data, train
-
-
-class ClassNames:
-    """The class names of a run, saved beside the weights as labels.json (the Trainer saves it like a
-    tokenizer), so `dlforge sample --label 7` and classifier outputs can use names."""
-
-    def __init__(self, names: list[str] | None):
-        self.names = names
-
-    def save(self, directory: str | Path) -> None:
-        if self.names is not None:
-            atomic_write_json(Path(directory) / LABELS_FILE, self.names)
-
-
-def read_class_names(model_dir: str | Path) -> list[str] | None:
-    """The names in a run's labels.json (None without one). They are data from the run folder: whoever makes
-    a file name of one passes it through `dlforge.paths.safe_filename`."""
-    path = model_file(Path(model_dir) / LABELS_FILE)
-    if not path.is_file():
-        return None
-    try:
-        names = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DlforgeError(f"{path} is not valid JSON ({e}): the run is damaged; restore it or train again") from e
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise DlforgeError(f"{path} must hold a list of class names (strings): the run is damaged or was edited; "
-                           "restore it or train again")
-    return names
 
 
 def load_run_data(run: dict) -> ImageSet:

@@ -48,8 +48,8 @@ from ..io import (
 from ..models.pretrained import write_model_files
 from ..paths import model_file, resolve_inside
 from ..settings import check_fields, check_range
-from ..transfer.finetune import layerwise_lr_scales
 from .distributed import init_distributed
+from .layerwise import layerwise_lr_scales
 from .metrics_log import MetricsLog, tensorboard_writer_class
 from .optim import DECAYS, EMA, adam_beta1, learning_rate, make_adamw
 

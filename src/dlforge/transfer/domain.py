@@ -17,7 +17,7 @@ which keeps the domain classifier's early noise away from the features.
 
 Any vision model of dlforge's protocol can be adapted: it needs `features(pixel_values) -> (B, hidden)` and `head`.
 `DomainAdversarial` wraps it. Its state dict is the wrapped model's alone, so every checkpoint of a run (and
-OUT/model) is the plain classifier; the domain classifier is training state that `domain_trainer_class()` keeps in
+OUT/model) is the plain classifier; the domain classifier is training state that `DomainTrainer` keeps in
 trainer_state.pt, and p is set from the Trainer's step before every step, so a resumed run continues exactly.
 `adapt_domain` is the recipe: images → `DomainBatches` → Trainer → OUT/model + OUT/report.json.
 The paper's learning-rate annealing μ_p = μ_0 / (1 + 10p)^0.75 is not used: the Trainer's warmup + cosine decay
@@ -26,7 +26,6 @@ serves the same purpose.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -37,12 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.class_names import ClassNames
 from ..data.images import ImageBatches, ImageSet, is_mnist_folder, load_image_set, resize_image_set, to_signed_unit
 from ..errors import DlforgeError
 from ..io import atomic_write_json
 from ..models import load_pretrained, save_pretrained
 from ..models.outputs import ModelOutput
-from .wrapper import TrainingWrapper
+from ..training.trainer import EvalMetric, TrainConfig, Trainer, check_model_fits, open_run
+from ..training.wrapper import TrainingWrapper
 
 METHODS = ("dann", "source-only")
 SOURCE, TARGET = 0.0, 1.0  # domain labels d
@@ -133,7 +134,7 @@ class DomainAdversarial(TaskModelWrapper):
     loss = L_y(source) + L_d(source ∪ target) and logits (B_source, K).
 
     λ follows the paper's schedule from `progress` (set it with `set_progress(step, total_steps)` before each step;
-    `domain_trainer_class()` does) unless `lambda_` fixes it. Without target images (evaluation) the forward is the
+    `DomainTrainer` does) unless `lambda_` fixes it. Without target images (evaluation) the forward is the
     task model's own. The head reads `features` directly, so a dropout that a model applies in its forward before
     the head is skipped on the DANN training path.
     """
@@ -179,20 +180,14 @@ class DomainAdversarial(TaskModelWrapper):
                                  "domain_accuracy": domain_accuracy.detach(), "lambda": lambda_})
 
 
-@functools.cache
-def domain_trainer_class() -> type:
+class DomainTrainer(Trainer):
     """The Trainer, extended for DomainAdversarial: p = the schedule's progress is set before every optimizer step (the
-    domain classifier's weights travel in trainer_state.pt as every training wrapper's own modules do).
-    Built on first use: dlforge.training imports dlforge.transfer, so this module imports the Trainer lazily."""
-    from ..training.trainer import Trainer
+    domain classifier's weights travel in trainer_state.pt as every training wrapper's own modules do)."""
 
-    class DomainTrainer(Trainer):
-        def _train_step(self):
-            if isinstance(self.model, DomainAdversarial):
-                self.model.progress = self.schedule_progress()  # follows a time budget too
-            return super()._train_step()
-
-    return DomainTrainer
+    def _train_step(self):
+        if isinstance(self.model, DomainAdversarial):
+            self.model.progress = self.schedule_progress()  # follows a time budget too
+        return super()._train_step()
 
 
 # ------------------------------------------------------------------------------------------- the data
@@ -400,9 +395,6 @@ def adapt_domain(model: str | Path | nn.Module | None, source: str | Path | Imag
     with test/). `settings`: the other fields of `AdaptSettings`. `resume=True` continues the run in `out` with the
     settings it was started with; arguments given as objects (nn.Module, ImageSet) must be given again.
     """
-    from ..training.images import ClassNames  # dlforge.training imports dlforge.transfer: import it late
-    from ..training.trainer import EvalMetric, TrainConfig, check_model_fits, open_run
-
     start = time.perf_counter()
     out = Path(out)
     unknown = sorted(set(settings) - {f.name for f in fields(AdaptSettings)})
@@ -476,7 +468,7 @@ def adapt_domain(model: str | Path | nn.Module | None, source: str | Path | Imag
                                              "target": _describe(target), "target_eval": _describe(target_eval),
                                              "settings": asdict(s)})
     class_names = ClassNames(list(source_set.classes))
-    trainer = domain_trainer_class()(wrapper, train_config, batches, out, tokenizer=class_names, on_eval=on_eval,
+    trainer = DomainTrainer(wrapper, train_config, batches, out, tokenizer=class_names, on_eval=on_eval,
                                      progress=progress, eval_metric=EvalMetric("accuracy", _accuracy))
     setup_s = time.perf_counter() - start
     result = trainer.fit(resume=resume)

@@ -50,11 +50,14 @@ from ..io import atomic_write_json
 from ..models import load_pretrained, save_pretrained
 from ..models.outputs import ModelOutput
 from ..settings import parse_overrides
-from .distill import Distiller
-from .finetune import freeze_below, num_blocks
+from ..training.distill import Distiller
+from ..training.layerwise import freeze_below, num_blocks
+from ..training.lr_find import lr_find, plot_lr_find
+from ..training.optim import DECAYS, make_adamw
+from ..training.trainer import EvalMetric, TrainConfig, Trainer, check_training_memory, open_run
+from ..training.wrapper import TrainingWrapper
 from .lora import apply_lora, save_lora, strip_lora
 from .tasks import FINETUNE_TASKS, ExampleBatches, FinetuneTask
-from .wrapper import TrainingWrapper
 
 METHODS = ("full", "top-k", "lora", "features", "distill")
 # Learning rates a practitioner expects: small for all weights (BERT's 2e-5..5e-5), larger when few train.
@@ -141,8 +144,6 @@ class FinetuneSettings:
             raise DlforgeError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.lora_dropout is not None and not 0 <= self.lora_dropout < 1:
             raise DlforgeError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        from ..training.optim import DECAYS  # the training package imports transfer: import it late
-
         if self.decay not in DECAYS:
             raise DlforgeError(f"decay must be one of {', '.join(DECAYS)}, got {self.decay!r}")
         if self.select_by not in ("metric", "loss"):
@@ -251,8 +252,6 @@ def prepare_finetune(model, task: str, train, eval, method: str, s: FinetuneSett
                      progress: bool = True) -> Prepared:
     """Read the data, load the model with the task's head, set up the method: all of `finetune` but training.
     `progress`: show the feature extraction's progress (method features)."""
-    from ..training.trainer import TrainConfig, check_training_memory  # training imports transfer: import late
-
     the_task = make_task(task, s.options)
     if method == "distill" and the_task.model_task not in ("sequence-classification", "token-classification"):
         raise DlforgeError("method distill learns from a BERT teacher's class probabilities: it supports "
@@ -371,9 +370,6 @@ def finetune(model: str | Path | None = None, task: str | None = None, train: st
     report (also in OUT/report.json): the task's metrics on `eval`, plus training facts, settings and timing.
     `on_eval(trainer, {"step", "val_loss"})` is called after each evaluation.
     """
-    from ..training.optim import make_adamw  # the training package imports transfer: import it late
-    from ..training.trainer import EvalMetric, Trainer, open_run
-
     start = time.perf_counter()
     if out is None:
         raise DlforgeError("out is required: the folder for the run, OUT/model and OUT/report.json")
@@ -465,8 +461,6 @@ def find_learning_rate(model: str | Path, task: str, train: str | Path, out: str
     arguments would train, but the learning rate grows from min_lr to max_lr over `steps` steps
     (`dlforge.training.lr_find`). Writes OUT/lr_find.png and OUT/lr_find.json; returns the result as a dict with
     `suggestion` (the steepest descent of the smoothed loss) and `min_loss_lr` (the lowest loss's rate / 10)."""
-    from ..training.lr_find import lr_find, plot_lr_find  # the training package imports transfer: import it late
-
     if method not in METHODS:
         raise DlforgeError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     out = Path(out)

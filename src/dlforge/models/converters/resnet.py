@@ -53,7 +53,7 @@ from ...errors import DlforgeError
 from ...hub.json_files import read_json_object
 from ...hub.weights import _load_one, load_into, load_state_dict, save_state_dict
 from ...io import atomic_directory, atomic_path, atomic_write_json
-from ..cnn import IMAGENET_MEAN, IMAGENET_STD, RESNET_PRESETS, ResNet, ResNetConfig
+from ..resnet import IMAGENET_MEAN, IMAGENET_STD, RESNET_PRESETS, ResNet, ResNetConfig
 
 TV_BLOCK = re.compile(r"layer(\d+)\.(\d+)\.(conv\d|bn\d|downsample\.[01])\.(\w+)")
 HF_BLOCK = re.compile(r"encoder\.stages\.(\d+)\.layers\.(\d+)\.(?:layer\.(\d)|shortcut)\.(convolution|normalization)"

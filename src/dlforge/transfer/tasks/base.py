@@ -16,6 +16,7 @@ import torch
 
 from ...errors import DlforgeError
 from ...io import can_plot
+from ...metrics.classification import classification_metrics, plot_confusion_matrix
 from ...models import load_pretrained
 
 # Padding value per feature name when features of different lengths are stacked.
@@ -112,8 +113,6 @@ def accuracy_batch_score(output, batch: dict) -> tuple[float, float]:
 def classification_report(model, true_names: list[str], predicted: list[int], out_dir: Path) -> dict:
     """Accuracy, macro-F1, per-class scores and OUT/confusion_matrix.png of predicted class ids against the
     true label names, in the model's label order."""
-    from ...metrics.classification import classification_metrics, plot_confusion_matrix
-
     names = model.config.labels or [str(i) for i in range(model.config.num_labels)]
     index = {name: i for i, name in enumerate(names)}
     metrics = classification_metrics([index[name] for name in true_names], predicted, names)

@@ -35,13 +35,11 @@ from ...data.images import (
 from ...data.processor import ImageProcessor
 from ...errors import DlforgeError
 from ...models import load_pretrained
-from . import register
 from .base import FinetuneTask, accuracy_batch_score, check_labels_known, classification_report, label_ids, sort_labels
 
 VISION_KINDS = ("vit", "resnet")
 
 
-@register
 class ImageClassificationTask(FinetuneTask):
     name = "image-classification"
     model_task = "image-classification"

@@ -28,7 +28,6 @@ from ...errors import DlforgeError
 from ...io import atomic_write_json
 from ...metrics.squad import squad_scores
 from ...text.answer_spans import answer_questions
-from . import register
 from .base import FinetuneTask
 
 LAYOUT = ('SQuAD v1.1 JSON: {"data": [{"title": ..., "paragraphs": [{"context": ..., "qas": [{"id": ..., '
@@ -88,7 +87,6 @@ def read_squad(path: str | Path) -> list[dict]:
     return examples
 
 
-@register
 class QuestionAnsweringTask(FinetuneTask):
     name = "question-answering"
     model_task = "question-answering"

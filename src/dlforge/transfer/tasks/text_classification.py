@@ -31,7 +31,6 @@ from ...models import resolve_model_dir
 from ...models.bert import POOLINGS
 from ...models.converters.bert import sentence_transformers_pooling
 from ..features import extract_features
-from . import register
 from .base import FinetuneTask, accuracy_batch_score, check_labels_known, classification_report, label_ids, sort_labels
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 TEXT_COLUMNS = ("text", "sentence", "review")
 
 
-@register
 class TextClassificationTask(FinetuneTask):
     name = "text-classification"
     model_task = "sequence-classification"

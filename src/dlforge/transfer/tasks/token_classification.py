@@ -36,7 +36,6 @@ import torch
 from ...data.records import read_utf8
 from ...errors import DlforgeError
 from ...io import atomic_write_text
-from . import register
 from .base import FinetuneTask, collate
 
 TAG = re.compile(r"O|[BI]-\S.*")
@@ -109,7 +108,6 @@ def entity_types(tags) -> list[str]:
     return sorted({t[2:] for t in tags if t != "O"})
 
 
-@register
 class TokenClassificationTask(FinetuneTask):
     name = "token-classification"
     model_task = "token-classification"

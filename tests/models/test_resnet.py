@@ -1,4 +1,4 @@
-"""Tests for dlforge.models.cnn: the ResNet family (shapes, published parameter counts, the vision protocol,
+"""Tests for dlforge.models.resnet: the ResNet family (shapes, published parameter counts, the vision protocol,
 frozen BatchNorm staying in eval mode, config errors)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlforge.errors import DlforgeError
-from dlforge.models.cnn import RESNET_PRESETS, ResNet, ResNetConfig
+from dlforge.models.resnet import RESNET_PRESETS, ResNet, ResNetConfig
 from dlforge.transfer import freeze_below, layerwise_lr_scales, num_blocks
 
 

@@ -1,4 +1,6 @@
-"""Fine-tuning strategies: full, top-k layers, layer-wise learning-rate decay, gradual unfreezing.
+"""Layer-wise training by block depth: top-k freezing, layer-wise learning-rate decay, gradual unfreezing.
+
+The fine-tuning strategies of `dlforge.transfer.finetune` (and the Trainer's `layer_lr_decay`) are built on these.
 
 Layers are numbered by depth: 0 for embeddings, 1..L for the transformer blocks (`layers.N.` in
 BERT, `transformer.h.N.` in GPT), L + 1 for everything after them (final norm, task head).

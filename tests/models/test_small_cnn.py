@@ -1,4 +1,4 @@
-"""Tests for dlforge.models.convnet: the small CNN image classifier used to score generated images."""
+"""Tests for dlforge.models.small_cnn: the small CNN image classifier used to score generated images."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dlforge.errors import DlforgeError
-from dlforge.models.convnet import ImageClassifier, ImageClassifierConfig
+from dlforge.models.small_cnn import ImageClassifier, ImageClassifierConfig
 from dlforge.training.optim import make_adamw
 
 

@@ -9,9 +9,9 @@ from toy_task import ToyClassification
 
 from dlforge.models import GPT, Bert, BertConfig, GPTConfig
 from dlforge.training import TrainConfig, Trainer
+from dlforge.training.layerwise import depth_of
 from dlforge.training.optim import learning_rate
 from dlforge.transfer import GradualUnfreezing, freeze_below, layerwise_lr_scales, num_blocks, unfreeze_all
-from dlforge.transfer.finetune import depth_of
 
 
 def tiny_bert(seed: int = 0, n_layer: int = 2) -> Bert:
