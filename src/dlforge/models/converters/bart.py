@@ -131,5 +131,8 @@ def save_hf_bart(model: Seq2Seq, directory: str | Path, tokenizer=None) -> Path:
         if key == "final_logits_bias":
             tensor = tensor.reshape(1, -1)  # (V,) -> (1, V)
         state[key if key in OUTSIDE_MODEL else "model." + key] = tensor
+    if not model.config.tie_embeddings:  # transformers then ties nothing, not even each stack's embed_tokens
+        for stack in ("encoder", "decoder"):
+            state[f"model.{stack}.embed_tokens.weight"] = model.shared.weight.detach().clone()
     generation = generation_ids(model.config, keep_none=("forced_eos_token_id",))
     return write_hf_seq2seq(directory, state, hf_config, generation, tokenizer)
