@@ -94,9 +94,8 @@ def load_hf_bart(directory: str | Path, raw_config: dict) -> Seq2Seq:
 
 # ------------------------------------------------------------------ saving back to the HF format
 EXPORT_RULES = inverse_rules(KEY_RULES)
-ACTIVATION_NAMES: dict[str, str] = {}  # dlforge activation -> activation_function (the first HF name of each)
-for _theirs, _ours in ACTIVATIONS.items():
-    ACTIVATION_NAMES.setdefault(_ours, _theirs)
+# dlforge activation -> activation_function; reversed, so that the first HF name of each wins (gelu_new)
+ACTIVATION_NAMES = {ours: theirs for theirs, ours in reversed(ACTIVATIONS.items())}
 OUTSIDE_MODEL = ("lm_head.weight", "final_logits_bias")  # the only weights not under "model."
 
 
