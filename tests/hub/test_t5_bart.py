@@ -385,3 +385,117 @@ def test_wrong_kind_is_refused(t5_dir, bart_dir):
         load_pretrained(t5_dir, expected_kind="gpt")
     with pytest.raises(DlforgeError, match="BART model.*needs a bert model"):
         load_pretrained(bart_dir, expected_kind="bert")
+
+
+# ----------------------------------------------------------------------------- saving in the HF format
+
+
+def load_exported(directory: Path):
+    """transformers' seq2seq Auto class on a folder dlforge wrote, which must hold every weight it needs."""
+    exported, info = transformers.AutoModelForSeq2SeqLM.from_pretrained(directory, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    return exported.eval()
+
+
+def test_hf_export_loads_in_transformers(pair, tmp_path):
+    """dlforge's T5 / BART written with format="hf": transformers' Auto class builds the same architecture from
+    it with every weight in place, gives the original's logits and greedy outputs, and dlforge reads it back."""
+    hf, model, ids, mask, _ = pair
+    model.save_pretrained(tmp_path, format="hf")
+    exported = load_exported(tmp_path)
+    assert type(exported) is type(hf)
+    decoder_ids = decoder_inputs(hf.config, seed=11)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+        out = exported(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+    assert ref.std() > 1.0 and (out - ref).abs().max().item() <= TOL
+    assert hf_generate(exported, ids, mask, num_beams=1).tolist() == hf_generate(hf, ids, mask, num_beams=1).tolist()
+    back, _ = load_pretrained(tmp_path)
+    assert back.config == model.config
+    theirs, ours = back.state_dict(), model.state_dict()
+    assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in ours)
+
+
+def test_hf_export_writes_the_tokenizer(tmp_path):
+    """The tokenizer given to save_pretrained lands beside the weights, and transformers encodes with it as with
+    the original."""
+    hf_tok = t5_tokenizer()
+    make_hf("t5-v1.0", randomized=False).save_pretrained(str(tmp_path / "hf"))
+    hf_tok.save_pretrained(str(tmp_path / "hf"))
+    model, tokenizer = load_pretrained(tmp_path / "hf")
+    model.save_pretrained(tmp_path / "out", tokenizer, format="hf")
+    again = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    assert again(T5_TEXTS)["input_ids"] == hf_tok(T5_TEXTS)["input_ids"]
+
+
+T5_SHAPE = dict(positional="relative", norm="rmsnorm", pre_ln=True, bias=False, scale_embedding=False, attn_scale=1.0,
+                relative_buckets=8, relative_max_distance=12)
+BART_SHAPE = dict(positional="learned", position_offset=2, max_position=24, embedding_norm=True, pre_ln=False)
+# Seq2Seq configs made in dlforge (not loaded from HF) in the combinations the HF-made cases above do not cover
+DLFORGE_MADE = {
+    "t5-tied-unscaled-swiglu": dict(T5_SHAPE, activation="swiglu", tie_embeddings=True, output_scale=1.0,
+                                    n_decoder_layers=1, forced_eos_token_id=2),
+    "t5-untied-scaled-relu": dict(T5_SHAPE, activation="relu", tie_embeddings=False, output_scale=16 ** -0.5,
+                                  attn_inner_dim=24, n_head=4),
+    "bart-untied-no-logits-bias": dict(BART_SHAPE, activation="gelu_new", tie_embeddings=False, scale_embedding=True,
+                                       decoder_n_head=4, decoder_d_ff=20, n_decoder_layers=3, forced_eos_token_id=None),
+}
+
+
+@pytest.mark.parametrize("case", list(DLFORGE_MADE))
+def test_dlforge_made_seq2seq_exports_to_transformers(case, tmp_path):
+    """A T5- or BART-shaped Seq2Seq trained in dlforge: transformers runs the exported folder as dlforge does."""
+    from dlforge.models import Seq2Seq, Seq2SeqConfig
+
+    torch.manual_seed(0)
+    sizes = dict(vocab_size=VOCAB, d_model=16, n_encoder_layers=2, n_decoder_layers=2, n_head=2, d_ff=24)
+    model = Seq2Seq(Seq2SeqConfig(**{**sizes, **DLFORGE_MADE[case]})).eval()
+    with torch.no_grad():  # weights at scales where every part shows in the logits
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn_like(p) * (1.0 if name.endswith(("shared.weight", "lm_head.weight"))
+                                               else p.shape[1] ** -0.5))
+            else:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(p))
+    model.save_pretrained(tmp_path, format="hf")
+    exported = load_exported(tmp_path)
+    ids = torch.randint(3, VOCAB, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    decoder_ids = torch.cat([torch.full((2, 1), model.config.decoder_start_token_id),
+                             torch.randint(3, VOCAB, (2, 5))], dim=1)
+    with torch.no_grad():
+        ours = model(ids, mask, decoder_input_ids=decoder_ids).logits
+        theirs = exported(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+    assert ours.std() > 0.5 and (ours - theirs).abs().max().item() <= TOL
+    generated = model.generate(ids, mask, max_new_tokens=MAX_NEW, num_beams=1)
+    assert generated.tolist() == hf_generate(exported, ids, mask, num_beams=1).tolist()
+    back, _ = load_pretrained(tmp_path)
+    with torch.no_grad():
+        assert (back(ids, mask, decoder_input_ids=decoder_ids).logits - ours).abs().max().item() <= 1e-5
+
+
+# dlforge-made seq2seq configs no HF family has -> the setting the error must name
+UNREPRESENTABLE = {
+    "sinusoidal": (dict(positional="sinusoidal"), "positional='sinusoidal'.*neither Hugging Face T5"),
+    "t5-layernorm": (dict(positional="relative", norm="layernorm", pre_ln=True, bias=False, scale_embedding=False),
+                     "norm='layernorm', which Hugging Face T5 cannot represent"),
+    "t5-decoder-heads": (dict(positional="relative", norm="rmsnorm", pre_ln=True, bias=False, scale_embedding=False,
+                              attn_scale=1.0, decoder_n_head=2), "decoder_n_head=2, .*T5"),
+    "bart-pre-ln": (dict(positional="learned", position_offset=2, embedding_norm=True, pre_ln=True),
+                    "pre_ln=True, which Hugging Face BART cannot represent"),
+    "bart-offset": (dict(positional="learned", position_offset=0), "position_offset=0, .*BART .*needs 2"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREPRESENTABLE))
+def test_unrepresentable_seq2seq_is_refused_in_one_line(case, tmp_path):
+    from dlforge.models import Seq2Seq, Seq2SeqConfig
+
+    settings, expected = UNREPRESENTABLE[case]
+    model = Seq2Seq(Seq2SeqConfig(vocab_size=VOCAB, d_model=16, n_encoder_layers=1, n_decoder_layers=1, n_head=4,
+                                  d_ff=32, **settings))
+    with pytest.raises(DlforgeError, match=expected) as info:
+        model.save_pretrained(tmp_path / "out", format="hf")
+    assert "\n" not in str(info.value) and "format='dlforge'" in str(info.value)
+    assert not (tmp_path / "out").exists()

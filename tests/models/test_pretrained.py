@@ -239,10 +239,13 @@ def test_hf_format_loads_in_transformers_with_the_same_logits(tmp_path, cls):
 
 def test_hf_format_without_an_exporter_names_the_families_that_have_one(tmp_path):
     with pytest.raises(DlforgeError) as info:
-        tiny(Seq2Seq).save_pretrained(tmp_path / "s", format="hf")
+        tiny(ImageClassifier).save_pretrained(tmp_path / "s", format="hf")
     message = str(info.value)
-    assert "Seq2Seq models have no Hugging Face format" in message and "bert, gpt, resnet, vit" in message
+    assert "ImageClassifier models have no Hugging Face format" in message
+    assert "bert, gpt, resnet, seq2seq, vit" in message
     assert not (tmp_path / "s").exists()
+    with pytest.raises(DlforgeError, match="positional='sinusoidal', which neither Hugging Face T5 .* nor BART"):
+        tiny(Seq2Seq).save_pretrained(tmp_path / "s", format="hf")  # dlforge's own transformer: no HF family
     with pytest.raises(DlforgeError, match="'small' stem cannot be saved in the Hugging Face format"):
         tiny(ResNet, stem="small").save_pretrained(tmp_path / "r", format="hf")
 

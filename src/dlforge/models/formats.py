@@ -97,6 +97,17 @@ def load_bert_family(directory: Path, config: dict, head: Head) -> Bert:
     return bert.load_hf_bert(directory, config, head.task, head.num_labels, head.labels)
 
 
+def save_hf_seq2seq(model: Seq2Seq, directory: Path, tokenizer=None) -> Path:
+    """A `Seq2Seq` as the Hugging Face family its positions say: T5 (relative buckets) or BART (learned)."""
+    positional = model.config.positional
+    if positional == "relative":
+        return t5.save_hf_t5(model, directory, tokenizer)
+    if positional == "learned":
+        return bart.save_hf_bart(model, directory, tokenizer)
+    raise DlforgeError(f"this Seq2Seq has positional={positional!r}, which neither Hugging Face T5 (relative "
+                       "position buckets) nor BART (learned positions) has: save it with format='dlforge'")
+
+
 register_formats([
     Format(name="dlforge model folders", title="", kind=dlforge_kind,
            matches=lambda path, config: config is not None and "dlforge_kind" in config,
@@ -106,8 +117,10 @@ register_formats([
     *(hf_format(model_type, title, "bert", load_bert_family, bert.config_from_hf, export=bert.save_hf_bert,
                 heads=True)
       for model_type, title in (("bert", "BERT"), ("roberta", "RoBERTa"), ("distilbert", "DistilBERT"))),
-    hf_format("t5", "T5", "seq2seq", lambda d, config, head: t5.load_hf_t5(d, config), t5.config_from_hf),
-    hf_format("bart", "BART", "seq2seq", lambda d, config, head: bart.load_hf_bart(d, config), bart.config_from_hf),
+    hf_format("t5", "T5", "seq2seq", lambda d, config, head: t5.load_hf_t5(d, config), t5.config_from_hf,
+              export=save_hf_seq2seq),
+    hf_format("bart", "BART", "seq2seq", lambda d, config, head: bart.load_hf_bart(d, config), bart.config_from_hf,
+              export=save_hf_seq2seq),
     hf_format("vit", "ViT", "vit",
               lambda d, config, head: vit.load_hf_vit(d, config, head.task, head.num_labels, head.labels),
               vit.config_from_hf, export=lambda model, d, tokenizer: vit.save_hf_vit(model, d), heads=True),

@@ -1,4 +1,4 @@
-"""Hugging Face BART checkpoints -> dlforge `Seq2Seq`.
+"""Hugging Face BART checkpoints <-> dlforge `Seq2Seq`.
 
 BART is a post-LN encoder–decoder with biases everywhere, learned positions counted from 2
 (`embed_positions` has max_position_embeddings + 2 rows), a LayerNorm on the embeddings of each
@@ -6,6 +6,7 @@ stack, no final norm, and a bias buffer on the logits. The encoder and the decod
 and feed-forward width (`encoder_*` / `decoder_*` sizes). Weights sit under `model.`
 (BartForConditionalGeneration) or at the top (BartModel). Separate q/k/v projections are
 concatenated into dlforge's fused ones (`attn.c_attn` = q,k,v rows; `cross_attn.kv_proj` = k,v rows).
+`save_hf_bart` writes a BART-shaped `Seq2Seq` back with the same table turned round.
 """
 
 from __future__ import annotations
@@ -17,7 +18,19 @@ from pathlib import Path
 from ...errors import DlforgeError
 from ...hub.weights import load_state_dict
 from ..seq2seq import Seq2Seq, Seq2SeqConfig
-from .t5 import fuse_parts, load_seq2seq_weights, read_generation_ids, rename, single_id, tied_in_checkpoint
+from .t5 import (
+    check_representable,
+    fuse_parts,
+    generation_ids,
+    inverse_rules,
+    load_seq2seq_weights,
+    read_generation_ids,
+    rename,
+    single_id,
+    state_for_hf,
+    tied_in_checkpoint,
+    write_hf_seq2seq,
+)
 
 ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new"}
 
@@ -77,3 +90,48 @@ def load_hf_bart(directory: str | Path, raw_config: dict) -> Seq2Seq:
         state.pop("lm_head.weight", None)
     # a BartModel has no logits bias (transformers also accepts it missing): it stays zero
     return load_seq2seq_weights(config, fuse_parts(state), directory, also_missing=("final_logits_bias",))
+
+
+# ------------------------------------------------------------------ saving back to the HF format
+EXPORT_RULES = inverse_rules(KEY_RULES)
+# dlforge activation -> activation_function; reversed, so that the first HF name of each wins (gelu_new)
+ACTIVATION_NAMES = {ours: theirs for theirs, ours in reversed(ACTIVATIONS.items())}
+OUTSIDE_MODEL = ("lm_head.weight", "final_logits_bias")  # the only weights not under "model."
+
+
+def config_to_hf(c: Seq2SeqConfig) -> dict:
+    """The BartConfig of a BART-shaped `Seq2Seq` (a one-line DlforgeError for any setting BART lacks)."""
+    check_representable(c, "BART", {
+        "positional": ("learned",), "position_offset": (2,), "source_vocab_size": (None,), "norm": ("layernorm",),
+        "norm_eps": (1e-5,), "pre_ln": (False,), "final_norm": (False,), "bias": (True,), "embedding_norm": (True,),
+        "attn_scale": (None,), "attn_inner_dim": (c.d_model,), "output_scale": (1.0,),
+        "activation": tuple(ACTIVATION_NAMES)})
+    n_layers, n_head, d_ff = c.stack_shape(decoder=False)
+    decoder_layers, decoder_n_head, decoder_d_ff = c.stack_shape(decoder=True)
+    return {"architectures": ["BartForConditionalGeneration"], "model_type": "bart", "vocab_size": c.vocab_size,
+            "d_model": c.d_model, "encoder_layers": n_layers, "encoder_attention_heads": n_head,
+            "encoder_ffn_dim": d_ff, "decoder_layers": decoder_layers, "decoder_attention_heads": decoder_n_head,
+            "decoder_ffn_dim": decoder_d_ff, "max_position_embeddings": c.max_position,
+            "activation_function": ACTIVATION_NAMES[c.activation], "scale_embedding": c.scale_embedding,
+            "dropout": c.dropout, "attention_dropout": c.dropout, "activation_dropout": 0.0,
+            "is_encoder_decoder": True, "tie_word_embeddings": c.tie_embeddings,
+            "pad_token_id": c.pad_token_id, "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id,
+            "decoder_start_token_id": c.decoder_start_token_id,
+            "forced_eos_token_id": c.forced_eos_token_id,  # null when unset: BartConfig's default is 2
+            "dtype": "float32"}
+
+
+def save_hf_bart(model: Seq2Seq, directory: str | Path, tokenizer=None) -> Path:
+    """Write a folder `transformers.BartForConditionalGeneration` loads: config.json, generation_config.json,
+    model.safetensors with HF's names (q/k/v split again, under "model."), and the tokenizer."""
+    hf_config = config_to_hf(model.config)
+    state = {}
+    for key, tensor in state_for_hf(model, EXPORT_RULES, {"c_attn": "qkv", "kv_proj": "kv"}).items():
+        if key == "final_logits_bias":
+            tensor = tensor.reshape(1, -1)  # (V,) -> (1, V)
+        state[key if key in OUTSIDE_MODEL else "model." + key] = tensor
+    if not model.config.tie_embeddings:  # transformers then ties nothing, not even each stack's embed_tokens
+        for stack in ("encoder", "decoder"):
+            state[f"model.{stack}.embed_tokens.weight"] = model.shared.weight.detach().clone()
+    generation = generation_ids(model.config, keep_none=("forced_eos_token_id",))
+    return write_hf_seq2seq(directory, state, hf_config, generation, tokenizer)

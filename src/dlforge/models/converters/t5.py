@@ -1,4 +1,4 @@
-"""Hugging Face T5 checkpoints (v1.0, v1.1, Flan-T5) -> dlforge `Seq2Seq`.
+"""Hugging Face T5 checkpoints (v1.0, v1.1, Flan-T5) <-> dlforge `Seq2Seq`.
 
 T5 is a pre-LN encoder–decoder with RMSNorm, no biases, unscaled attention scores and a learned
 relative-position bias that only the first block of each stack stores (dlforge keeps it on the
@@ -12,19 +12,24 @@ Whether the output projection is tied to the embedding is read from the weights 
 that differs from `shared.weight` is untied); T5 v1.0 also scales the decoder output by d^-0.5
 before a tied projection, v1.1 does not (`tie_word_embeddings: false`, or `scale_decoder_outputs`
 in files written by transformers >= 5).
+
+`save_hf_t5` writes a T5-shaped `Seq2Seq` back (`inverse_rules` turns the loading table round); its helpers
+(splitting fused matrices, checking that HF has every setting, writing the folder) serve BART's exporter too.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from ...errors import DlforgeError
 from ...hub.json_files import read_json_object
-from ...hub.weights import load_into, load_state_dict
+from ...hub.weights import load_into, load_state_dict, save_state_dict
+from ...io import atomic_directory, atomic_write_json
 from ..seq2seq import Seq2Seq, Seq2SeqConfig
 
 # feed_forward_proj -> dlforge MLP activation ("gated-gelu" is T5 v1.1's tanh-approximated GEGLU)
@@ -35,7 +40,9 @@ _SELF = r"(encoder|decoder)\.block\.(\d+)\.layer\.0\."
 _CROSS = r"decoder\.block\.(\d+)\.layer\.1\."
 # HF key pattern -> dlforge key; "#x" marks part x of a fused matrix (see `fuse_parts`), checked in order
 KEY_RULES = [
-    (_SELF + r"SelfAttention\.relative_attention_bias\.weight", r"\1.relative_bias.embedding.weight"),
+    # only the first block of each stack stores the relative-position bias
+    (r"(encoder|decoder)\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.weight",
+     r"\1.relative_bias.embedding.weight"),
     (_SELF + r"SelfAttention\.([qkv])\.weight", r"\1.layers.\2.attn.c_attn.weight#\3"),
     (_SELF + r"SelfAttention\.o\.weight", r"\1.layers.\2.attn.c_proj.weight"),
     (_SELF + r"layer_norm\.weight", r"\1.layers.\2.ln_1.weight"),
@@ -57,6 +64,9 @@ for _stack, _index in (("encoder", 1), ("decoder", 2)):
 # copies of shared.weight, and a cross-attention bias old checkpoints carry that no layer uses
 SKIPPED = re.compile(r"^(encoder|decoder)\.embed_tokens\.weight$|EncDecAttention\.relative_attention_bias")
 FUSED_ORDER = {"c_attn": "qkv", "kv_proj": "kv", "c_fc": "01"}  # row blocks of each fused matrix, in order
+# the token ids generation_config.json holds (and `generate` prefers to config.json's)
+GENERATION_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "forced_bos_token_id",
+                  "forced_eos_token_id")
 
 
 def single_id(hf: dict, name: str, default: int | None) -> int | None:
@@ -134,9 +144,7 @@ def read_generation_ids(directory: Path, hf: dict) -> dict:
     if not path.is_file():
         return hf
     generation = read_json_object(path, damaged="re-download or delete it")
-    names = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "forced_bos_token_id",
-             "forced_eos_token_id")
-    return {**hf, **{k: generation[k] for k in names if generation.get(k) is not None}}
+    return {**hf, **{k: generation[k] for k in GENERATION_IDS if generation.get(k) is not None}}
 
 
 def load_seq2seq_weights(config: Seq2SeqConfig, state: dict[str, torch.Tensor], directory: Path,
@@ -162,3 +170,124 @@ def load_hf_t5(directory: str | Path, raw_config: dict) -> Seq2Seq:
     if tied:
         state.pop("lm_head.weight", None)
     return load_seq2seq_weights(config, fuse_parts(state), directory)
+
+
+# ------------------------------------------------------------------ saving back to the HF format
+_GROUP = re.compile(r"\(([^()]*)\)")  # a rule pattern's groups: plain alternatives or classes, never nested
+_REFERENCE = re.compile(r"\\(\d+)")
+
+
+def inverse_rules(rules) -> list[tuple[str, str]]:
+    """`rules` the other way round (dlforge key -> HF key), for `rename`: each template becomes a pattern (its
+    references replaced by the groups they name) and each pattern a template, so one table names both ways."""
+    inverse = []
+    for pattern, template in rules:
+        groups = _GROUP.findall(pattern)
+        pieces = _REFERENCE.split(template)  # literal, group number, literal, ...
+        order = [int(n) for n in pieces[1::2]]  # the HF groups in the order the dlforge key holds them
+        if sorted(order) != list(range(1, len(groups) + 1)):
+            raise ValueError(f"rule {pattern!r} -> {template!r} does not keep every group once")  # a bug in a table
+        new_pattern = "".join(f"({groups[int(p) - 1]})" if i % 2 else re.escape(p) for i, p in enumerate(pieces))
+        literals = _GROUP.split(pattern)[::2]  # the text around the groups, regex-escaped
+        new_template = re.sub(r"\\(.)", r"\1", literals[0])
+        for index, literal in enumerate(literals[1:], start=1):
+            new_template += rf"\g<{order.index(index) + 1}>" + re.sub(r"\\(.)", r"\1", literal)
+        inverse.append((new_pattern, new_template))
+    return inverse
+
+
+def split_parts(state: dict[str, torch.Tensor], fused: dict[str, str]) -> dict[str, torch.Tensor]:
+    """The inverse of `fuse_parts`: each matrix of a module named in `fused` becomes its "name#part" row blocks."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        order = fused.get(key.split(".")[-2]) if "." in key else None
+        if order is None:
+            out[key] = tensor
+            continue
+        for part, block in zip(order, tensor.chunk(len(order), dim=0)):
+            out[f"{key}#{part}"] = block.clone()  # its own storage: safetensors refuses views of one tensor
+    return out
+
+
+def hf_settings(c: Seq2SeqConfig) -> dict:
+    """The config's fields with the defaults that stand for another field resolved (None = the encoder's)."""
+    _, decoder_n_head, decoder_d_ff = c.stack_shape(decoder=True)
+    return {**asdict(c), "final_norm": c.pre_ln if c.final_norm is None else c.final_norm,
+            "decoder_n_head": decoder_n_head, "decoder_d_ff": decoder_d_ff,
+            "attn_inner_dim": c.attn_inner_dim or c.d_model}
+
+
+def check_representable(c: Seq2SeqConfig, family: str, required: dict[str, tuple]) -> None:
+    """One line naming the first setting Hugging Face's `family` has no equivalent of (field -> allowed values)."""
+    settings = hf_settings(c)
+    for name, allowed in required.items():
+        value = settings[name]
+        if not any(value == a or (isinstance(value, float) and isinstance(a, float) and math.isclose(value, a))
+                   for a in allowed):
+            wanted = " or ".join(repr(a) for a in allowed)
+            raise DlforgeError(f"this Seq2Seq has {name}={value!r}, which Hugging Face {family} cannot represent "
+                               f"(it needs {wanted}): save it with format='dlforge'")
+
+
+def generation_ids(c: Seq2SeqConfig, keep_none: tuple[str, ...] = ()) -> dict:
+    """The token ids for generation_config.json; `keep_none` are written as null to override an HF default."""
+    return {name: getattr(c, name) for name in GENERATION_IDS
+            if getattr(c, name) is not None or name in keep_none}
+
+
+def state_for_hf(model: Seq2Seq, rules, fused: dict[str, str]) -> dict[str, torch.Tensor]:
+    """dlforge's weights under HF names (`rules` from `inverse_rules`), fused matrices split into `fused`'s parts;
+    the embeddings' copies (each stack's embed_tokens, a tied lm_head) are left to transformers to tie."""
+    state = {k: v for k, v in model.state_dict().items() if not SKIPPED.search(k)}
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight")
+    return {rename(k, rules): v for k, v in split_parts(state, fused).items()}
+
+
+def write_hf_seq2seq(directory: str | Path, state: dict[str, torch.Tensor], hf_config: dict, generation: dict,
+                     tokenizer=None) -> Path:
+    """config.json, generation_config.json, model.safetensors (and the tokenizer), replacing the folder atomically."""
+    directory = Path(directory)
+    with atomic_directory(directory) as tmp:
+        save_state_dict(state, tmp / "model.safetensors")
+        atomic_write_json(tmp / "config.json", hf_config)
+        atomic_write_json(tmp / "generation_config.json", generation)
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+    return directory
+
+
+EXPORT_RULES = inverse_rules(KEY_RULES)
+FEED_FORWARD_NAMES = {ours: theirs for theirs, ours in ACTIVATIONS.items()}  # dlforge activation -> feed_forward_proj
+
+
+def config_to_hf(c: Seq2SeqConfig) -> dict:
+    """The T5Config of a T5-shaped `Seq2Seq` (a one-line DlforgeError for any setting T5 lacks)."""
+    check_representable(c, "T5", {
+        "positional": ("relative",), "source_vocab_size": (None,), "norm": ("rmsnorm",), "pre_ln": (True,),
+        "final_norm": (True,), "bias": (False,), "scale_embedding": (False,), "embedding_norm": (False,),
+        "attn_scale": (1.0,), "final_logits_bias": (False,), "activation": tuple(FEED_FORWARD_NAMES),
+        "decoder_n_head": (c.n_head,), "decoder_d_ff": (c.d_ff,), "output_scale": (1.0, c.d_model ** -0.5)})
+    scaled = c.output_scale != 1.0
+    return {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "vocab_size": c.vocab_size,
+            "d_model": c.d_model, "d_kv": (c.attn_inner_dim or c.d_model) // c.n_head, "d_ff": c.d_ff,
+            "num_layers": c.n_encoder_layers, "num_decoder_layers": c.n_decoder_layers, "num_heads": c.n_head,
+            "relative_attention_num_buckets": c.relative_buckets,
+            "relative_attention_max_distance": c.relative_max_distance, "dropout_rate": c.dropout,
+            "layer_norm_epsilon": c.norm_eps, "feed_forward_proj": FEED_FORWARD_NAMES[c.activation],
+            "is_encoder_decoder": True,
+            # transformers < 5 reads both from tie_word_embeddings (v1.0 tied and scaled, v1.1 neither);
+            # transformers >= 5 reads the scaling from scale_decoder_outputs and the tying from the weights
+            "tie_word_embeddings": c.tie_embeddings, "scale_decoder_outputs": scaled,
+            "pad_token_id": c.pad_token_id, "eos_token_id": c.eos_token_id,
+            "decoder_start_token_id": c.decoder_start_token_id, "dtype": "float32"}
+
+
+def save_hf_t5(model: Seq2Seq, directory: str | Path, tokenizer=None) -> Path:
+    """Write a folder `transformers.T5ForConditionalGeneration` loads: config.json, generation_config.json,
+    model.safetensors with HF's names (q/k/v and a gated MLP's wi_0/wi_1 split again), and the tokenizer."""
+    hf_config = config_to_hf(model.config)
+    gated = model.config.activation in ("geglu", "swiglu")
+    fused = FUSED_ORDER if gated else {k: v for k, v in FUSED_ORDER.items() if k != "c_fc"}
+    state = state_for_hf(model, EXPORT_RULES, fused)
+    return write_hf_seq2seq(directory, state, hf_config, generation_ids(model.config), tokenizer)
