@@ -114,8 +114,8 @@ def test_a_hugging_face_cache_snapshot_still_loads(folders, tmp_path, monkeypatc
 
 
 def test_run_folder_files_linked_from_outside_are_refused(tmp_path):
-    from dlforge.metrics.anomaly import AnomalyDetector
     from dlforge.data.class_names import read_class_names
+    from dlforge.metrics.anomaly import AnomalyDetector
 
     run, outside = tmp_path / "run", tmp_path / "outside"
     run.mkdir()
