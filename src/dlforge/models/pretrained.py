@@ -22,17 +22,17 @@ import contextlib
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 
 import torch
 
-from .. import __version__
 from ..errors import DlforgeError
 from ..hub.download import hub_snapshot, looks_local, parse_hub_id
 from ..hub.json_files import read_json_object
-from ..hub.weights import deduplicated_state_dict, load_into, save_state_dict
-from ..io import atomic_directory, atomic_write_json
+from ..hub.model_files import write_model_files
+from ..hub.weights import load_into
+from ..io import atomic_directory
 from ..paths import resolve_inside
 from ..text import load_tokenizer
 
@@ -78,16 +78,6 @@ def register_formats(formats: list[Format]) -> None:
 
 
 # ------------------------------------------------------------------ saving
-def write_model_files(model: torch.nn.Module, directory: Path, tokenizer=None) -> None:
-    """Write config, weights and tokenizer into an existing directory (each file atomically)."""
-    state, _ = deduplicated_state_dict(model)
-    save_state_dict(state, directory / "model.safetensors")
-    atomic_write_json(directory / "config.json", {
-        "dlforge_kind": model.kind, "dlforge_version": __version__, "config": asdict(model.config)})
-    if tokenizer is not None:
-        tokenizer.save(directory)
-
-
 def save_pretrained(model: torch.nn.Module, directory: str | Path, tokenizer=None, format: str = "dlforge") -> Path:
     """Save a model (and tokenizer) as a folder, replacing it atomically: dlforge's own format, or with
     `format="hf"` the Hugging Face one (transformers loads it) for the families that have an exporter."""

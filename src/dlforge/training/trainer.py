@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ..devices import resolve_device, resolve_precision
 from ..errors import DlforgeError
 from ..hub.json_files import read_json_object
+from ..hub.model_files import write_model_files
 from ..hub.weights import deduplicated_state_dict, load_into, load_state_dict
 from ..io import (
     atomic_directory,
@@ -45,7 +46,6 @@ from ..io import (
     remove_stale_temporaries,
     remove_tree,
 )
-from ..models.pretrained import write_model_files
 from ..paths import model_file, resolve_inside
 from ..settings import check_fields, check_range
 from .distributed import init_distributed
