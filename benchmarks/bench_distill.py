@@ -72,7 +72,8 @@ def main():
     report = finetune(teacher_dir, "text-classification", train, data / "sst2" / "dev.tsv", out=out,
                       method="distill", teacher=teacher_dir, student_layers=args.student_layers, minutes=args.minutes,
                       epochs=args.epochs, max_length=64, batch_size=32, lr=args.lr, eval_interval=1000,
-                      device=args.device, seed=0, progress=not args.quiet)
+                      device=args.device, seed=0, progress=not args.quiet,
+                      overwrite=True)  # `out` was emptied above and holds at most the --train subset
 
     task = FINETUNE_TASKS["text-classification"]()
     dev = task.read(data / "sst2" / "dev.tsv")

@@ -74,8 +74,9 @@ def main():
         load = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + "
                                  f"{60 * args.load_minutes}\nwhile time.time() < end: pass"])
     start = time.perf_counter()
+    # overwrite: `out` was emptied above and holds at most the --train subset written into it
     report = finetune(args.model or minilm_dir(), "text-classification", train, data / "sst2" / "dev.tsv", out=out,
-                      method=args.method, progress=not args.quiet, **settings)
+                      method=args.method, progress=not args.quiet, overwrite=True, **settings)
     wall = time.perf_counter() - start
     if load is not None:
         load.kill()
