@@ -347,6 +347,34 @@ def test_time_budget_refines_an_estimate_skewed_by_slow_first_steps(tmp_path):
     assert result["elapsed_s"] < 6.5, result
 
 
+def test_time_spent_evaluating_does_not_spend_the_schedule(tmp_path):
+    """Under a time budget the schedule moves by steps at the current pace: a 1.5 s evaluation (a quarter of the
+    6 s budget) leaves the learning rate where it was, instead of jumping a quarter of the way down the decay."""
+    trainer = Trainer(tiny_gpt(), config(max_steps=100_000, max_minutes=0.1, eval_interval=100_000, log_interval=1,
+                                         warmup_steps=0, lr=1e-2, min_lr=0.0),
+                      periodic_batches(), tmp_path / "run", progress=False)
+    real_evaluate, calls = trainer.evaluate, []
+
+    def slow_evaluate():  # the first evaluation is slow
+        if not calls:
+            time.sleep(1.5)
+        calls.append(1)
+        return real_evaluate()
+
+    trainer.evaluate = slow_evaluate
+    result = trainer.fit()
+    rows = read_metrics(tmp_path / "run")
+    lrs = {int(r["step"]): float(r["lr"]) for r in rows if r["lr"]}
+    evals = [int(r["step"]) for r in rows if r["val_loss"]]
+    first = evals[0]  # the evaluation at a third of the schedule
+    assert first + 2 < result["step"] and first + 2 in lrs
+    # the step after the evaluation (whose time is counted from the next one on) keeps the rate: scheduling by
+    # the share of time used dropped it from 7.5e-3 to 2.4e-3 here, and crossed the next third at once
+    assert lrs[first + 2] == pytest.approx(lrs[first], rel=0.02)
+    assert evals[1] - first > 100
+    assert lrs[result["step"]] < 1e-3  # and the decay still ends with the budget
+
+
 def test_time_budget_stop_logs_the_last_train_loss(tmp_path):
     """Regression: a run cut short between log_interval steps still logs its last train loss."""
     Trainer(tiny_gpt(), config(max_steps=1000, max_minutes=1e-6, eval_interval=500, log_interval=100),

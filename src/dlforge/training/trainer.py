@@ -251,6 +251,8 @@ class Trainer:
         self.total_steps = config.max_steps  # after fit: the steps the run ended at
         self.schedule_anchor = (0, 0.0, 0.0)  # (step, elapsed, progress) where the schedule's length last changed
         self.schedule_steps = config.max_steps  # the learning-rate curve's length in steps, as first planned
+        self.budget_progress = 0.0  # share of a time budget's schedule done since the anchor (see schedule_progress)
+        self.step_seconds: float | None = None  # recent seconds per optimizer step (evaluation excluded)
         self.skipped_steps = 0  # non-finite batches skipped (on_nan=skip)
         self.skipped_in_a_row = 0
         self.elapsed = 0.0
@@ -375,7 +377,14 @@ class Trainer:
     # ---------------------------------------------------------------- schedule
     def schedule_progress(self) -> float:
         """How far through its schedule the run is, in [0, 1]: the larger of the share of max_steps done and the
-        share of the time budget used (95 % of max_minutes: the rest is left for the final evaluation).
+        progress through the time budget (95 % of max_minutes: the rest is left for the final evaluation).
+
+        Through a time budget, progress moves by steps at the current pace (`_advance_budget_progress`): each step
+        takes its share of what is left, shared among the steps the remaining time allows at the recent seconds
+        per step. At a steady pace this is the share of the time used; when the first steps are slow (another
+        job on the machine, kernels being built) they no longer spend the schedule the faster steps after them
+        need, and when the pace falls, what is left is squeezed into the fewer steps: the decay still ends with
+        the budget.
 
         The learning rate, warmup included, is a function of this progress, so a time-budgeted run always warms
         up and always finishes its decay, however fast or loaded the machine is. When `--resume` changes the
@@ -384,11 +393,10 @@ class Trainer:
         was and still ends at min_lr.
         """
         c = self.config
-        anchor_step, anchor_elapsed, anchor_progress = self.schedule_anchor
+        anchor_step, _, anchor_progress = self.schedule_anchor
         shares = [(self.step - anchor_step) / max(1, c.max_steps - anchor_step)]
         if c.max_minutes:
-            budget = 0.95 * 60 * c.max_minutes
-            shares.append((self.elapsed - anchor_elapsed) / max(1e-9, budget - anchor_elapsed))
+            shares.append(self.budget_progress)
         return min(1.0, anchor_progress + (1.0 - anchor_progress) * max(0.0, max(shares)))
 
     def _schedule_step(self) -> float:
@@ -396,6 +404,15 @@ class Trainer:
         max_steps): what `learning_rate` and `adam_beta1` take. A time budget keeps the planned warmup share
         (warmup_steps / max_steps), and a new length on resume keeps the curve's shape."""
         return round(self.schedule_progress() * self.schedule_steps, 9)  # 9 places: no 49.999999 for 50
+
+    def _advance_budget_progress(self, step_seconds: float) -> None:
+        """After a step that took `step_seconds`: move the time budget's progress on by this step's share of what
+        is left (see schedule_progress); all of it once the budget is used."""
+        self.step_seconds = step_seconds if self.step_seconds is None else 0.7 * self.step_seconds + 0.3 * step_seconds
+        remaining = 0.95 * 60 * self.config.max_minutes - self.elapsed
+        steps_left = max(0.0, remaining) / max(self.step_seconds, 1e-9)  # at the recent pace
+        self.budget_progress = 1.0 if remaining <= 0 else min(
+            1.0, self.budget_progress + (1.0 - self.budget_progress) / (1.0 + steps_left))
 
     def _out_of_time(self) -> bool:
         c = self.config
@@ -435,8 +452,11 @@ class Trainer:
         val_loss = None
         exhausted = self.dist.any(self._out_of_time(), self.device)  # a resumed run whose budget is used up
         while self.step < c.max_steps and not exhausted:
+            step_start = time.perf_counter()
             loss, items, logs = self._train_step()
             self.elapsed = time.perf_counter() - start
+            if c.max_minutes:
+                self._advance_budget_progress(time.perf_counter() - step_start)
             if loss is None:  # a skipped non-finite batch (on_nan=skip)
                 bar.update(1)
                 continue
@@ -516,7 +536,7 @@ class Trainer:
     def _trainer_state(self) -> dict:
         return {
             "step": self.step, "best_val": self.best_val, "schedule_anchor": list(self.schedule_anchor),
-            "schedule_steps": self.schedule_steps,
+            "schedule_steps": self.schedule_steps, "budget_progress": self.budget_progress,
             "skipped_steps": self.skipped_steps,
             "best_score": self.best_score,
             "evals_without_improvement": self.evals_without_improvement, "elapsed": self.elapsed,
@@ -608,6 +628,13 @@ class Trainer:
         self.step, self.best_val, self.elapsed = state["step"], state["best_val"], state["elapsed"]
         self.skipped_steps = state.get("skipped_steps", 0)
         self.schedule_anchor = tuple(state.get("schedule_anchor", (0, 0.0, 0.0)))
+        saved_minutes = state.get("train_config", {}).get("max_minutes")
+        if "budget_progress" in state:
+            self.budget_progress = state["budget_progress"]
+        elif saved_minutes:  # a checkpoint from before pace-aware progress: the share of the time used
+            budget = 0.95 * 60 * saved_minutes
+            self.budget_progress = min(1.0, (self.elapsed - self.schedule_anchor[1]) /
+                                       max(1e-9, budget - self.schedule_anchor[1]))
         saved = state.get("train_config", {})
         self.schedule_steps = state.get("schedule_steps", saved.get("max_steps", self.config.max_steps))
         if (saved.get("max_steps"), saved.get("max_minutes")) != (self.config.max_steps, self.config.max_minutes):
@@ -618,6 +645,7 @@ class Trainer:
             progress = self.schedule_progress()
             self.config = length
             self.schedule_anchor = (self.step, self.elapsed, progress)
+            self.budget_progress = 0.0  # the new budget's progress counts from the anchor
         self.best_score = state.get("best_score", -state["best_val"])  # checkpoints from before eval metrics
         self.evals_without_improvement = state["evals_without_improvement"]
         self.log.load(self.step)
