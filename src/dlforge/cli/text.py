@@ -92,7 +92,9 @@ def cmd_info(args) -> int:
     if run_file.is_file():
         import csv
 
-        run = json.loads(run_file.read_text())
+        from ..hub import read_json_object
+
+        run = read_json_object(run_file, "the run folder is damaged")
         rows = []
         if (run_dir / "metrics.csv").is_file():
             with open(run_dir / "metrics.csv", newline="") as f:

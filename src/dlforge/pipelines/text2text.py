@@ -14,11 +14,12 @@ its config.json has one for the task (`translation_en_to_de` names the language 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 
 from ..errors import DlforgeError
+from ..hub import read_json_object
+from ..models import resolve_model_dir
 from ..text.seq2seq_generation import Seq2SeqGenerationConfig, generate_text2text
 from .base import Pipeline, given
 
@@ -29,10 +30,8 @@ def task_prefixes(model) -> dict[str, str]:
     from a Hugging Face config.json's task_specific_params (empty for other models)."""
     if not (isinstance(model, (str, bytes)) or hasattr(model, "__fspath__")):
         return {}
-    from ..models import resolve_model_dir
-
-    config = Path(resolve_model_dir(model)) / "config.json"
-    params = json.loads(config.read_text(encoding="utf-8")).get("task_specific_params") or {}
+    config = read_json_object(Path(resolve_model_dir(model)) / "config.json")
+    params = config.get("task_specific_params") or {}
     return {task: p["prefix"] for task, p in params.items() if isinstance(p, dict) and p.get("prefix")}
 
 
